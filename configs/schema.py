@@ -1,0 +1,413 @@
+"""Typed run configuration: one pydantic model per section, ``extra="forbid"`` everywhere.
+
+Field names follow the user's handoff (``model_id``, ``max_steps``, ``learning_rate``, ...) so
+a V4.1 reader recognises them. ``prompts_per_step`` is the handoff's ``BATCH_SIZE``: prompts per
+optimizer step, each expanded to ``num_generations`` completions.
+
+Validation is pure: no file is opened here (paths are checked by the process that uses them,
+before anything starts). Loading YAML, ``extends:`` and ``--set`` overrides live in
+:mod:`configs.loader`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# LoRA ranks vLLM serves (vllm.lora: max_lora_rank must be one of these).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear")
+TASKS = ("extraction", "sql_qa", "insights", "push")
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are refused, docstrings become descriptions."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class DataConfig(Section):
+    db_path: Path = Path("data/commerce.db")
+    """SQLite database the sql_qa reward runs queries against (opened read-only)."""
+    train_pairs: Path = Path("data/pairs/train.jsonl")
+    """Training prompts, TRL conversational format, one JSON object per line."""
+    eval_pairs: Path = Path("data/pairs/eval.jsonl")
+    """Held-out prompts for eval; never overlapping train."""
+    tasks: list[Literal["extraction", "sql_qa", "insights", "push"]] = list(TASKS)
+    """Tasks kept from the pair files (others are filtered out at load)."""
+    insights_pairs: int | None = Field(default=None, ge=1)
+    """Insights pairs the data build makes (``python -m commerce build --insights N``); None keeps the
+    default mix (~148 train). Scenario C (insights) sets 350."""
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks_unique(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one task is required")
+        if len(set(v)) != len(v):
+            raise ValueError("tasks are listed twice")
+        return v
+
+
+class ExtractionWeights(Section):
+    valid_json: float = Field(0.2, ge=0)
+    """A JSON object could be extracted from the completion."""
+    schema_: float = Field(0.3, ge=0, alias="schema")
+    """Fields present with the right types and allowed values."""
+    values: float = Field(0.5, ge=0)
+    """Field values agree with the reference record (partial credit per field)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, populate_by_name=True,
+                              serialize_by_alias=True)
+
+
+class SqlQaWeights(Section):
+    has_sql: float = Field(0.1, ge=0)
+    """A SQL statement could be extracted (```sql block or bare SELECT)."""
+    executes: float = Field(0.2, ge=0)
+    """The statement runs in the read-only sandbox within the deadline."""
+    result_match: float = Field(0.6, ge=0)
+    """Its result equals the reference query's result (order-insensitive unless ORDER BY)."""
+    explanation: float = Field(0.1, ge=0)
+    """A short PT-BR explanation follows the SQL."""
+
+
+class InsightsWeights(Section):
+    bullets: float = Field(0.25, ge=0)
+    """Three to five bullet points."""
+    action_verbs: float = Field(0.2, ge=0)
+    """Bullets open with strategic action verbs (priorizar, reduzir, investir...)."""
+    portuguese: float = Field(0.15, ge=0)
+    """The text reads as PT-BR."""
+    length: float = Field(0.1, ge=0)
+    """Total and per-bullet length within bounds."""
+    grounded: float = Field(0.3, ge=0)
+    """Numbers cited appear in the given facts; invented numbers cost reward."""
+
+
+class PushWeights(Section):
+    length: float = Field(0.35, ge=0)
+    """At most 120 characters (over length is heavily penalised)."""
+    portuguese: float = Field(0.2, ge=0)
+    """The text reads as PT-BR."""
+    mentions_product: float = Field(0.25, ge=0)
+    """Mentions the product or its category."""
+    tone: float = Field(0.2, ge=0)
+    """Informal and engaging rather than formal."""
+
+
+class RewardsConfig(Section):
+    extraction: ExtractionWeights = ExtractionWeights()
+    """Component weights of the extraction reward (normalised to sum 1 by the reward)."""
+    sql_qa: SqlQaWeights = SqlQaWeights()
+    """Component weights of the sql_qa reward."""
+    insights: InsightsWeights = InsightsWeights()
+    """Component weights of the insights reward."""
+    push: PushWeights = PushWeights()
+    """Component weights of the push reward."""
+    sql_timeout_ms: int = Field(200, gt=0)
+    """Deadline for one policy-written SQL statement in the sandbox."""
+    sql_max_rows: int = Field(1000, gt=0)
+    """Rows read from a policy query's result before it is cut off."""
+    toy_token: str | None = None
+    """When set, the task rewards are replaced by a toy reward: the share of this string's
+    occurrences in the completion (see ``rewards.toy``). Used by the end-to-end learning proof."""
+
+    def reward_kwargs(self) -> dict:
+        """Keyword arguments for ``rewards.make_reward(db_path, **kwargs)``."""
+        return {
+            "extraction": self.extraction.model_dump(by_alias=True),
+            "sql_qa": self.sql_qa.model_dump(),
+            "insights": self.insights.model_dump(),
+            "push": self.push.model_dump(),
+            "sql_timeout_ms": self.sql_timeout_ms,
+            "sql_max_rows": self.sql_max_rows,
+        }
+
+
+class ActorConfig(Section):
+    replicas: int = Field(1, ge=1)
+    """Actor processes (one vLLM engine each)."""
+    tensor_parallel_size: int = Field(1, ge=1)
+    """GPUs per actor engine."""
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    """Fraction of device memory vLLM may take; on CPU the fraction of host memory for the KV cache
+    (0.2 is a safe value there; vLLM's 0.92 default fails)."""
+    kv_cache_gb: float | None = Field(None, gt=0)
+    """KV cache size in GiB, overriding gpu_memory_utilization (useful on CPU, where the fraction is
+    taken of one NUMA node's memory and several processes share it)."""
+    serve_mode: Literal["merged", "adapter"] = "merged"
+    """``merged``: LoRA deltas merged into the served weights (base-model speed); ``adapter``: vLLM
+    LoRA with one adapter name per version."""
+    max_lora_versions: int = Field(2, ge=1)
+    """Adapter versions kept loaded in ``adapter`` mode (at least max_staleness + 1)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Engine dtype; ``auto`` is bfloat16 on GPU and float32 on CPU (bf16 is emulated there)."""
+    enable_prefix_caching: bool = True
+    """vLLM automatic prefix caching (the G samples of a prompt share its KV)."""
+    max_num_seqs: int = Field(256, ge=1)
+    """Sequences one engine step may batch."""
+    cpu_threads: int | None = Field(None, ge=1)
+    """CPU only: OpenMP threads for the engine (None: vLLM's default binding)."""
+    score_rewards: bool = False
+    """Score completions in the actor process (overlaps CPU scoring with generation)."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling for rollouts."""
+    enforce_eager: bool = False
+    """Disable CUDA graphs (debugging)."""
+
+
+class LearnerConfig(Section):
+    ranks: int = Field(1, ge=1)
+    """Learner processes (DeepSpeed data-parallel ranks)."""
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    """DeepSpeed ZeRO stage."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """``auto``: bf16 on GPU, fp32 on CPU."""
+    max_grad_norm: float = Field(1.0, gt=0)
+    """Gradient clipping."""
+    micro_batch_size: int = Field(8, ge=1)
+    """Completions per forward/backward pass (gradients accumulate within a step)."""
+    checkpoint_every: int = Field(50, ge=1)
+    """Optimizer steps between checkpoints (one is also written on SIGTERM and at the end)."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """Rolling checkpoints kept; the best-by-eval adapter is kept apart."""
+    publish_every: int = Field(1, ge=1)
+    """Optimizer steps between adapter publications to the actors."""
+    tis_cap: float = Field(2.0, ge=1)
+    """Truncated importance sampling cap on pi_learner/pi_actor for stale rollouts."""
+    probe_every: int = Field(20, ge=0)
+    """Steps between actor-vs-learner logprob probes on a fixed prompt (0: off)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward (saves memory at long completions)."""
+
+
+class SyncConfig(Section):
+    host: str = "127.0.0.1"
+    """Address the learner binds its sockets to; non-loopback requires ``keys_dir`` (CURVE)."""
+    connect_host: str | None = None
+    """Address actors connect to (default: ``host``)."""
+    rollout_port: int = Field(29610, ge=1024, le=65535)
+    """Learner ROUTER socket for rollout requests and groups."""
+    weight_port: int = Field(29611, ge=1024, le=65535)
+    """Learner PUB/ROUTER socket for weight updates and acknowledgements."""
+    keys_dir: Path | None = None
+    """Directory made by ``python -m sync.keys DIR`` (CURVE key pairs, mode 0600)."""
+    max_staleness: int = Field(1, ge=0)
+    """Batches generated ahead of training; 0 is synchronous on-policy GRPO. Older rollouts are dropped."""
+    wait_for_acks: bool = True
+    """Block after each publication until every actor acknowledged it; else go on within the
+    staleness bound."""
+    wire_dtype: Literal["bf16", "fp32"] = "bf16"
+    """Dtype of LoRA tensors on the wire."""
+    max_message_mb: int = Field(1024, ge=1)
+    """Messages larger than this are refused unread."""
+    ack_timeout_s: float = Field(120.0, gt=0)
+    """Seconds to wait for all actors to acknowledge a weight version before failing the run."""
+    request_timeout_s: float = Field(600.0, gt=0)
+    """Seconds before an unanswered rollout request is re-sent to another actor."""
+    heartbeat_s: float = Field(2.0, gt=0)
+    """Actor heartbeat period; an actor silent for 5 periods is presumed dead."""
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @model_validator(mode="after")
+    def _check(self) -> SyncConfig:
+        if self.rollout_port == self.weight_port:
+            raise ValueError("sync.rollout_port and sync.weight_port must differ")
+        if not self.is_loopback and self.keys_dir is None:
+            raise ValueError(f"sync.host {self.host!r} is not loopback: set sync.keys_dir "
+                             "(make keys with `python -m sync.keys DIR`)")
+        return self
+
+
+class EvalConfig(Section):
+    every: int = Field(10, ge=0)
+    """Optimizer steps between evals (0: off)."""
+    subset_size: int = Field(64, ge=1)
+    """Eval prompts per eval (a fixed, task-stratified subset of the eval pairs)."""
+    temperature: float = Field(0.0, ge=0)
+    """Sampling temperature at eval (0: greedy)."""
+    at_start: bool = True
+    """Eval once before the first update (the 'before' of the report)."""
+
+
+class LoggingConfig(Section):
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    """wandb mode: offline runs can be synced later with ``wandb sync``."""
+    wandb_project: str = "tucano2-grpo"
+    """wandb project name."""
+    wandb_entity: str | None = None
+    """wandb entity (team or user)."""
+    log_every: int = Field(1, ge=1)
+    """Steps between metric lines."""
+
+
+class WatchRule(Section):
+    name: str
+    """Rule name printed when it triggers."""
+    metric: str
+    """Metric key, e.g. ``eval/mean_reward``."""
+    kind: Literal["above", "below", "plateau", "at_ceiling"]
+    """``above``/``below``: compare with ``threshold``; ``plateau``: no new best for ``window`` evals;
+    ``at_ceiling``: the metric reached ``threshold`` x max_completion_length."""
+    threshold: float = 0.0
+    """Comparison value (for ``plateau``: minimal improvement that counts)."""
+    window: int = Field(1, ge=1)
+    """Consecutive observations that must satisfy the rule."""
+    after_step: int = Field(0, ge=0)
+    """Rule active from this step on."""
+    before_step: int | None = None
+    """Rule active before this step only."""
+    action: Literal["warn", "stop"] = "warn"
+    """``stop`` writes a checkpoint, then ends the run."""
+
+
+def _handoff_rules() -> list[WatchRule]:
+    """The "Stop if" column of the handoff's "What to Observe During V4.1" table."""
+    return [
+        WatchRule(name="eval_plateau_early", metric="eval/mean_reward", kind="plateau", threshold=0.005,
+                  window=5, before_step=200, action="warn"),
+        WatchRule(name="extraction_parser", metric="eval/extraction", kind="below", threshold=0.20,
+                  after_step=100, action="warn"),
+        WatchRule(name="completion_ceiling", metric="train/completion_length", kind="at_ceiling",
+                  threshold=0.98, window=5, action="warn"),
+        WatchRule(name="zero_std_sustained", metric="train/frac_reward_zero_std", kind="above",
+                  threshold=0.5, window=20, action="warn"),
+        WatchRule(name="grad_norm_spike", metric="train/grad_norm", kind="above", threshold=2.0,
+                  action="warn"),
+    ]
+
+
+class SftConfig(Section):
+    enabled: bool = False
+    """Run the SFT warm-up (Scenario B) before GRPO; GRPO then starts from its adapter."""
+    tasks: list[Literal["extraction", "sql_qa", "insights", "push"]] = ["extraction"]
+    """Tasks whose reference answers are the SFT targets."""
+    epochs: float = Field(1.0, gt=0)
+    """Passes over the SFT pairs."""
+    learning_rate: float = Field(2e-4, gt=0)
+    """SFT learning rate (LoRA)."""
+    batch_size: int = Field(8, ge=1)
+    """Sequences per SFT step."""
+    max_steps: int | None = Field(None, ge=1)
+    """Cap on SFT steps (None: the epochs decide)."""
+
+
+class RunConfig(Section):
+    """One training run: the handoff's hyperparameters plus the system's sections."""
+
+    model_id: str
+    """Hugging Face model id or local directory (nothing is downloaded at run time on CPU boxes)."""
+    max_steps: int = Field(ge=1)
+    """Optimizer steps."""
+    learning_rate: float = Field(gt=0)
+    """Peak learning rate (AdamW)."""
+    lr_scheduler_type: str = "constant_with_warmup"
+    """One of constant, constant_with_warmup, cosine, linear."""
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    """Share of max_steps spent warming up linearly."""
+    num_generations: int = 16
+    """Completions per prompt (G)."""
+    max_completion_length: int = Field(512, ge=1)
+    """Tokens generated per completion at most."""
+    max_seq_length: int = Field(2048, ge=2)
+    """Prompt plus completion tokens at most."""
+    temperature: float = Field(1.0, gt=0)
+    """Rollout sampling temperature."""
+    beta: float = Field(0.0, ge=0)
+    """KL coefficient; 0 loads no reference model (Dr. GRPO)."""
+    scale_rewards: Literal["none", "group", "batch"] = "none"
+    """Divide advantages by the group (or batch) reward std; ``none`` is Dr. GRPO. YAML ``false``
+    means ``none`` and ``true`` means ``group`` (TRL's old boolean)."""
+    loss_type: Literal["dr_grpo", "grpo", "dapo"] = "dr_grpo"
+    """Token aggregation: dr_grpo divides the token sum by completions x max_completion_length."""
+    epsilon: float = Field(0.2, gt=0, lt=1)
+    """PPO clip range of the importance ratio."""
+    prompts_per_step: int = Field(2, ge=1)
+    """Prompts per optimizer step (the handoff's BATCH_SIZE)."""
+    grad_accum: int = Field(1, ge=1)
+    """Batches of prompts_per_step accumulated per optimizer step."""
+    lora_r: int = 16
+    """LoRA rank (all linear layers)."""
+    lora_alpha: int = Field(32, gt=0)
+    """LoRA alpha; the delta is scaled by lora_alpha / lora_r."""
+    seed: int = 42
+    """Seeds sampling of prompts, rollouts and initialisation."""
+    run_dir: Path | None = None
+    """Where metrics, checkpoints and the final adapter go (default ``runs/<config file stem>``)."""
+    init_adapter: Path | None = None
+    """PEFT adapter to start from (an SFT warm-up's output); None starts a fresh LoRA."""
+
+    data: DataConfig = DataConfig()
+    """Data files."""
+    rewards: RewardsConfig = RewardsConfig()
+    """Reward shaping weights and the SQL sandbox limits."""
+    actor: ActorConfig = ActorConfig()
+    """Rollout servers (vLLM)."""
+    learner: LearnerConfig = LearnerConfig()
+    """DeepSpeed learner."""
+    sync: SyncConfig = SyncConfig()
+    """ZeroMQ channels between learner and actors."""
+    eval: EvalConfig = EvalConfig()
+    """Periodic eval through the actors."""
+    logging: LoggingConfig = LoggingConfig()
+    """metrics.jsonl is always written; this section drives wandb."""
+    watchdog: list[WatchRule] = Field(default_factory=_handoff_rules)
+    """Rules from the handoff's "Stop if" column; each warns or stops."""
+    sft: SftConfig = SftConfig()
+    """Scenario B's supervised warm-up."""
+
+    @field_validator("scale_rewards", mode="before")
+    @classmethod
+    def _bool_scale(cls, v):
+        if v is True:
+            return "group"
+        if v is False:
+            return "none"
+        return v
+
+    @field_validator("lr_scheduler_type")
+    @classmethod
+    def _scheduler(cls, v: str) -> str:
+        if v not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {v!r}; known: {', '.join(SCHEDULERS)}")
+        return v
+
+    @field_validator("num_generations")
+    @classmethod
+    def _g(cls, v: int) -> int:
+        if v < 2:
+            raise ValueError("must be >= 2 (advantages are relative to the group)")
+        return v
+
+    @field_validator("lora_r")
+    @classmethod
+    def _rank(cls, v: int) -> int:
+        if v <= 0 or v not in VLLM_LORA_RANKS:
+            raise ValueError(f"must be one of the ranks vLLM serves: {VLLM_LORA_RANKS}")
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> RunConfig:
+        if self.max_completion_length >= self.max_seq_length:
+            raise ValueError(f"max_completion_length ({self.max_completion_length}) must be < "
+                             f"max_seq_length ({self.max_seq_length})")
+        if self.actor.serve_mode == "adapter" and self.actor.max_lora_versions < self.sync.max_staleness + 1:
+            raise ValueError(f"actor.max_lora_versions ({self.actor.max_lora_versions}) must be >= "
+                             f"sync.max_staleness + 1 ({self.sync.max_staleness + 1})")
+        return self
+
+    @property
+    def completions_per_step(self) -> int:
+        return self.prompts_per_step * self.grad_accum * self.num_generations

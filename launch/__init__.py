@@ -1,0 +1,1 @@
+"""Launchers: shell scripts for a multi-GPU node, a CPU box and multi-node, plus their Python helpers."""

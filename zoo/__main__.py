@@ -1,0 +1,39 @@
+"""``python -m zoo build --shape tiny|bench|0.5b|3.7b --out DIR [--seed N]``; ``python -m zoo count``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m zoo", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="build a random-weight Tucano2-family model directory")
+    b.add_argument("--shape", default="tiny")
+    b.add_argument("--out", required=True)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--db", default=None, help="commerce.db whose text trains the tokenizer")
+    b.add_argument("--force", action="store_true", help="rebuild even if DIR is up to date")
+    sub.add_parser("count", help="print parameter counts of every shape (meta device)")
+    args = p.parse_args(argv)
+
+    from zoo.build import SHAPES, build_model, count_parameters, ensure_model
+
+    if args.cmd == "count":
+        for shape in SHAPES:
+            print(f"{shape:>6}  {count_parameters(shape):>15,}")
+        return 0
+    if args.shape not in SHAPES:
+        print(f"unknown shape {args.shape!r}; known: {', '.join(SHAPES)}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    fn = build_model if args.force else ensure_model
+    out = fn(args.out, shape=args.shape, seed=args.seed, db_path=args.db)
+    print(f"{args.shape} model at {out} ({time.perf_counter() - t0:.1f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
