@@ -1,0 +1,62 @@
+"""``python -m launch node|cpu --config FILE [options]``: plan, check, write and run a training run.
+
+The shell launchers (``launch/v4_2_3b.sh``, ``launch/v4_1_05b.sh``, ``launch/cpu.sh``) are thin wrappers
+around this. ``--dry-run`` prints the plan and starts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from launch.plan import LaunchError, cpu_plan, node_plan
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m launch", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="mode", required=True)
+    for mode in ("node", "cpu"):
+        s = sub.add_parser(mode)
+        s.add_argument("--config", required=True)
+        s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+        s.add_argument("--run-dir", default=None, help="default: the config's run_dir (runs/<config stem>)")
+        s.add_argument("--dry-run", action="store_true", help="print the plan, start nothing")
+        s.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+        s.add_argument("--restart-actors", action="store_true", help="restart an actor that dies instead of failing")
+        s.add_argument("--ready-timeout", type=float, default=900.0, help="seconds to wait for actors")
+    node = sub.choices["node"]
+    node.add_argument("--actor-gpus", default=os.environ.get("ACTOR_GPUS"), help="e.g. 0,1,2,3 (env ACTOR_GPUS)")
+    node.add_argument("--learner-gpus", default=os.environ.get("LEARNER_GPUS"), help="e.g. 4,5,6,7 (env LEARNER_GPUS)")
+    node.add_argument("--tp", type=int, default=int(os.environ["TP"]) if os.environ.get("TP") else None,
+                      help="tensor parallel size per actor (env TP)")
+    node.add_argument("--hostfile", default=os.environ.get("HOSTFILE"),
+                      help="DeepSpeed hostfile: learner ranks across nodes (env HOSTFILE)")
+    cpu = sub.choices["cpu"]
+    cpu.add_argument("--actor-cores", default=os.environ.get("ACTOR_CORES"), help="pin the actor (taskset list)")
+    cpu.add_argument("--learner-cores", default=os.environ.get("LEARNER_CORES"), help="pin the learner")
+    args = p.parse_args(argv)
+
+    try:
+        if args.mode == "node":
+            plan = node_plan(args.config, args.overrides, actor_gpus=args.actor_gpus, learner_gpus=args.learner_gpus,
+                             tp=args.tp, run_dir=args.run_dir, hostfile=args.hostfile, check=not args.dry_run)
+        else:
+            plan = cpu_plan(args.config, args.overrides, run_dir=args.run_dir, actor_cores=args.actor_cores,
+                            learner_cores=args.learner_cores, check=not args.dry_run)
+    except LaunchError as e:
+        print(f"launch: {e}", file=sys.stderr)
+        return 2
+    if args.resume:
+        plan.learner.argv += ["--resume", str(plan.run_dir)]
+    print(plan.describe(), flush=True)
+    if args.dry_run:
+        return 0
+    plan.write()
+    from launch.supervise import run
+
+    return run(plan, ready_timeout_s=args.ready_timeout, restart_actors=args.restart_actors)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Run a :class:`launch.plan.Plan`: actors first, the learner once every actor is ready, and stop
+everything together.
+
+Invariants:
+- Each component runs in its own process group, so stopping it stops its children (vLLM's EngineCore,
+  DeepSpeed's per-rank processes) too: no orphan is left on Ctrl-C, SIGTERM or a component's failure.
+- Each output line is prefixed with the component's name and also appended to ``RUN_DIR/logs/NAME.log``.
+- An actor is ready when it prints a line containing ``READY`` (``actor.serve`` does so once it serves
+  its first version); the learner starts after all are ready or fails the launch after ``ready_timeout_s``.
+- The learner's exit ends the run: its code is the launcher's code, actors are asked to stop (SIGTERM:
+  they finish or hand back what is in flight). Any actor dying first fails the run with a non-zero code,
+  unless ``restart_actors`` is set, in which case it is restarted (the learner re-sends its requests).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from launch.plan import Component, LaunchError, Plan
+
+READY_MARK = "READY"
+
+
+class Proc:
+    def __init__(self, comp: Component, log_dir: Path, on_ready: threading.Event | None = None):
+        self.comp = comp
+        self.ready = on_ready or threading.Event()
+        env = {**os.environ, **comp.env, "PYTHONUNBUFFERED": "1"}
+        self.log = open(log_dir / f"{comp.name}.log", "a", buffering=1)  # noqa: SIM115 - closed in wait()
+        self.popen = subprocess.Popen(comp.argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, text=True, bufsize=1, start_new_session=True)
+        self.pump = threading.Thread(target=self._pump, daemon=True)
+        self.pump.start()
+
+    def _pump(self) -> None:
+        prefix = f"[{self.comp.name}] "
+        for line in self.popen.stdout:  # type: ignore[union-attr]
+            self.log.write(line)
+            sys.stdout.write(prefix + line)
+            sys.stdout.flush()
+            if READY_MARK in line:
+                self.ready.set()
+
+    def signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.popen.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def poll(self) -> int | None:
+        return self.popen.poll()
+
+    def stop(self, grace_s: float) -> int:
+        if self.popen.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.popen.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.popen.wait()
+        self.signal(signal.SIGKILL)  # children that outlived their parent
+        self.pump.join(timeout=2)
+        self.log.close()
+        return self.popen.returncode
+
+
+def run(plan: Plan, ready_timeout_s: float = 900.0, grace_s: float = 30.0, restart_actors: bool = False) -> int:
+    """Start the plan and block until the learner ends; returns the exit code for the launcher."""
+    log_dir = plan.run_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    stopping = threading.Event()
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        stopping.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    actors: list[Proc] = []
+    learner: Proc | None = None
+    code = 1
+    try:
+        actors = [Proc(c, log_dir) for c in plan.actors]
+        deadline = time.monotonic() + ready_timeout_s
+        while not all(a.ready.is_set() for a in actors):
+            dead = [a for a in actors if a.poll() is not None]
+            if dead:
+                raise LaunchError(f"{dead[0].comp.name} exited with code {dead[0].poll()} before it was ready "
+                                  f"(log: {log_dir / (dead[0].comp.name + '.log')})")
+            if stopping.is_set():
+                raise KeyboardInterrupt
+            if time.monotonic() > deadline:
+                raise LaunchError(f"actors not ready after {ready_timeout_s:.0f}s")
+            time.sleep(0.2)
+        print(f"launch: {len(actors)} actor(s) ready; starting the learner", flush=True)
+        learner = Proc(plan.learner, log_dir)
+        while True:
+            if stopping.is_set():
+                raise KeyboardInterrupt
+            rc = learner.poll()
+            if rc is not None:
+                code = rc
+                print(f"launch: learner exited with code {rc}", flush=True)
+                break
+            for i, a in enumerate(actors):
+                arc = a.poll()
+                if arc is None:
+                    continue
+                if restart_actors:
+                    print(f"launch: {a.comp.name} exited with code {arc}; restarting it", flush=True)
+                    a.stop(grace_s)
+                    actors[i] = Proc(a.comp, log_dir)
+                else:
+                    raise LaunchError(f"{a.comp.name} exited with code {arc} during training "
+                                      f"(log: {log_dir / (a.comp.name + '.log')})")
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        print("launch: interrupted; stopping every component", flush=True)
+        code = 130
+    except LaunchError as e:
+        print(f"launch: {e}", file=sys.stderr, flush=True)
+        code = 1
+    finally:
+        procs = ([learner] if learner else []) + actors
+        for p in procs:  # ask everyone first, then wait: shutdowns overlap
+            if p.poll() is None:
+                p.signal(signal.SIGTERM)
+        for p in procs:
+            p.stop(grace_s)
+        for s, h in old.items():
+            signal.signal(s, h)
+    return code

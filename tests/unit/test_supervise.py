@@ -1,0 +1,110 @@
+"""The supervisor on scaffold processes (small Python scripts standing in for actor and learner, each
+with a grandchild, since vLLM and DeepSpeed spawn children): readiness gating, failure propagation,
+Ctrl-C, and no process left behind. The real actor and learner run under it in the end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+CHILD = textwrap.dedent("""
+    import os, subprocess, sys, time
+    name, pids, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+    kid = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    with open(pids, "a") as f:
+        f.write(f"{os.getpid()}\\n{kid.pid}\\n")
+    print(f"{name} up", flush=True)
+    if name.startswith("actor"):
+        time.sleep(0.5)
+        print("actor READY", flush=True)
+    if mode == "fail" and name.startswith("actor"):
+        time.sleep(2)
+        sys.exit(3)
+    if mode == "finish" and name == "learner":
+        time.sleep(1)
+        sys.exit(0)
+    time.sleep(300)
+""")
+
+DRIVER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from configs import load_config
+    from launch.plan import Component, Plan
+    from launch.supervise import run
+    child, pids, mode, run_dir, cfg_path = sys.argv[1:6]
+    cfg = load_config(cfg_path)
+    comp = lambda n: Component(name=n, argv=[sys.executable, child, n, pids, mode])
+    plan = Plan("cpu", Path(run_dir), cfg, [comp("actor-0"), comp("actor-1")], comp("learner"))
+    sys.exit(run(plan, ready_timeout_s=60, grace_s=5))
+""")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is gone for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def start(tmp_path, mode):
+    (tmp_path / "child.py").write_text(CHILD)
+    (tmp_path / "driver.py").write_text(DRIVER)
+    pids = tmp_path / "pids"
+    cfg = Path(__file__).resolve().parents[2] / "configs" / "smoke_cpu.yaml"
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(tmp_path / "child.py"), str(pids),
+                             mode, str(tmp_path / "run"), str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    return proc, pids
+
+
+def wait_for_pids(pids: Path, n: int, timeout: float = 30) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pids.exists() and len(pids.read_text().split()) >= n:
+            return [int(x) for x in pids.read_text().split()]
+        time.sleep(0.1)
+    raise AssertionError(f"only {pids.read_text() if pids.exists() else 'no'} pids")
+
+
+def test_ctrl_c_stops_everything(tmp_path):
+    proc, pids = start(tmp_path, "hang")
+    all_pids = wait_for_pids(pids, 6)  # 2 actors + learner, each with a grandchild
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out
+    assert "[actor-0] actor-0 up" in out and "[learner] learner up" in out
+    assert out.index("starting the learner") > out.index("[actor-1] actor READY")
+    time.sleep(0.5)
+    assert not [p for p in all_pids if alive(p)]
+    assert (tmp_path / "run" / "logs" / "learner.log").read_text().startswith("learner up")
+
+
+def test_component_failure_fails_the_run(tmp_path):
+    proc, pids = start(tmp_path, "fail")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out
+    assert "exited with code 3" in out
+    time.sleep(0.5)
+    assert not [p for p in wait_for_pids(pids, 2) if alive(p)]
+
+
+@pytest.mark.parametrize("mode", ["finish"])
+def test_learner_exit_ends_the_run(tmp_path, mode):
+    proc, pids = start(tmp_path, mode)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "learner exited with code 0" in out
+    time.sleep(0.5)
+    assert not [p for p in wait_for_pids(pids, 6) if alive(p)]
