@@ -1,0 +1,114 @@
+"""``python -m launch.report RUN_DIR``: plots (PNG) and ``report.md`` from a run's ``metrics.jsonl``.
+
+Writes ``eval_rewards.png`` (eval reward per task over steps), ``train_curves.png`` (train reward,
+completion length, grad norm) and ``report.md`` (eval reward per task before and after, and the run's
+headline numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+TASKS = ("extraction", "sql_qa", "insights", "push")
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    rows = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash; the rest of the history is still good
+    return rows
+
+
+def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
+    pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and "step" in r]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def plot(rows: list[dict], run_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = []
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, style in [("eval/mean_reward", "k-")] + [(f"eval/{t}", "--") for t in TASKS]:
+        x, y = series(rows, key)
+        if x:
+            ax.plot(x, y, style, marker="o", markersize=3, label=key.split("/")[1])
+    ax.set(xlabel="step", ylabel="eval reward", title="Eval reward per task", ylim=(0, 1))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.append(run_dir / "eval_rewards.png")
+    fig.savefig(out[-1], dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    for ax, (key, label) in zip(axes, [("train/reward", "train reward"),
+                                       ("train/completion_length", "completion length (tokens)"),
+                                       ("train/grad_norm", "grad norm")], strict=True):
+        x, y = series(rows, key)
+        ax.plot(x, y, "-", linewidth=1)
+        ax.set(xlabel="step", title=label)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out.append(run_dir / "train_curves.png")
+    fig.savefig(out[-1], dpi=110)
+    plt.close(fig)
+    return out
+
+
+def report(rows: list[dict], run_dir: Path, title: str = "Run report") -> str:
+    evals = [r for r in rows if "eval/mean_reward" in r]
+    lines = [f"# {title}", "", f"Run directory: `{run_dir}`", ""]
+    if len(evals) >= 1:
+        first, last = evals[0], evals[-1]
+        lines += [f"## Eval reward per task: before (step {first['step']}) and after (step {last['step']})", "",
+                  "| task | before | after | change |", "| --- | ---: | ---: | ---: |"]
+        for key in [f"eval/{t}" for t in TASKS] + ["eval/mean_reward"]:
+            if key in first and key in last:
+                name = key.split("/")[1]
+                lines.append(f"| {name} | {first[key]:.3f} | {last[key]:.3f} | {last[key] - first[key]:+.3f} |")
+        best = max(evals, key=lambda r: r["eval/mean_reward"])
+        lines += ["", f"Best eval/mean_reward: {best['eval/mean_reward']:.3f} at step {best['step']}."]
+    train = [r for r in rows if "train/reward" in r]
+    if train:
+        steps = [r.get("perf/step_s") for r in train if isinstance(r.get("perf/step_s"), (int, float))]
+        lines += ["", "## Training", "",
+                  f"- optimizer steps: {train[-1]['step']}",
+                  f"- train/reward first -> last: {train[0]['train/reward']:.3f} -> {train[-1]['train/reward']:.3f}"]
+        if steps:
+            lines.append(f"- mean step time: {sum(steps) / len(steps):.2f} s")
+    lines += ["", "![eval rewards](eval_rewards.png)", "", "![train curves](train_curves.png)", ""]
+    text = "\n".join(lines)
+    (run_dir / "report.md").write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m launch.report", description=__doc__.split("\n")[0])
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--title", default="Run report")
+    args = p.parse_args(argv)
+    if not (args.run_dir / "metrics.jsonl").exists():
+        print(f"report: no metrics.jsonl in {args.run_dir}", file=sys.stderr)
+        return 2
+    rows = read_metrics(args.run_dir)
+    plot(rows, args.run_dir)
+    report(rows, args.run_dir, args.title)
+    print(f"report: wrote {args.run_dir / 'report.md'}, eval_rewards.png, train_curves.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
