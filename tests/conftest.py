@@ -20,10 +20,23 @@ def tiny_model(tmp_path_factory) -> Path:
     return build_model(tmp_path_factory.mktemp("models") / "tiny", shape="tiny", seed=0)
 
 
+@pytest.fixture(scope="session")
+def commerce_data(tmp_path_factory) -> Path:
+    """A small synthetic commerce build: ``commerce.db`` and ``pairs/{train,eval}.jsonl`` (3,000 orders)."""
+    from commerce import build
+
+    out = tmp_path_factory.mktemp("data")
+    build(out, seed=1, orders=3000)
+    return out
+
+
 @pytest.fixture
-def smoke_config(tiny_model, tmp_path):
-    """``configs/smoke_cpu.yaml`` pointed at the tiny model and a per-test run directory."""
+def smoke_config(tiny_model, commerce_data, tmp_path):
+    """``configs/smoke_cpu.yaml`` pointed at the tiny model, the small data build and a per-test run dir."""
     from configs import load_config
 
     return load_config(REPO / "configs" / "smoke_cpu.yaml",
-                       [f"model_id={tiny_model}", f"run_dir={tmp_path / 'run'}"])
+                       [f"model_id={tiny_model}", f"run_dir={tmp_path / 'run'}",
+                        f"data.db_path={commerce_data / 'commerce.db'}",
+                        f"data.train_pairs={commerce_data / 'pairs' / 'train.jsonl'}",
+                        f"data.eval_pairs={commerce_data / 'pairs' / 'eval.jsonl'}"])
