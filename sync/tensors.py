@@ -1,0 +1,194 @@
+"""Tensors at the edges of the wire: packing torch tensors, the checksum, safetensors files on /dev/shm.
+
+* :func:`pack` converts a state dict to the wire dtype straight into one contiguous buffer, in name
+  order (one pass: convert and copy together), which is then sent as a single zero-copy frame.
+* :func:`checksum` is xxh3-128 over a canonical table (names, dtypes, shapes as JSON) followed by the
+  tensor bytes in name order; over a packed buffer that is two ``update`` calls. DESIGN.md timed 66 MB
+  at ~4 ms here against ~44 ms for sha256.
+* :func:`write_adapter_dir` writes ``adapter_model.safetensors`` with a header built here and one
+  ``os.writev`` of header + tensor buffers (no serialisation copy), plus ``adapter_config.json``,
+  into a temporary directory renamed into place.
+
+torch is imported only inside :func:`pack` and :func:`to_torch`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from sync.wire import DTYPE_SIZES, TensorBlob
+
+WIRE_DTYPES = {"bf16": "BF16", "fp32": "F32", "fp16": "F16"}
+_TORCH_DTYPES = {"BF16": "bfloat16", "F32": "float32", "F16": "float16"}
+IOV_MAX = 1024
+
+
+def checksum(tensors: Mapping[str, TensorBlob], buffer: Any = None) -> str:
+    """``xxh3_128:<hex>`` of the tensor table and bytes in name order.
+
+    ``buffer``: the packed buffer holding every tensor in name order (hashed in one call)."""
+    names = sorted(tensors)
+    h = xxhash.xxh3_128()
+    h.update(json.dumps([[n, tensors[n].dtype, list(tensors[n].shape)] for n in names], separators=(",", ":")).encode())
+    if buffer is not None:
+        h.update(buffer)
+    else:
+        for n in names:
+            h.update(tensors[n].data)
+    return "xxh3_128:" + h.hexdigest()
+
+
+def pack(
+    tensors: Mapping[str, Any], wire_dtype: str = "bf16", out: Any = None
+) -> tuple[dict[str, TensorBlob], memoryview]:
+    """torch state dict -> (blobs viewing one buffer, the buffer), converted to ``wire_dtype``.
+
+    ``out``: a writable buffer of exactly the packed size to reuse (fresh memory costs page faults,
+    ~20 ms per 66 MB here); see :func:`packed_nbytes`."""
+    import torch
+
+    st_dtype = WIRE_DTYPES[wire_dtype]
+    tdtype = getattr(torch, _TORCH_DTYPES[st_dtype])
+    item = DTYPE_SIZES[st_dtype]
+    names = sorted(tensors)
+    total = sum(tensors[n].numel() for n in names) * item
+    if out is not None and memoryview(out).nbytes == total and total:
+        flat = torch.frombuffer(out, dtype=torch.uint8).view(tdtype)
+    else:
+        flat = torch.empty(total // item, dtype=tdtype)
+    blobs: dict[str, TensorBlob] = {}
+    raw = flat.view(torch.uint8).numpy()  # shares memory with flat
+    buf = memoryview(raw).cast("B") if total else memoryview(b"")
+    off = 0
+    for n in names:
+        t = tensors[n].detach()
+        k = t.numel()
+        flat[off // item : off // item + k].view(t.shape).copy_(t)  # converts on copy, any device
+        blobs[n] = TensorBlob(st_dtype, tuple(t.shape), buf[off : off + k * item])
+        off += k * item
+    return blobs, buf
+
+
+def packed_nbytes(tensors: Mapping[str, Any], wire_dtype: str = "bf16") -> int:
+    return sum(t.numel() for t in tensors.values()) * DTYPE_SIZES[WIRE_DTYPES[wire_dtype]]
+
+
+def to_torch(blobs: Mapping[str, TensorBlob]) -> dict[str, Any]:
+    """Blobs -> torch tensors sharing their memory (read-only buffers are copied)."""
+    import torch
+
+    out = {}
+    for n, b in blobs.items():
+        mv = memoryview(b.data)
+        if mv.readonly:
+            mv = memoryview(bytearray(mv))
+        dt = getattr(torch, _TORCH_DTYPES[b.dtype])
+        out[n] = (
+            torch.frombuffer(mv, dtype=torch.uint8).view(dt).view(b.shape)
+            if b.nbytes
+            else torch.empty(b.shape, dtype=dt)
+        )
+    return out
+
+
+def safetensors_header(tensors: Mapping[str, TensorBlob], metadata: dict[str, str] | None = None) -> bytes:
+    """The 8-byte length + JSON header for tensors laid out in name order, padded to 8 bytes."""
+    hdr: dict[str, Any] = {}
+    if metadata:
+        hdr["__metadata__"] = metadata
+    off = 0
+    for n in sorted(tensors):
+        t = tensors[n]
+        hdr[n] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [off, off + t.nbytes]}
+        off += t.nbytes
+    js = json.dumps(hdr, separators=(",", ":")).encode()
+    js += b" " * (-len(js) % 8)
+    return struct.pack("<Q", len(js)) + js
+
+
+def _writev_all(fd: int, bufs: list[memoryview]) -> None:
+    bufs = [b for b in bufs if b.nbytes]
+    while bufs:
+        chunk = bufs[:IOV_MAX]
+        n = os.writev(fd, chunk)
+        # drop what was written; a short write leaves a partial buffer at the front
+        while n and bufs:
+            if n >= bufs[0].nbytes:
+                n -= bufs[0].nbytes
+                bufs.pop(0)
+            else:
+                bufs[0] = bufs[0][n:]
+                n = 0
+
+
+def write_safetensors(
+    path: Path, tensors: Mapping[str, TensorBlob], buffer: Any = None, metadata: dict[str, str] | None = None
+) -> None:
+    """Write a safetensors file with one writev (``buffer``: the packed name-order buffer, if any)."""
+    head = memoryview(safetensors_header(tensors, metadata))
+    if buffer is not None:
+        bufs = [head, memoryview(buffer).cast("B")]
+    else:
+        bufs = [head] + [memoryview(tensors[n].data).cast("B") for n in sorted(tensors)]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        _writev_all(fd, bufs)
+    finally:
+        os.close(fd)
+
+
+def write_adapter_dir(
+    out: Path,
+    tensors: Mapping[str, TensorBlob],
+    adapter_config: dict,
+    buffer: Any = None,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write a PEFT adapter directory atomically (temp dir renamed to ``out``)."""
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True, mode=0o700)
+    try:
+        write_safetensors(tmp / "adapter_model.safetensors", tensors, buffer, metadata)
+        (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=1))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, TensorBlob], dict[str, str]]:
+    """Blobs viewing the file's bytes (read once), and the metadata; ValueError if malformed."""
+    raw = memoryview(Path(path).read_bytes())
+    if raw.nbytes < 8:
+        raise ValueError(f"{path}: too short for safetensors")
+    (n,) = struct.unpack("<Q", raw[:8])
+    if 8 + n > raw.nbytes:
+        raise ValueError(f"{path}: header runs past the end")
+    hdr = json.loads(bytes(raw[8 : 8 + n]))
+    meta = hdr.pop("__metadata__", None) or {}
+    data = raw[8 + n :]
+    blobs = {}
+    for name, d in hdr.items():
+        a, b = d["data_offsets"]
+        blobs[name] = TensorBlob(d["dtype"], tuple(d["shape"]), data[a:b])
+    return blobs, meta
+
+
+def checksum_file(path: Path) -> str:
+    """The wire checksum of a safetensors file's tensors (what an actor loaded)."""
+    blobs, _ = read_safetensors(path)
+    return checksum(blobs)

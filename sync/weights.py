@@ -1,0 +1,274 @@
+"""Learner side of the weight channel: fan each adapter version out to every actor, collect acks."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from dataclasses import dataclass, field
+
+import zmq
+
+from sync import tensors as T
+from sync._net import DEAD_AFTER_HEARTBEATS, IoThread, bind, max_bytes, new_incarnation, setup_server
+from sync.interfaces import SyncError
+from sync.wire import Heartbeat, Hello, WeightAck, WeightUpdate, Welcome, WireError, decode, encode
+
+log = logging.getLogger("sync.weights")
+
+
+def jsonable(obj):
+    """adapter_config -> plain JSON values (PEFT's to_dict has sets, enums and paths)."""
+    import enum
+    import os
+
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (set, frozenset)):
+        return sorted(jsonable(v) for v in obj)
+    if isinstance(obj, enum.Enum):
+        return jsonable(obj.value)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)
+
+
+@dataclass
+class _Actor:
+    actor_id: str
+    incarnation: str
+    last_seen: float
+    version: int  # what it reports serving
+    sent: int = 0  # newest version sent to this incarnation
+    acks: dict[int, WeightAck] = field(default_factory=dict)
+
+
+class ZmqWeightPublisher(IoThread):
+    """Learner end of the weight channel (implements :class:`sync.WeightPublisher`).
+
+    Socket invariants:
+
+    * The learner **binds** one ROUTER at ``tcp://{cfg.host}:{cfg.weight_port}`` (``port=0``: random,
+      see ``.port``); each actor connects a DEALER with its actor id as identity. CURVE as for the
+      rollout channel. ``ROUTER_MANDATORY`` and ``ROUTER_HANDOVER`` on; LINGER 0.
+    * Fan-out, not PUB/SUB: the learner knows each actor (Hello, heartbeats, acks) and sends the full
+      adapter of the latest version to **every** live actor whose reported version is older, once
+      per actor incarnation. An actor that says Hello (started or restarted late) gets
+      ``Welcome(latest)`` and then the latest version at once, so it can serve nothing older. An actor
+      serving a version newer than the latest (this learner resumed from an older checkpoint) gets
+      the latest too, and takes it (the Welcome's learner incarnation tells it to).
+    * Latest wins: only the newest version is ever (re)sent. ``SNDHWM`` is ``hwm`` messages (default
+      8); a send that would block is not queued but retried on later ticks with whatever is newest
+      then. Tensor frames are built once per version and sent zero-copy to every actor.
+    * Acks are matched against the checksum published for that version; :meth:`wait_acks` takes an
+      ok ack of the version or a later one. Actors silent for 5 heartbeat periods are dropped from
+      the set whose acks are awaited.
+    * Payloads over ``cfg.max_message_mb`` are refused at :meth:`publish` (SyncError).
+    """
+
+    def __init__(
+        self, cfg, *, port: int | None = None, require_curve: bool = False, hwm: int = 8, wire_dtype: str | None = None
+    ):
+        super().__init__("sync-weights")
+        self.cfg = cfg
+        self.wire_dtype = wire_dtype or getattr(cfg, "wire_dtype", "bf16")
+        self._dead_after = DEAD_AFTER_HEARTBEATS * cfg.heartbeat_s
+        self._max_bytes = max_bytes(cfg)
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.RCVHWM, 1000)
+        sock.setsockopt(zmq.MAXMSGSIZE, 2**20)  # only small messages come back (acks, heartbeats)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            self._auth = setup_server(self._ctx, sock, cfg, require_curve)
+            self.port = bind(sock, cfg.host, cfg.weight_port if port is None else port)
+        except BaseException:
+            sock.close(0)
+            self._close()
+            raise
+        self._sock = sock
+        self._sockets = [sock]
+        self._actors: dict[str, _Actor] = {}
+        self._latest = 0
+        self._frames: list = []  # zmq.Frames of the latest version
+        self._checksums: collections.OrderedDict[int, str] = collections.OrderedDict()
+        self._welcome: list[str] = []  # actors owed a Welcome
+        self.incarnation = new_incarnation()
+        self._owner: bytearray | None = None  # packing buffer of the latest version
+        self._retiring: list = []  # (tracker, buffer) of superseded versions, reused once done
+        self._start()
+
+    # ------------------------------------------------------------------ public API
+    def publish(self, version: int, tensors, adapter_config: dict) -> str:
+        self._check_alive()
+        if version <= self._latest:
+            raise SyncError(f"publish: version {version} is not newer than {self._latest}")
+        out = self._buffer(T.packed_nbytes(tensors, self.wire_dtype))
+        blobs, buf = T.pack(tensors, self.wire_dtype, out=out)
+        return self.publish_blobs(version, blobs, jsonable(adapter_config), buf, _owner=out)
+
+    def _buffer(self, nbytes: int) -> bytearray:
+        """A packing buffer of ``nbytes``: one libzmq no longer holds, else a new one."""
+        with self._cv:
+            for i, (tracker, b) in enumerate(self._retiring):
+                if tracker.done and len(b) == nbytes:
+                    del self._retiring[i]
+                    return b
+        return bytearray(nbytes)
+
+    def publish_blobs(
+        self,
+        version: int,
+        blobs: dict,
+        adapter_config: dict,
+        buffer=None,
+        checksum: str | None = None,
+        _owner: bytearray | None = None,
+    ) -> str:
+        """Publish tensors already on the wire's dtype (``buffer``: their packed name-order buffer)."""
+        self._check_alive()
+        checksum = checksum or T.checksum(blobs, buffer)
+        frames = encode(WeightUpdate(version, adapter_config, blobs, checksum, buffer))
+        size = sum(memoryview(f).nbytes for f in frames)
+        if size > self._max_bytes:
+            raise SyncError(
+                f"publish: v{version} is {size / 2**20:.1f} MiB, over sync.max_message_mb ({self.cfg.max_message_mb})"
+            )
+        # built once, sent zero-copy to every actor; the tracker says when libzmq let go of the buffer
+        zframes = [zmq.Frame(f, track=_owner is not None and i == 1) for i, f in enumerate(frames)]
+        with self._cv:
+            if version <= self._latest:
+                raise SyncError(f"publish: version {version} is not newer than {self._latest}")
+            if self._owner is not None:
+                self._retiring.append((self._frames[1].tracker, self._owner))
+                del self._retiring[:-4]
+            self._owner = _owner
+            self._latest, self._frames = version, zframes
+            self._checksums[version] = checksum
+            while len(self._checksums) > 64:
+                self._checksums.popitem(last=False)
+        self._wake()
+        return checksum
+
+    def latest_version(self) -> int:
+        return self._latest
+
+    def actors(self) -> dict[str, int]:
+        """Live actors -> the version each reports serving."""
+        with self._cv:
+            return {a.actor_id: a.version for a in self._actors.values()}
+
+    def acked(self) -> dict[str, WeightAck]:
+        """Live actors -> their newest ack (ok or not)."""
+        with self._cv:
+            return {a.actor_id: a.acks[max(a.acks)] for a in self._actors.values() if a.acks}
+
+    def wait_acks(self, version: int, timeout_s: float, min_actors: int = 1) -> dict[str, WeightAck]:
+        """Every live actor's ok ack of ``version`` or later (at least ``min_actors`` of them)."""
+        deadline = time.monotonic() + timeout_s
+        with self._cv:
+            while True:
+                self._check_alive()
+                done, missing = {}, []
+                for a in self._actors.values():
+                    newer = [v for v in a.acks if v >= version]
+                    if not newer:
+                        missing.append(a.actor_id)
+                        continue
+                    ack = a.acks[max(newer)]
+                    if not ack.ok:
+                        raise SyncError(f"actor {a.actor_id} failed to load v{ack.version}: {ack.error}")
+                    want = self._checksums.get(ack.version)
+                    if ack.checksum != want:
+                        raise SyncError(
+                            f"actor {a.actor_id} acked v{ack.version} with checksum {ack.checksum}, published {want}"
+                        )
+                    done[a.actor_id] = ack
+                if not missing and len(done) >= min_actors:
+                    return done
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    who = ", ".join(missing) or f"(only {len(done)} of {min_actors} actors connected)"
+                    raise SyncError(f"timed out after {timeout_s:.1f} s waiting for acks of v{version} from {who}")
+                self._cv.wait(min(left, 0.1))
+
+    def close(self) -> None:
+        self._close(linger_ms=0)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ------------------------------------------------------------------ I/O thread
+    def _on_frames(self, sock, frames) -> None:
+        ident = frames[0].bytes.decode("utf-8", "replace")
+        try:
+            msg = decode(frames[1:], 2**20)
+        except WireError as e:
+            log.warning("weights: refused a message from %s: %s", ident, e)
+            return
+        now = time.monotonic()
+        if isinstance(msg, (Hello, Heartbeat)):
+            a = self._actors.get(ident)
+            if a is None or (msg.incarnation and msg.incarnation != a.incarnation):
+                a = self._actors[ident] = _Actor(ident, msg.incarnation, now, msg.version)
+                self._welcome.append(ident)
+                log.info("weights: actor %s connected serving v%d (latest v%d)", ident, msg.version, self._latest)
+            elif isinstance(msg, Hello):
+                self._welcome.append(ident)
+            a.last_seen, a.version = now, msg.version
+        elif isinstance(msg, WeightAck):
+            a = self._actors.get(ident)
+            if a is None:
+                log.warning("weights: ack from unknown actor %s dropped", ident)
+                return
+            a.last_seen = now
+            a.acks[msg.version] = msg
+            for v in [v for v in a.acks if v < msg.version - 64]:
+                del a.acks[v]
+            if msg.ok:
+                a.version = max(a.version, msg.version)
+            else:
+                log.warning("weights: actor %s refused v%d: %s", ident, msg.version, msg.error)
+            self._cv.notify_all()
+        else:
+            log.warning("weights: unexpected %s from %s; dropped", type(msg).__name__, ident)
+
+    def _send(self, ident: str, frames, copy: bool = True) -> bool:
+        try:
+            self._sock.send_multipart([ident.encode(), *frames], zmq.NOBLOCK, copy=copy)
+            return True
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as e:
+            log.warning("weights: actor %s unreachable (%s); dropped", ident, e)
+            self._actors.pop(ident, None)
+            self._cv.notify_all()
+            return False
+
+    def _flush(self) -> None:
+        while self._welcome:
+            ident = self._welcome.pop(0)
+            if ident in self._actors:
+                self._send(ident, encode(Welcome(self._latest, self.incarnation)))
+        if not self._latest:
+            return
+        for a in list(self._actors.values()):
+            if a.sent != self._latest and a.version != self._latest:
+                if self._send(a.actor_id, self._frames, copy=False):
+                    a.sent = self._latest
+
+    def _on_tick(self, now: float) -> None:
+        for a in list(self._actors.values()):
+            if now - a.last_seen > self._dead_after:
+                log.warning("weights: actor %s silent for %.1f s, presumed dead", a.actor_id, now - a.last_seen)
+                del self._actors[a.actor_id]
+                self._cv.notify_all()

@@ -1,0 +1,444 @@
+"""The wire schema shared by learner and actors: typed, tagged messages, msgpack fields, raw tensor frames.
+
+One message is a list of ZeroMQ frames. Frame 0 is a msgpack array ``["t2", WIRE_VERSION, tag, body]``
+where ``body`` maps field names to plain values (nested messages become maps). Only a
+:class:`WeightUpdate` has more frames: its tensor bytes, referenced from the body by
+``[name, dtype, shape, frame, offset, nbytes]`` rows, so tensors cross the wire as raw buffers
+(zero-copy on both ends with pyzmq ``copy=False``) and never through msgpack or pickle.
+
+:func:`decode` checks everything it reads against the dataclass field types (``int`` fields must be
+ints, lists must hold the declared element type, unknown tags and versions are refused, tensor rows
+must fit their frames) and raises :class:`WireError` with a one-line reason; a random byte string
+can make it raise nothing else. Unknown body keys are ignored, so fields can be added later without
+breaking older peers; missing fields take their defaults or are refused.
+
+This module imports neither torch nor zmq: tensor conversion lives in :mod:`sync.tensors`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import msgpack
+
+WIRE_MAGIC = "t2"
+WIRE_VERSION = 1
+DEFAULT_MAX_BYTES = 1024 * 2**20
+
+# safetensors dtype names -> bytes per element
+DTYPE_SIZES = {"BF16": 2, "F16": 2, "F32": 4}
+
+
+class WireError(ValueError):
+    """A frame list that is not a valid message (the message is the one-line reason)."""
+
+
+# ---------------------------------------------------------------------------------------------- messages
+
+
+@dataclass(slots=True)
+class SamplingSpec:
+    n: int
+    """Completions per prompt (G)."""
+    temperature: float
+    top_p: float
+    max_tokens: int
+    seed: int | None = None
+    """Base seed; the actor derives per-prompt seeds from it (None: unseeded)."""
+
+
+@dataclass(slots=True)
+class RolloutRequest:
+    request_id: str
+    prompts: list[list[dict]] | list[list[int]]
+    """Chat messages (``[{"role": ..., "content": ...}, ...]``) or prompt token ids, one per prompt."""
+    sampling: SamplingSpec
+    min_version: int = 0
+    """The actor must serve at least this adapter version before generating."""
+    meta: dict = field(default_factory=dict)
+    """Free-form, e.g. ``{"kind": "train"|"eval"|"probe", "step": 12}``; echoed in the group."""
+
+
+@dataclass(slots=True)
+class Completion:
+    token_ids: list[int]
+    logprobs: list[float]
+    """Sampling logprobs of the processed distribution (temperature/top-p applied), one per token."""
+    text: str
+    finish_reason: str
+
+
+@dataclass(slots=True)
+class PromptResult:
+    prompt_token_ids: list[int]
+    completions: list[Completion]
+
+
+@dataclass(slots=True)
+class RolloutGroup:
+    request_id: str
+    actor_id: str
+    version: int
+    """Adapter version that generated every completion of the group."""
+    results: list[PromptResult]
+    timings: dict[str, float] = field(default_factory=dict)
+    rewards: list[list[float]] | None = None
+    """Per prompt, per completion, when the actor scores (``actor.score_rewards``)."""
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class TensorBlob:
+    """One tensor's raw bytes (C order, little-endian) with its safetensors dtype name and shape."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    data: Any
+    """bytes, bytearray or memoryview of exactly ``prod(shape) * itemsize`` bytes."""
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * DTYPE_SIZES[self.dtype]
+
+
+@dataclass(slots=True)
+class WeightUpdate:
+    version: int
+    adapter_config: dict
+    """PEFT adapter_config.json content: at least r, lora_alpha, target_modules."""
+    tensors: dict[str, TensorBlob]
+    """PEFT state-dict names (``base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight``)."""
+    checksum: str
+    """``xxh3_128:<hex>`` over the tensor table and bytes in name order (:func:`sync.tensors.checksum`)."""
+    buffer: Any = None
+    """Optional contiguous buffer holding every tensor in name order with no gaps (what
+    :func:`sync.tensors.pack` makes): sent as one frame and written to disk with one write."""
+
+
+@dataclass(slots=True)
+class WeightAck:
+    actor_id: str
+    version: int
+    ok: bool
+    load_s: float
+    checksum: str
+    """Checksum of what was loaded (``ok``) or received (refused)."""
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Heartbeat:
+    actor_id: str
+    version: int
+    """Adapter version the actor serves."""
+    queue_depth: int
+    in_flight: int
+    tokens_per_s: float
+    incarnation: str = ""
+    """Random id of the actor process; a new one means the actor restarted."""
+
+
+@dataclass(slots=True)
+class Hello:
+    """Actor -> learner on connect (both channels): who it is and what it serves."""
+
+    actor_id: str
+    incarnation: str
+    version: int
+
+
+@dataclass(slots=True)
+class Welcome:
+    """Learner -> actor on the weight channel: the latest published version (0: none yet)."""
+
+    version: int
+    incarnation: str = ""
+    """Random id of the learner process: a new one whose version is below what the actor serves
+    means the learner resumed from an older checkpoint, and the actor takes that version next."""
+
+
+@dataclass(slots=True)
+class Shutdown:
+    reason: str
+
+
+TAGS: dict[str, type] = {
+    "req": RolloutRequest,
+    "grp": RolloutGroup,
+    "wu": WeightUpdate,
+    "ack": WeightAck,
+    "hb": Heartbeat,
+    "hello": Hello,
+    "welcome": Welcome,
+    "bye": Shutdown,
+}
+_TAG_OF = {cls: tag for tag, cls in TAGS.items()}
+Message = RolloutRequest | RolloutGroup | WeightUpdate | WeightAck | Heartbeat | Hello | Welcome | Shutdown
+
+# ---------------------------------------------------------------------------------------------- encode
+
+
+def _plain(obj: Any) -> Any:
+    """Dataclass -> dict recursively (lists and dicts walked only where they may hold dataclasses)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, list) and obj and dataclasses.is_dataclass(obj[0]):
+        return [_plain(x) for x in obj]
+    return obj
+
+
+def _pack(obj: Any) -> bytes:
+    try:
+        return msgpack.packb(obj, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise WireError(f"cannot encode: {e}") from None
+
+
+def encode(msg: Message) -> list[bytes | memoryview]:
+    """Message -> frames. Tensor bytes are passed through as memoryviews (no copy)."""
+    tag = _TAG_OF.get(type(msg))
+    if tag is None:
+        raise WireError(f"cannot encode {type(msg).__name__}: not a wire message")
+    if isinstance(msg, WeightUpdate):
+        return _encode_weights(msg)
+    return [_pack([WIRE_MAGIC, WIRE_VERSION, tag, _plain(msg)])]
+
+
+def _encode_weights(msg: WeightUpdate) -> list[bytes | memoryview]:
+    names = sorted(msg.tensors)
+    rows, frames = [], []
+    if msg.buffer is not None:
+        buf = memoryview(msg.buffer).cast("B")
+        off = 0
+        for name in names:
+            t = msg.tensors[name]
+            rows.append([name, t.dtype, list(t.shape), 1, off, t.nbytes])
+            off += t.nbytes
+        if off != buf.nbytes:
+            raise WireError(f"packed buffer holds {buf.nbytes} bytes, tensors {off}")
+        frames.append(buf)
+    else:
+        for i, name in enumerate(names, start=1):
+            t = msg.tensors[name]
+            data = memoryview(t.data).cast("B")
+            if data.nbytes != t.nbytes:
+                raise WireError(f"tensor {name}: {data.nbytes} bytes for {t.dtype}{list(t.shape)}")
+            rows.append([name, t.dtype, list(t.shape), i, 0, t.nbytes])
+            frames.append(data)
+    body = {"version": msg.version, "adapter_config": msg.adapter_config, "checksum": msg.checksum, "tensors": rows}
+    return [_pack([WIRE_MAGIC, WIRE_VERSION, "wu", body]), *frames]
+
+
+# ---------------------------------------------------------------------------------------------- decode
+
+
+def _as_buffer(frame: Any) -> memoryview:
+    buf = getattr(frame, "buffer", frame)  # zmq.Frame -> its memoryview; bytes/memoryview as is
+    try:
+        return memoryview(buf).cast("B")
+    except TypeError:
+        raise WireError(f"frame of type {type(frame).__name__} is not a buffer") from None
+
+
+def _refuse_ext(code, data):
+    raise WireError(f"msgpack extension type {code} is not allowed")
+
+
+def decode(frames: list, max_bytes: int | None = DEFAULT_MAX_BYTES) -> Message:
+    """Frames -> message, or :class:`WireError` (one line) if they are not a valid message."""
+    if not isinstance(frames, (list, tuple)) or not frames:
+        raise WireError("no frames")
+    bufs = [_as_buffer(f) for f in frames]
+    total = sum(b.nbytes for b in bufs)
+    if max_bytes is not None and total > max_bytes:
+        raise WireError(f"message of {total / 2**20:.1f} MiB exceeds the {max_bytes / 2**20:.0f} MiB limit")
+    try:
+        head = msgpack.unpackb(
+            bufs[0], raw=False, use_list=True, strict_map_key=True, ext_hook=_refuse_ext, timestamp=0
+        )
+    except WireError:
+        raise
+    except Exception as e:  # msgpack raises several types (ExtraData, FormatError, ValueError, ...)
+        raise WireError(f"header is not msgpack: {type(e).__name__}: {e}"[:200]) from None
+    if not (isinstance(head, list) and len(head) == 4):
+        raise WireError("header is not a [magic, version, tag, body] array")
+    magic, version, tag, body = head
+    if magic != WIRE_MAGIC:
+        raise WireError(f"bad magic {magic!r}"[:100])
+    if version != WIRE_VERSION:
+        raise WireError(f"wire version {version!r} (this side speaks {WIRE_VERSION})"[:100])
+    cls = TAGS.get(tag) if isinstance(tag, str) else None
+    if cls is None:
+        raise WireError(f"unknown tag {tag!r}"[:100])
+    if not isinstance(body, dict):
+        raise WireError(f"{tag}: body is not a map")
+    if cls is WeightUpdate:
+        return _decode_weights(body, bufs)
+    if len(bufs) != 1:
+        raise WireError(f"{tag}: expected 1 frame, got {len(bufs)}")
+    return _build(cls, body, tag)
+
+
+def _decode_weights(body: dict, bufs: list[memoryview]) -> WeightUpdate:
+    version = _check(body.get("version"), int, "wu.version")
+    adapter_config = _check(body.get("adapter_config"), dict, "wu.adapter_config")
+    checksum = _check(body.get("checksum"), str, "wu.checksum")
+    rows = body.get("tensors")
+    if not isinstance(rows, list):
+        raise WireError("wu.tensors is not a list")
+    tensors: dict[str, TensorBlob] = {}
+    used = [0] * len(bufs)
+    for row in rows:
+        if not (isinstance(row, list) and len(row) == 6):
+            raise WireError("wu.tensors row is not [name, dtype, shape, frame, offset, nbytes]")
+        name, dtype, shape, fi, off, nbytes = row
+        if not isinstance(name, str) or name in tensors:
+            raise WireError(f"wu: bad or repeated tensor name {name!r}"[:150])
+        if dtype not in DTYPE_SIZES:
+            raise WireError(f"wu: tensor {name}: unknown dtype {dtype!r}"[:150])
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+            raise WireError(f"wu: tensor {name}: bad shape"[:150])
+        if not all(type(x) is int for x in (fi, off, nbytes)) or not 1 <= fi < len(bufs) or off < 0:
+            raise WireError(f"wu: tensor {name}: bad frame reference"[:150])
+        if nbytes != math.prod(shape) * DTYPE_SIZES[dtype]:
+            raise WireError(f"wu: tensor {name}: {nbytes} bytes do not match {dtype}{shape}"[:150])
+        if off + nbytes > bufs[fi].nbytes:
+            raise WireError(f"wu: tensor {name} runs past the end of frame {fi} (truncated?)"[:150])
+        tensors[name] = TensorBlob(dtype, tuple(shape), bufs[fi][off : off + nbytes])
+        used[fi] += nbytes
+    for fi in range(1, len(bufs)):
+        if used[fi] != bufs[fi].nbytes:
+            raise WireError(f"wu: frame {fi} holds {bufs[fi].nbytes} bytes, tensors use {used[fi]}")
+    buffer = None
+    if (
+        len(bufs) == 2
+        and rows
+        and [r[0] for r in rows] == sorted(tensors)
+        and all(r[3] == 1 for r in rows)
+        and _contiguous(rows)
+    ):
+        buffer = bufs[1]
+    return WeightUpdate(version, adapter_config, tensors, checksum, buffer)
+
+
+def _contiguous(rows: list) -> bool:
+    off = 0
+    for r in rows:
+        if r[4] != off:
+            return False
+        off += r[5]
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- checking
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    h = _HINTS.get(cls)
+    if h is None:
+        h = _HINTS[cls] = typing.get_type_hints(cls)
+    return h
+
+
+def _build(cls: type, body: dict, where: str):
+    hints = _hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in body:
+            kwargs[f.name] = _check(body[f.name], hints[f.name], f"{where}.{f.name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise WireError(f"{where}: missing field {f.name!r}")
+    return cls(**kwargs)
+
+
+def _plain_value(v: Any, where: str, depth: int = 0) -> Any:
+    """Values allowed in free-form fields: JSON-like data plus bytes."""
+    if v is None or type(v) in (bool, int, float, str, bytes):
+        return v
+    if depth > 32:
+        raise WireError(f"{where}: nested too deeply")
+    if isinstance(v, list):
+        for x in v:
+            _plain_value(x, where, depth + 1)
+        return v
+    if isinstance(v, dict):
+        for k, x in v.items():
+            if not isinstance(k, str):
+                raise WireError(f"{where}: map key {k!r} is not a string"[:150])
+            _plain_value(x, where, depth + 1)
+        return v
+    raise WireError(f"{where}: value of type {type(v).__name__} not allowed")
+
+
+def _check(v: Any, tp: Any, where: str) -> Any:
+    """Return ``v`` (ints widened to float where a float is declared) if it has type ``tp``."""
+    if tp is Any:
+        return _plain_value(v, where)
+    if tp is int:
+        if type(v) is not int:
+            raise WireError(f"{where}: expected int, got {type(v).__name__}")
+        return v
+    if tp is float:
+        if type(v) is float:
+            return v
+        if type(v) is int:
+            return float(v)
+        raise WireError(f"{where}: expected float, got {type(v).__name__}")
+    if tp is str or tp is bool:
+        if type(v) is not tp:
+            raise WireError(f"{where}: expected {tp.__name__}, got {type(v).__name__}")
+        return v
+    if tp is dict:
+        if not isinstance(v, dict):
+            raise WireError(f"{where}: expected map, got {type(v).__name__}")
+        return _plain_value(v, where)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(v, dict):
+            raise WireError(f"{where}: expected {tp.__name__} map, got {type(v).__name__}")
+        return _build(tp, v, where)
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if v is None and type(None) in args:
+            return None
+        errors = []
+        for alt in args:
+            if alt is type(None):
+                continue
+            try:
+                return _check(v, alt, where)
+            except WireError as e:
+                errors.append(str(e))
+        raise WireError(errors[0] if len(errors) == 1 else f"{where}: matches none of {tp}")
+    if origin is list:
+        if not isinstance(v, list):
+            raise WireError(f"{where}: expected list, got {type(v).__name__}")
+        (et,) = args
+        if et is int:
+            if not all(type(x) is int for x in v):
+                raise WireError(f"{where}: expected list of ints")
+            return v
+        if et is float:
+            if not all(type(x) is float for x in v):
+                if not all(type(x) in (float, int) for x in v):
+                    raise WireError(f"{where}: expected list of floats")
+                return [float(x) for x in v]
+            return v
+        return [_check(x, et, f"{where}[]") for x in v]
+    if origin is dict:
+        if not isinstance(v, dict):
+            raise WireError(f"{where}: expected map, got {type(v).__name__}")
+        kt, vt = args
+        return {_check(k, kt, f"{where}.key"): _check(x, vt, f"{where}[{k}]") for k, x in v.items()}
+    if origin is tuple:
+        if not isinstance(v, list):
+            raise WireError(f"{where}: expected list, got {type(v).__name__}")
+        return tuple(_check(x, args[0], f"{where}[]") for x in v)
+    raise WireError(f"{where}: no checker for {tp}")  # pragma: no cover - schema bug

@@ -1,0 +1,274 @@
+"""Weight channel over real loopback sockets: fan-out, late joiners, refusals, acks."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import msgpack
+import pytest
+import torch
+import zmq
+from safetensors.torch import load_file
+
+from configs.schema import SyncConfig
+from sync import tensors as T
+from sync.endpoint import ActorEndpoint
+from sync.interfaces import ReceivedWeights, SyncError
+from sync.weights import ZmqWeightPublisher
+from sync.wire import Shutdown, TensorBlob, WeightAck, WeightUpdate, decode, encode
+
+CFG = SyncConfig(heartbeat_s=0.1, max_message_mb=1)
+ADAPTER = {"r": 2, "lora_alpha": 4, "target_modules": {"q_proj", "v_proj"}, "peft_type": "LORA"}
+
+
+def state(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        f"base_model.model.model.layers.0.self_attn.{m}.lora_{ab}.weight": torch.randn(shape, generator=g)
+        for m in ("q_proj", "v_proj")
+        for ab, shape in (("A", (2, 8)), ("B", (8, 2)))
+    }
+
+
+class Actor:
+    """An endpoint plus a serve loop in a thread that loads by re-reading the written file."""
+
+    def __init__(self, pub, name, tmp_path, ack_checksum=None):
+        self.ep = ActorEndpoint(CFG, name, tmp_path / name, weight_port=pub.port, rollout_port=1, gate_on_weights=False)
+        self.received: list[ReceivedWeights] = []
+        self.ack_checksum = ack_checksum
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self):
+        while True:
+            item = self.ep.poll(0.05)
+            if isinstance(item, Shutdown):
+                return
+            if isinstance(item, ReceivedWeights):  # "load" = re-read the written file, ack its checksum
+                self.received.append(item)
+                got = self.ack_checksum or T.checksum_file(item.adapter_dir / "adapter_model.safetensors")
+                self.ep.send_ack(WeightAck(self.ep.actor_id, item.version, True, 0.0, got))
+
+    def close(self):
+        with self.ep._cv:
+            self.ep._shutdown = Shutdown("test over")
+            self.ep._cv.notify_all()
+        self.thread.join(5)
+        self.ep.close()
+
+
+@pytest.fixture
+def pub():
+    p = ZmqWeightPublisher(CFG, port=0)
+    yield p
+    p.close()
+
+
+def wait_for(cond, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
+def test_two_actors_receive_and_ack_every_version(pub, tmp_path):
+    actors = [Actor(pub, f"a{i}", tmp_path) for i in range(2)]
+    try:
+        wait_for(lambda: len(pub.actors()) == 2)
+        for v in (1, 2, 3):
+            sd = state(v)
+            checksum = pub.publish(v, sd, ADAPTER)
+            acks = pub.wait_acks(v, 5)
+            assert set(acks) == {"a0", "a1"}
+            assert all(a.ok and a.version == v and a.checksum == checksum for a in acks.values())
+        for a in actors:
+            assert [w.version for w in a.received] == [1, 2, 3]
+            last = a.received[-1]
+            assert last.adapter_config["target_modules"] == ["q_proj", "v_proj"]
+            loaded = load_file(last.adapter_dir / "adapter_model.safetensors")
+            assert loaded.keys() == sd.keys()
+            for k, t in sd.items():  # bf16 on the wire by default
+                assert loaded[k].dtype == torch.bfloat16 and torch.equal(loaded[k], t.bfloat16())
+        assert pub.latest_version() == 3
+    finally:
+        for a in actors:
+            a.close()
+
+
+def test_late_actor_gets_latest_first(pub, tmp_path):
+    for v in (1, 2, 3):
+        pub.publish(v, state(v), ADAPTER)
+    late = Actor(pub, "late", tmp_path)
+    try:
+        acks = pub.wait_acks(3, 5)
+        assert acks["late"].version == 3
+        assert [w.version for w in late.received] == [3]
+        assert late.ep.version == 3
+    finally:
+        late.close()
+
+
+def test_gate_holds_requests_until_latest_served(pub, tmp_path):
+    pub.publish(1, state(1), ADAPTER)
+    ep = ActorEndpoint(CFG, "g", tmp_path / "g", weight_port=pub.port, rollout_port=1)
+    try:
+        first = ep.poll(5)
+        assert isinstance(first, ReceivedWeights) and first.version == 1
+        ep.send_ack(WeightAck("g", 1, True, 0.0, first.checksum))
+        assert pub.wait_acks(1, 5)["g"].ok
+    finally:
+        ep.close()
+
+
+def test_wait_acks_raises_on_checksum_mismatch(pub, tmp_path):
+    bad = Actor(pub, "bad", tmp_path, ack_checksum="xxh3_128:" + "0" * 32)
+    try:
+        wait_for(lambda: "bad" in pub.actors())
+        pub.publish(1, state(1), ADAPTER)
+        with pytest.raises(SyncError, match="bad acked v1 with checksum"):
+            pub.wait_acks(1, 5)
+    finally:
+        bad.close()
+
+
+def test_wait_acks_raises_on_timeout_and_failed_load(pub, tmp_path):
+    ep = ActorEndpoint(CFG, "mute", tmp_path / "mute", weight_port=pub.port, rollout_port=1)
+    try:
+        wait_for(lambda: "mute" in pub.actors())
+        pub.publish(1, state(1), ADAPTER)
+        with pytest.raises(SyncError, match="timed out .* v1 from mute"):
+            pub.wait_acks(1, 0.5)
+        w = ep.poll(5)
+        ep.send_ack(WeightAck("mute", w.version, False, 0.0, "", "engine refused it"))
+        with pytest.raises(SyncError, match="failed to load v1: engine refused it"):
+            pub.wait_acks(1, 5)
+    finally:
+        ep.close()
+    wait_for(lambda: not pub.actors())  # silent for 5 heartbeats: presumed dead, no longer awaited
+    with pytest.raises(SyncError, match="timed out"):  # nobody connected at all
+        pub.wait_acks(1, 0.2)
+
+
+def test_publish_refuses_old_versions_and_oversized(pub):
+    pub.publish(2, state(2), ADAPTER)
+    with pytest.raises(SyncError, match="not newer"):
+        pub.publish(2, state(3), ADAPTER)
+    with pytest.raises(SyncError, match="over sync.max_message_mb"):
+        pub.publish(3, {"big": torch.zeros(1024, 1024)}, ADAPTER)  # 2 MiB in bf16 > 1 MiB
+
+
+# --------------------------------------------------------------- refusals, with a hand-driven learner
+
+
+class FakeLearner:
+    """A raw ROUTER standing in for the learner, so tests can send broken updates."""
+
+    def __init__(self):
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+
+    def recv(self, want, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.sock.poll(100):
+                ident, *frames = self.sock.recv_multipart()
+                msg = decode(frames)
+                if isinstance(msg, want):
+                    return ident, msg
+        raise AssertionError(f"no {want.__name__} received")
+
+    def send(self, ident, frames):
+        self.sock.send_multipart([ident, *frames])
+
+    def close(self):
+        self.sock.close(0)
+        self.ctx.term()
+
+
+def update(version: int, seed: int) -> WeightUpdate:
+    blobs, buf = T.pack(state(seed), "bf16")
+    return WeightUpdate(version, {"r": 2}, blobs, T.checksum(blobs, buf), buf)
+
+
+def test_endpoint_refuses_bad_updates_and_keeps_serving(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="sync")
+    fake = FakeLearner()
+    ep = ActorEndpoint(CFG, "victim", tmp_path / "victim", weight_port=fake.port, rollout_port=1, gate_on_weights=False)
+    try:
+        from sync.wire import Hello
+
+        ident, _ = fake.recv(Hello)
+        good = update(1, 1)
+        fake.send(ident, encode(good))
+        w = ep.poll(5)
+        assert isinstance(w, ReceivedWeights) and w.version == 1
+        ep.send_ack(WeightAck("victim", 1, True, 0.0, w.checksum))
+        fake.recv(WeightAck)
+
+        # corrupted checksum: refused with an ok=False ack
+        u = update(2, 2)
+        u.checksum = "xxh3_128:" + "f" * 32
+        fake.send(ident, encode(u))
+        _, ack = fake.recv(WeightAck)
+        assert (ack.version, ack.ok) == (2, False) and "checksum mismatch" in ack.error
+
+        # truncated tensor frame
+        frames = [bytes(f) for f in encode(update(3, 3))]
+        fake.send(ident, [frames[0], frames[1][:-2]])
+        _, ack = fake.recv(WeightAck)
+        assert (ack.version, ack.ok) == (3, False) and "truncated" in ack.error
+
+        # oversized in total (each frame under MAXMSGSIZE, so it reaches decode)
+        blobs = {f"t{i}": TensorBlob("BF16", (300_000,), bytes(600_000)) for i in range(2)}
+        big = WeightUpdate(4, {"r": 2}, blobs, T.checksum(blobs))
+        fake.send(ident, encode(big))
+        _, ack = fake.recv(WeightAck)
+        assert (ack.version, ack.ok) == (4, False) and "exceeds" in ack.error
+
+        # malformed header: dropped with a logged reason
+        fake.send(ident, [msgpack.packb(["t2", 1, "wu", {"version": "five"}])])
+
+        # out of order: an older version with another checksum is dropped, logged
+        old = update(1, 99)
+        fake.send(ident, encode(old))
+        # the endpoint still runs, still serves v1, and accepts the next good version
+        time.sleep(0.3)
+        assert ep.poll(0.1) is None and ep.version == 1
+        fake.send(ident, encode(update(5, 5)))
+        w = ep.poll(5)
+        assert isinstance(w, ReceivedWeights) and w.version == 5
+        text = caplog.text
+        assert "out-of-order update v1 (have v1)" in text
+        assert "expected int" in text
+        assert not (tmp_path / "victim" / "v2").exists() and not (tmp_path / "victim" / "v3").exists()
+    finally:
+        ep.close()
+        fake.close()
+
+
+def test_learner_resumed_from_older_checkpoint(tmp_path):
+    first = ZmqWeightPublisher(CFG, port=0)
+    port = first.port
+    actor = Actor(first, "a", tmp_path)
+    try:
+        for v in (1, 2, 3):
+            first.publish(v, state(v), ADAPTER)
+        first.wait_acks(3, 5)
+        first.close()  # the learner dies; a new one resumes from its v2 checkpoint on the same port
+        second = ZmqWeightPublisher(CFG, port=port)
+        try:
+            second.publish(2, state(22), ADAPTER)
+            acks = second.wait_acks(2, 5)
+            assert acks["a"].version == 2 and actor.ep.version == 2
+            second.publish(3, state(33), ADAPTER)
+            assert second.wait_acks(3, 5)["a"].ok
+            assert [w.version for w in actor.received] == [3, 2, 3]  # published before it connected: latest only
+        finally:
+            second.close()
+    finally:
+        actor.close()
