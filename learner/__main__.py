@@ -1,0 +1,140 @@
+"""``python -m learner --config FILE [--set k=v ...] [--resume RUN_DIR] [--rollouts zmq|local]``
+
+The learner process (one per rank under the ``deepspeed`` launcher, or a single CPU process). This file
+parses the typed config and checks inputs before importing anything heavy: a missing model, pair file
+or database is one line on stderr and exit code 2. Rank 0 binds the ZeroMQ rollout and weight
+channels (``sync.ZmqRolloutTransport`` / ``sync.ZmqWeightPublisher``) that the actors connect to;
+``--rollouts local`` uses the in-process HF stand-in (:mod:`learner.rollouts_local`) instead.
+Exit codes: 0 done, 1 stopped by a sync failure or a learner error (one line), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def model_problem(model_id: str) -> str | None:
+    """Why ``model_id`` cannot be loaded without a download, or None."""
+    p = Path(model_id)
+    if p.is_dir():
+        return None if (p / "config.json").exists() else f"model directory {p} has no config.json"
+    if p.is_absolute() or model_id.startswith(".") or model_id.count("/") != 1:
+        return f"model {model_id} not found (no such directory)"
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(model_id, "config.json"), str):
+            return None
+    except Exception:  # noqa: BLE001 - hub missing or broken cache: treated as not cached
+        pass
+    if os.environ.get("TUCANO2_ALLOW_DOWNLOAD") == "1":
+        return None
+    return (
+        f"model {model_id} is neither a local directory nor in the Hugging Face cache "
+        f"(fetch it first: `huggingface-cli download {model_id}`, or set TUCANO2_ALLOW_DOWNLOAD=1)"
+    )
+
+
+def preflight(cfg, resume: Path | None = None, need_data: bool = True) -> str | None:
+    """The first problem with the run's inputs, as one line, or None."""
+    why = model_problem(cfg.model_id)
+    if why:
+        return why
+    if cfg.init_adapter is not None and not (Path(cfg.init_adapter) / "adapter_config.json").exists():
+        return f"init_adapter {cfg.init_adapter} is not a PEFT adapter directory (no adapter_config.json)"
+    if cfg.sft.enabled and cfg.init_adapter is None:
+        sft = Path(cfg.run_dir or "runs/run") / "sft" / "adapter"
+        if not (sft / "adapter_config.json").exists():
+            return f"sft.enabled but no SFT adapter at {sft}: run `python -m learner.sft --config ...` first"
+    if need_data:
+        if not Path(cfg.data.train_pairs).is_file():
+            return (
+                f"training pairs not found: {cfg.data.train_pairs} "
+                "(build them with `python -m commerce build`)"
+            )
+        if (cfg.eval.every or cfg.eval.at_start) and not Path(cfg.data.eval_pairs).is_file():
+            return f"eval pairs not found: {cfg.data.eval_pairs}"
+        if not cfg.rewards.toy_token and not Path(cfg.data.db_path).is_file():
+            return f"database not found: {cfg.data.db_path} (build it with `python -m commerce build`)"
+    if resume is not None:
+        from learner.checkpoint import latest_checkpoint
+
+        if latest_checkpoint(resume) is None:
+            return f"--resume {resume}: no checkpoint under {resume}/checkpoints"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from configs import ConfigError, load_config
+    from configs.__main__ import add_config_args
+
+    p = argparse.ArgumentParser(prog="python -m learner", description=__doc__.split("\n\n")[0])
+    add_config_args(p)
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its latest checkpoint",
+    )
+    p.add_argument(
+        "--rollouts",
+        choices=("zmq", "local"),
+        default="zmq",
+        help="zmq: actors over the wire (default); local: in-process HF generate stand-in",
+    )
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
+    args = p.parse_args(argv)
+    overrides = list(args.overrides)
+    if args.resume is not None:
+        overrides.append(f"run_dir={args.resume}")
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as e:
+        print(f"learner: invalid config: {e}", file=sys.stderr)
+        return 2
+    problem = preflight(cfg, args.resume)
+    if problem:
+        print(f"learner: {problem}", file=sys.stderr)
+        return 2
+
+    from learner.trainer import LearnerError, Trainer
+
+    rank = int(os.environ.get("RANK", "0"))
+    transport = publisher = None
+    try:
+        if rank == 0:
+            transport, publisher = _transports(cfg, args.rollouts)
+        trainer = Trainer(cfg, transport, publisher, resume=args.resume is not None)
+        result = trainer.run()
+    except LearnerError as e:
+        print(f"learner: {e}", file=sys.stderr)
+        return 1
+    finally:
+        for t in (transport, publisher):
+            if t is not None:
+                t.close()
+    if result.stopped and result.stopped.startswith("sync failed"):
+        print(f"learner: {result.stopped} (checkpoint written; fix the actors and --resume)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _transports(cfg, kind: str):
+    if kind == "local":
+        from learner.rollouts_local import HFLocalActor
+
+        actor = HFLocalActor(
+            cfg.model_id, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, wire_dtype=cfg.sync.wire_dtype
+        )
+        return actor, actor
+    import sync
+
+    return sync.ZmqRolloutTransport(cfg.sync), sync.ZmqWeightPublisher(cfg.sync)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""``python -m learner.bench [--shape tiny|bench|0.5b|3.7b] [--config FILE] [--set k=v] [--json FILE]``
+
+Learner throughput on random rollouts: the real training step (PEFT LoRA on every linear layer,
+DeepSpeed ZeRO, the Dr. GRPO loss, clipping, AdamW) on ``prompts_per_step x num_generations``
+completions of ``max_completion_length`` tokens (the config's lengths) after prompts of
+``--prompt-len`` tokens. The model is built in memory from ``zoo``'s Qwen3 shape with random weights
+(no download, no disk); LoRA B is randomised so gradients are not trivially zero. Prints a table and
+writes JSON: tokens/s of forward+backward, optimizer-step time, step time, peak memory.
+
+Defaults: ``configs/smoke_cpu.yaml`` for tiny/bench (CPU-sized), ``configs/v4_1.yaml`` for 0.5b and
+``configs/v4_2_a_3b.yaml`` for 3.7b. On CUDA the engine runs bf16 with one DeepSpeed rank (launch with
+``deepspeed --num_gpus N -m learner.bench ...`` for several); ``--gradient-checkpointing`` recomputes
+activations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_CONFIGS = {
+    "tiny": "configs/smoke_cpu.yaml",
+    "bench": "configs/smoke_cpu.yaml",
+    "0.5b": "configs/v4_1.yaml",
+    "3.7b": "configs/v4_2_a_3b.yaml",
+}
+
+
+def _peak_mem_gb(device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def run_bench(cfg, shape: str, steps: int = 3, warmup: int = 1, prompt_len: int = 128, seed: int = 0) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from learner.engine import PolicyEngine
+    from learner.loss import group_advantages, policy_loss
+    from learner.rollouts import Sample, collate, shard
+    from zoo.build import SHAPES, qwen3_config
+
+    vocab = SHAPES[shape]["vocab_size"] or 2048
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    base = AutoModelForCausalLM.from_config(
+        qwen3_config(shape, vocab_size=vocab, eos_token_id=2, pad_token_id=0)
+    )
+    policy = PolicyEngine(cfg, base_model=base)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in policy.module.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
+    build_s = time.perf_counter() - t0
+    n_prompts, g, c_len = (
+        cfg.prompts_per_step * cfg.grad_accum,
+        cfg.num_generations,
+        cfg.max_completion_length,
+    )
+
+    def rollouts() -> list[Sample]:
+        rewards = torch.rand(n_prompts, g, generator=gen)
+        adv = group_advantages(rewards, cfg.scale_rewards).tolist()
+        out = []
+        for i in range(n_prompts * g):
+            prompt = torch.randint(3, vocab, (prompt_len,), generator=gen).tolist()
+            comp = torch.randint(3, vocab, (c_len,), generator=gen).tolist()
+            out.append(
+                Sample(prompt, comp, (-torch.rand(c_len, generator=gen) * 3).tolist(), adv[i], 0.0, 0, False)
+            )
+        return out
+
+    rows = []
+    sync = torch.cuda.synchronize if policy.device.type == "cuda" else (lambda: None)
+    for it in range(warmup + steps):
+        samples = rollouts()
+        mbs, mws = shard(samples, policy.rank, policy.world, cfg.learner.micro_batch_size)
+        sync()
+        t_fb = time.perf_counter()
+        tokens = 0
+        for k, (mb, mw) in enumerate(zip(mbs, mws, strict=True)):
+            b = collate(mb, 0, policy.device, weights=mw)
+            logps = policy.completion_logps(b, cfg.temperature)
+            loss, _ = policy_loss(
+                logps.float(),
+                b.behaviour_logps,
+                b.advantages,
+                b.completion_mask,
+                epsilon=cfg.epsilon,
+                loss_type=cfg.loss_type,
+                max_completion_length=c_len,
+                num_completions=len(samples) / policy.world,
+            )
+            policy.backward(loss, boundary=k == len(mbs) - 1)
+            tokens += int(b.attention_mask.sum())
+        sync()
+        t_opt = time.perf_counter()
+        grad_norm = policy.step()
+        sync()
+        t_end = time.perf_counter()
+        if it >= warmup:
+            rows.append(
+                {
+                    "fwd_bwd_s": t_opt - t_fb,
+                    "opt_s": t_end - t_opt,
+                    "step_s": t_end - t_fb,
+                    "tokens": tokens,
+                    "grad_norm": grad_norm,
+                }
+            )
+    fb = sum(r["fwd_bwd_s"] for r in rows)
+    tok = sum(r["tokens"] for r in rows)
+    trainable = sum(p.numel() for p in policy.module.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in policy.module.parameters())
+    return {
+        "shape": shape,
+        "device": str(policy.device),
+        "dtype": str(policy.dtype).replace("torch.", ""),
+        "world": policy.world,
+        "zero_stage": cfg.learner.zero_stage,
+        "gradient_checkpointing": cfg.learner.gradient_checkpointing,
+        "params_total": total,
+        "params_trainable": trainable,
+        "completions": len(samples),
+        "prompt_len": prompt_len,
+        "completion_len": c_len,
+        "micro_batch_size": cfg.learner.micro_batch_size,
+        "steps": steps,
+        "build_s": build_s,
+        "tokens_per_step": tok / len(rows),
+        "fwd_bwd_tokens_per_s": tok / fb,
+        "fwd_bwd_s": fb / len(rows),
+        "opt_s": sum(r["opt_s"] for r in rows) / len(rows),
+        "step_s": sum(r["step_s"] for r in rows) / len(rows),
+        "peak_mem_gb": _peak_mem_gb(policy.device),
+        "host": platform.node(),
+        "threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or None,
+    }
+
+
+def table(r: dict) -> str:
+    keys = [
+        ("shape", "{}"),
+        ("device", "{}"),
+        ("dtype", "{}"),
+        ("world", "{}"),
+        ("zero_stage", "{}"),
+        ("params_trainable", "{:,}"),
+        ("completions", "{}"),
+        ("prompt_len", "{}"),
+        ("completion_len", "{}"),
+        ("micro_batch_size", "{}"),
+        ("tokens_per_step", "{:,.0f}"),
+        ("fwd_bwd_tokens_per_s", "{:,.0f}"),
+        ("fwd_bwd_s", "{:.3f}"),
+        ("opt_s", "{:.3f}"),
+        ("step_s", "{:.3f}"),
+        ("peak_mem_gb", "{:.2f}"),
+    ]
+    w = max(len(k) for k, _ in keys)
+    return "\n".join(f"{k:<{w}}  {fmt.format(r[k])}" for k, fmt in keys)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from configs import ConfigError, load_config
+
+    p = argparse.ArgumentParser(prog="python -m learner.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--shape", choices=tuple(DEFAULT_CONFIGS), default="tiny")
+    p.add_argument("--config", default=None, help="run config whose lengths are used (default per shape)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    overrides = ["model_id=bench-random", "logging.wandb_mode=disabled", *args.overrides]
+    if args.gradient_checkpointing:
+        overrides.append("learner.gradient_checkpointing=true")
+    try:
+        cfg = load_config(args.config or DEFAULT_CONFIGS[args.shape], overrides)
+    except ConfigError as e:
+        print(f"learner.bench: invalid config: {e}", file=sys.stderr)
+        return 2
+    r = run_bench(cfg, args.shape, steps=args.steps, warmup=args.warmup, prompt_len=args.prompt_len)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(table(r))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(r, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

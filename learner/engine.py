@@ -1,0 +1,232 @@
+"""DeepSpeed + PEFT setup: the policy (base model + LoRA on every linear layer) and its optimizer step.
+
+* PEFT LoRA with ``r=lora_r``, ``lora_alpha``, ``target_modules="all-linear"`` (every linear layer but the
+  LM head, as TRL's ``target_modules="all-linear"``), no dropout; or the adapter at ``init_adapter``.
+* DeepSpeed ZeRO (``learner.zero_stage``, 2 by default) around a torch AdamW (betas 0.9/0.999, eps 1e-8,
+  no weight decay: transformers' defaults), gradient clipping at ``learner.max_grad_norm``, the LR
+  scheduler of :mod:`learner.schedule` stepped by DeepSpeed after every optimizer step.
+* bf16 on GPU, float32 on CPU (``learner.precision: auto``). On CPU DeepSpeed runs with its ``cpu``
+  accelerator and ``gloo``; RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT/LOCAL_RANK are set when absent.
+* One optimizer step may run several micro-batches: DeepSpeed's accumulation boundary is set by hand
+  (``set_gradient_accumulation_boundary``) and losses are not rescaled by it (``scale_wrt_gas=False``)
+  because :func:`learner.loss.policy_loss` already divides by the step's constant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import torch
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(cpu: bool) -> tuple[int, int]:
+    """Initialise torch.distributed through DeepSpeed once per process; return (rank, world)."""
+    import deepspeed
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        single = "RANK" not in os.environ and "WORLD_SIZE" not in os.environ
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        os.environ.setdefault("LOCAL_RANK", os.environ["RANK"])
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port() if single else 29500))
+        deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl", verbose=False)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def pick_device_dtype(precision: str) -> tuple[torch.device, torch.dtype]:
+    if torch.cuda.is_available():
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+        return dev, (torch.float32 if precision == "fp32" else torch.bfloat16)
+    if precision == "bf16":
+        return torch.device("cpu"), torch.bfloat16
+    return torch.device("cpu"), torch.float32
+
+
+def load_tokenizer(model_id: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_id)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def build_peft_model(
+    model_id: str | None,
+    *,
+    lora_r: int,
+    lora_alpha: int,
+    dtype: torch.dtype,
+    init_adapter: str | os.PathLike | None = None,
+    seed: int = 0,
+    gradient_checkpointing: bool = False,
+    base=None,
+):
+    """Base model (loaded from ``model_id``, or ``base`` as given) + LoRA (fresh, seeded; or loaded
+    trainable from ``init_adapter``)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    if base is None:
+        base = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype)
+    base.config.use_cache = False
+    if gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    torch.manual_seed(seed)
+    if init_adapter is not None:
+        model = PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True)
+    else:
+        cfg = LoraConfig(
+            r=lora_r,
+            lora_alpha=lora_alpha,
+            target_modules="all-linear",
+            lora_dropout=0.0,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(base, cfg)
+    return model
+
+
+def lora_state_dict(peft_model) -> dict[str, torch.Tensor]:
+    """The adapter's tensors under PEFT's saved names (``base_model.model....lora_A.weight``), on CPU."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(peft_model).items()}
+
+
+def adapter_config_dict(peft_model) -> dict:
+    cfg = peft_model.peft_config["default"].to_dict()
+    return json.loads(json.dumps(cfg, default=lambda o: sorted(o) if isinstance(o, set) else str(o)))
+
+
+def deepspeed_config(cfg, micro_batch: int, bf16: bool) -> dict:
+    stage = cfg.learner.zero_stage
+    zero = {"stage": stage}
+    if stage in (1, 2):
+        zero.update(
+            overlap_comm=False, contiguous_gradients=True, reduce_bucket_size=5e7, allgather_bucket_size=5e7
+        )
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": cfg.learner.max_grad_norm,
+        "zero_optimization": zero,
+        "bf16": {"enabled": bf16},
+        "fp16": {"enabled": False},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+class PolicyEngine:
+    """The trainable policy behind DeepSpeed. ``module`` is the PEFT model, ``engine`` the DS engine."""
+
+    def __init__(self, cfg, *, init_adapter=None, base_model=None):
+        import deepspeed
+
+        from learner.schedule import make_scheduler
+
+        self.cfg = cfg
+        self.device, self.dtype = pick_device_dtype(cfg.learner.precision)
+        self.cpu = self.device.type == "cpu"
+        self.rank, self.world = init_distributed(self.cpu)
+        self.tokenizer = load_tokenizer(cfg.model_id) if base_model is None else None
+        adapter = init_adapter if init_adapter is not None else cfg.init_adapter
+        if base_model is not None:
+            base_model = base_model.to(device=self.device, dtype=self.dtype)
+        self.module = build_peft_model(
+            cfg.model_id,
+            lora_r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            dtype=self.dtype,
+            init_adapter=adapter,
+            seed=cfg.seed,
+            gradient_checkpointing=cfg.learner.gradient_checkpointing,
+            base=base_model,
+        )
+        self.vocab_size = self.module.get_input_embeddings().weight.shape[0]
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+        sched = make_scheduler(opt, cfg.lr_scheduler_type, cfg.warmup_ratio, cfg.max_steps)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=self.module,
+            optimizer=opt,
+            lr_scheduler=sched,
+            config=deepspeed_config(cfg, cfg.learner.micro_batch_size, self.dtype == torch.bfloat16),
+        )
+        self.engine.train()
+
+    # -- forward -----------------------------------------------------------------------------------
+    def completion_logps(self, batch, temperature: float, grad: bool = True) -> torch.Tensor:
+        """Logprobs of the completion tokens of a :class:`learner.rollouts.Collated` batch."""
+        from learner.loss import model_completion_logps
+
+        ctx = torch.enable_grad() if grad else torch.no_grad()
+        with ctx:
+            return model_completion_logps(
+                self.engine,
+                batch.input_ids,
+                batch.attention_mask,
+                batch.prompt_len,
+                temperature,
+                position_ids=batch.position_ids,
+            )
+
+    def backward(self, loss: torch.Tensor, boundary: bool) -> None:
+        self.engine.set_gradient_accumulation_boundary(boundary)
+        self.engine.backward(loss, scale_wrt_gas=False)
+
+    def step(self) -> float:
+        """Optimizer step (DeepSpeed clips, steps the optimizer and the scheduler). Returns the grad
+        norm before clipping."""
+        self.engine.step()
+        gn = self.engine.get_global_grad_norm()
+        return float(gn) if gn is not None else float("nan")
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    # -- adapter -----------------------------------------------------------------------------------
+    def lora_tensors(self) -> dict[str, torch.Tensor]:
+        """Full adapter tensors on every rank (gathered under ZeRO-3)."""
+        if self.cfg.learner.zero_stage == 3:
+            import deepspeed
+
+            params = [p for p in self.module.parameters() if p.requires_grad]
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                return lora_state_dict(self.module)
+        return lora_state_dict(self.module)
+
+    def adapter_config(self) -> dict:
+        return adapter_config_dict(self.module)
+
+    def save_adapter(self, out: str | os.PathLike) -> None:
+        """PEFT format (adapter_config.json + adapter_model.safetensors); rank 0 writes."""
+        tensors = self.lora_tensors()
+        if self.rank != 0:
+            return
+        from safetensors.torch import save_file
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file(
+            {k: v.to(torch.float32) if self.cpu else v for k, v in tensors.items()},
+            str(out / "adapter_model.safetensors"),
+            metadata={"format": "pt"},
+        )
+        self.module.peft_config["default"].save_pretrained(str(out))

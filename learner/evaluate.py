@@ -1,0 +1,155 @@
+"""Talking to the actors outside the training batch: the request broker, the eval, the logprob probe.
+
+* :class:`Broker` (rank 0) submits requests and collects groups by request id, so train, eval and
+  probe requests can be in flight together and arrive in any order.
+* :func:`evaluate`: the fixed, task-stratified eval subset goes to the actors with
+  ``min_version = current version`` (the learner publishes first), one completion per prompt at
+  ``cfg.eval.temperature``; ``eval/mean_reward`` is over all prompts, ``eval/<task>`` per task, and the
+  best mean so far with its step (the handoff's eval_best) is kept as ``eval/best_mean_reward`` /
+  ``eval/best_step``. A missing completion scores 0.
+* :func:`probe`: one completion of a fixed prompt at the training temperature, scored by the learner
+  at the same temperature on the same token ids; ``sync/logprob_gap`` is the mean absolute difference
+  of per-token logprobs (``_max`` the largest). With the same weights on both sides it is numerical
+  noise (1e-6 in float32); a sync that silently failed shows up as a large gap.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from learner.data import per_task_means
+from learner.rollouts import Sample, collate
+
+
+class LearnerError(RuntimeError):
+    """A condition that ends the run with one clear line (exit code 1)."""
+
+
+class Broker:
+    """Rank 0's view of the rollout transport: submit, then collect groups by request id.
+
+    Groups for unknown request ids (e.g. answers to a previous incarnation of the learner) are
+    dropped. If no group at all arrives for ``timeout_s`` the run fails with :class:`LearnerError`
+    naming the live actors (the transport itself re-sends requests of dead actors).
+    """
+
+    def __init__(self, transport, timeout_s: float):
+        self.transport = transport
+        self.timeout_s = timeout_s
+        self.done: dict = {}
+        self.items: dict = {}
+
+    def submit(self, req, items) -> None:
+        self.items[req.request_id] = items
+        self.transport.submit(req)
+
+    def wait(self, ids: list[str]) -> tuple[list, float, float, float]:
+        """Groups for ``ids`` (with their items), seconds waited, actor tokens and generation seconds."""
+        t0 = time.perf_counter()
+        last = t0
+        while any(i not in self.done for i in ids):
+            g = self.transport.receive(timeout_s=1.0)
+            now = time.perf_counter()
+            if g is None:
+                if now - last > self.timeout_s:
+                    alive = list(self.transport.actors())
+                    raise LearnerError(
+                        f"no rollouts for {now - last:.0f} s (live actors: {alive or 'none'}); "
+                        "are the actors running and connected?"
+                    )
+                continue
+            last = now
+            if g.request_id in self.items:
+                self.done[g.request_id] = g
+        out, toks, gen = [], 0.0, 0.0
+        for i in ids:
+            g = self.done.pop(i)
+            out.append((g, self.items.pop(i)))
+            toks += sum(len(c.token_ids) for r in g.results for c in r.completions)
+            gen += float(g.timings.get("generate_s", 0.0))
+        return out, time.perf_counter() - t0, toks, gen
+
+
+def probe(tr) -> dict:
+    """Actor vs learner logprobs on a fixed prompt at the current version (collective over ranks)."""
+    cfg = tr.cfg
+    payload = None
+    if tr.is_main:
+        rid = tr._request(
+            "probe",
+            [tr.probe_item],
+            1,
+            cfg.temperature,
+            min(32, cfg.max_completion_length),
+            seed=cfg.seed + 7,
+            tag=f"v{tr.version}-{tr.step}",
+            min_version=tr.published,
+        )
+        groups = tr.broker.wait([rid])[0]
+        grp = groups[0][0]
+        comps = grp.results[0].completions if grp.results else []
+        if comps:
+            payload = (grp.results[0].prompt_token_ids, comps[0].token_ids, comps[0].logprobs, grp.version)
+    payload = tr._bcast(payload)
+    if payload is None or not payload[1]:
+        return {}
+    prompt_ids, comp_ids, actor_lp, actor_version = payload
+    s = Sample(list(prompt_ids), list(comp_ids), list(actor_lp), 0.0, 0.0, actor_version, False)
+    b = collate([s], tr.policy.tokenizer.pad_token_id, tr.policy.device)
+    lp = tr.policy.completion_logps(b, cfg.temperature, grad=False).float().cpu()[0]
+    diff = (lp - torch.tensor(actor_lp)).abs()
+    return {
+        "sync/logprob_gap": float(diff.mean()),
+        "sync/logprob_gap_max": float(diff.max()),
+        "sync/probe_version": float(actor_version),
+    }
+
+
+def evaluate(tr, chunk: int = 8) -> dict:
+    """The eval subset through the actors at the current version (rank 0)."""
+    cfg = tr.cfg
+    if not tr.eval_items:
+        return {}
+    ids = [
+        tr._request(
+            "eval",
+            tr.eval_items[i : i + chunk],
+            1,
+            cfg.eval.temperature,
+            cfg.max_completion_length,
+            seed=cfg.seed + 13,
+            tag=f"s{tr.step}-{i}",
+            min_version=tr.version,
+        )
+        for i in range(0, len(tr.eval_items), chunk)
+    ]
+    groups, waited, _, _ = tr.broker.wait(ids)
+    rewards, tasks = [], []
+    for grp, items in groups:
+        if grp.version < tr.version:
+            tr.log.write(f"eval: actor {grp.actor_id} answered at version {grp.version} < {tr.version}")
+        texts = [res.completions[0].text if res.completions else None for res in grp.results]
+        have = [k for k, t in enumerate(texts) if t is not None]
+        scores = [0.0] * len(items)
+        if have:
+            cols: dict[str, list] = {}
+            for k in have:
+                for key, v in items[k].columns.items():
+                    cols.setdefault(key, []).append(v)
+            got = tr.reward_fn([texts[k] for k in have], prompts=[items[k].messages for k in have], **cols)
+            for k, r in zip(have, got, strict=True):
+                scores[k] = float(r) if r is not None and math.isfinite(r) else 0.0
+        rewards += scores
+        tasks += [it.task for it in items]
+    m = per_task_means(rewards, tasks, "eval")
+    m["perf/eval_s"] = waited
+    mean = m.get("eval/mean_reward")
+    if mean is not None and (tr.best is None or mean > tr.best[0]):
+        tr.best = (mean, tr.step)
+        m["_new_best"] = 1.0
+    if tr.best is not None:
+        m["eval/best_mean_reward"], m["eval/best_step"] = tr.best[0], float(tr.best[1])
+    return m

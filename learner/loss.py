@@ -1,0 +1,196 @@
+"""GRPO advantages and the clipped policy loss (Dr. GRPO by default). Torch only: no vLLM, no DeepSpeed.
+
+What runs (``loss_type="dr_grpo"``, ``scale_rewards="none"``, ``beta=0``, the handoff's V4 recipe):
+
+* advantage of completion i in group g: ``A_i = r_i - mean_g(r)`` (no division by the group std);
+* per token: ``ratio = exp(logp_learner - logp_behaviour)``,
+  loss ``-min(ratio * A, clip(ratio, 1-eps, 1+eps) * A)``;
+* aggregation: the masked token sum divided by the constant
+  ``completions in the batch x max_completion_length``.
+
+Where this departs from the Dr. GRPO paper (Liu et al., 2025, "Understanding R1-Zero-Like Training"):
+
+* The paper's objective takes the ratio against ``pi_old``, the policy that sampled, computed by the same
+  network. Here the behaviour logprobs come from the *actor* (vLLM, the sampled distribution after
+  temperature/top-p: ``processed_logprobs``), so the ratio also absorbs the small numeric gap between the
+  two engines. This is what TRL does with vLLM (``sampling_per_token_logps``) but TRL then multiplies by a
+  separate, detached importance weight; we take the ratio directly against the actor logprobs because our
+  rollouts can be up to ``max_staleness`` versions old and there is no learner-side ``pi_old`` to compute
+  without a second forward pass of an older adapter.
+* Off-policy rollouts (sampled by a version older than the current one) use truncated importance
+  sampling: in the unclipped branch the ratio ``r = pi/mu`` is replaced by ``r * sg(min(1, cap / r))``,
+  whose value is ``min(r, cap)`` and whose gradient is ``min(r, cap) * grad log pi`` (the classic
+  truncated-IS policy gradient; the cap is ``learner.tis_cap``). Without it a negative-advantage token
+  the new policy likes far more than the stale sampler did has an unbounded weight (the PPO clip only
+  bounds the other side). On-policy rollouts are untouched, so with ``max_staleness: 0`` the loss is
+  exactly Dr. GRPO. (TRL's ``delta`` caps the same branch but zeroes the gradient past the cap.)
+* The constant denominator counts the completions of the whole optimizer step (all micro-batches and all
+  ranks), not of one micro-batch. TRL divides by the micro-batch size and then by the number of
+  accumulation steps, which is the same number when micro-batches are equal; ours stays exact when the
+  last micro-batch is short or when refused rollouts make the step smaller.
+* ``loss_type="grpo"`` averages each completion's tokens, then completions (the original GRPO), and
+  ``"dapo"`` divides the token sum by the number of real tokens in the step; both are here for comparison.
+
+Where it departs from TRL 1.16's ``GRPOTrainer._compute_loss``: no entropy masking/bonus, no
+off-policy-sequence mask, no ``delta`` two-sided clipping, no KL term when beta is 0 (no reference
+model is loaded). With those at TRL's defaults, loss and gradients match TRL to 1e-5
+(``tests/unit/test_loss_trl_parity.py``).
+
+Logprobs are computed at the sampling temperature (``logits / temperature``) so they are comparable with
+the actor's processed logprobs, as TRL does in its fused LM head. Top-p is not re-applied on the learner
+side (nor by TRL): with ``actor.top_p < 1`` the ratio is taken against the renormalised nucleus
+distribution the actor sampled from, a small bias; the handoff's recipe samples with top_p 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+LOSS_TYPES = ("dr_grpo", "grpo", "dapo")
+SCALE_REWARDS = ("none", "group", "batch")
+
+
+def group_advantages(rewards: torch.Tensor, scale_rewards: str = "none", eps: float = 1e-4) -> torch.Tensor:
+    """Advantages for a ``[groups, G]`` reward matrix, flattened to ``[groups * G]``.
+
+    ``none``: reward minus the group mean (Dr. GRPO). ``group``: also divided by the group std (+eps),
+    as the original GRPO. ``batch``: divided by the std over the whole batch (TRL's ``"batch"``).
+    The std is the unbiased one, as TRL computes it.
+    """
+    if scale_rewards not in SCALE_REWARDS:
+        raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale_rewards!r}")
+    if rewards.dim() != 2 or rewards.size(1) < 2:
+        raise ValueError(f"rewards must be [groups, G>=2], got {tuple(rewards.shape)}")
+    rewards = rewards.to(torch.float32)
+    adv = rewards - rewards.mean(dim=1, keepdim=True)
+    if scale_rewards == "group":
+        adv = adv / (rewards.std(dim=1, keepdim=True) + eps)
+    elif scale_rewards == "batch":
+        adv = adv / (rewards.std() + eps)
+    return adv.reshape(-1)
+
+
+def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``log_softmax(logits).gather(-1, index)`` without materialising the full log-softmax in float32
+    row by row (memory matters at vocab 49k x 1024 tokens)."""
+    if logits.dtype in (torch.float32, torch.float64):
+        picked = torch.gather(logits, -1, index.unsqueeze(-1)).squeeze(-1)
+        return picked - torch.logsumexp(logits, dim=-1)
+    out = []
+    for row_logits, row_index in zip(logits, index, strict=True):  # bf16: row-wise for stability
+        row = torch.log_softmax(row_logits.float(), dim=-1)
+        out.append(row.gather(-1, row_index.unsqueeze(-1)).squeeze(-1))
+    return torch.stack(out)
+
+
+def completion_logps(
+    logits: torch.Tensor, input_ids: torch.Tensor, completion_start: int, temperature: float = 1.0
+) -> torch.Tensor:
+    """Logprobs of ``input_ids[:, completion_start:]`` under ``logits`` (``[B, T, V]`` for ``input_ids``
+    ``[B, T]``), at ``temperature``. Returns ``[B, T - completion_start]``."""
+    logits = logits[:, completion_start - 1 : -1, :]
+    if temperature != 1.0:
+        logits = logits / temperature
+    return selective_log_softmax(logits, input_ids[:, completion_start:])
+
+
+def model_completion_logps(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_len: int,
+    temperature: float = 1.0,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Forward ``model`` (any HF causal LM, PEFT or DeepSpeed-wrapped) on prompt+completion rows whose
+    completions start at column ``prompt_len``; return the completion tokens' logprobs at ``temperature``.
+    Only the completion positions go through the LM head (``logits_to_keep``)."""
+    keep = input_ids.size(1) - prompt_len + 1
+    kwargs = {"position_ids": position_ids} if position_ids is not None else {}
+    out = model(
+        input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False, **kwargs
+    )
+    logits = out.logits[:, :-1, :]
+    if temperature != 1.0:
+        logits = logits / temperature
+    return selective_log_softmax(logits, input_ids[:, prompt_len:])
+
+
+@dataclass
+class LossStats:
+    """Detached statistics of one loss evaluation (sums, so micro-batches add up)."""
+
+    tokens: float
+    clipped_tokens: float
+    low_clipped: float
+    high_clipped: float
+    ratio_sum: float
+    truncated: float
+
+
+def policy_loss(
+    logps: torch.Tensor,
+    behaviour_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    loss_type: str = "dr_grpo",
+    max_completion_length: int | None = None,
+    num_completions: float | None = None,
+    num_tokens: float | None = None,
+    stale: torch.Tensor | None = None,
+    tis_cap: float = 2.0,
+) -> tuple[torch.Tensor, LossStats]:
+    """The clipped surrogate loss of one micro-batch, scaled so micro-batch losses *add up* to the step's.
+
+    ``logps``/``behaviour_logps``/``mask``: ``[B, T]``; ``advantages``: ``[B]``.
+    ``num_completions``: completions of the whole step (dr_grpo, grpo; default B).
+    ``num_tokens``: real tokens of the whole step (dapo; default ``mask.sum()``).
+    ``max_completion_length``: dr_grpo's constant (default T).
+    ``stale``: ``[B]`` bool, rows sampled by an older policy version (truncated IS at ``tis_cap``).
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    eps_low, eps_high = epsilon, epsilon if epsilon_high is None else epsilon_high
+    mask = mask.to(logps.dtype)
+    adv = advantages.to(logps.dtype).unsqueeze(1)
+    ratio = torch.exp(logps - behaviour_logps)
+    clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
+    unclipped = ratio
+    truncated = torch.zeros_like(ratio, dtype=torch.bool)
+    if stale is not None and bool(stale.any()):
+        truncated = stale.unsqueeze(1) & (ratio.detach() > tis_cap)
+        unclipped = torch.where(truncated, ratio * (tis_cap / ratio.detach()), ratio)
+    per_token = -torch.min(unclipped * adv, clipped * adv)
+    b, t = logps.shape
+    if loss_type == "dr_grpo":
+        denom = (num_completions if num_completions is not None else b) * (max_completion_length or t)
+        loss = (per_token * mask).sum() / denom
+    elif loss_type == "grpo":
+        per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+        loss = per_seq.sum() / (num_completions if num_completions is not None else b)
+    else:  # dapo
+        loss = (per_token * mask).sum() / max(
+            float(num_tokens if num_tokens is not None else mask.sum()), 1.0
+        )
+    with torch.no_grad():
+        low = ((ratio < 1 - eps_low) & (adv < 0)).to(mask.dtype) * mask
+        high = ((ratio > 1 + eps_high) & (adv > 0)).to(mask.dtype) * mask
+        stats = LossStats(
+            tokens=float(mask.sum()),
+            clipped_tokens=float((low + high).sum()),
+            low_clipped=float(low.sum()),
+            high_clipped=float(high.sum()),
+            ratio_sum=float((ratio * mask).sum()),
+            truncated=float((truncated.to(mask.dtype) * mask).sum()),
+        )
+    return loss, stats
+
+
+def is_finite_group(rewards: list[float]) -> bool:
+    return all(isinstance(r, (int, float)) and math.isfinite(r) for r in rewards)

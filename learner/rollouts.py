@@ -1,0 +1,237 @@
+"""From RolloutGroups to a training batch: refusals, staleness, rewards, advantages, tensors.
+
+Checks made on every group before anything reaches the model (each failure is counted, never raised):
+
+* ``version`` newer than the learner's (``> current``): the whole group is refused (``refused_version``) —
+  an actor claiming weights that were never published is a sync bug, not data;
+* ``version`` older than ``current - max_staleness``: the group is dropped (``dropped_stale``);
+* a completion with no tokens (``refused_empty``), a token id outside the model's vocabulary in the
+  prompt or completion (``refused_vocab``), or logprobs that are missing, of the wrong length or not
+  finite (``refused_logprobs``): that completion is dropped;
+* rewards that are NaN or infinite: the whole group is skipped (``skipped_nan_reward``) — its mean, and
+  so every advantage in it, would be NaN;
+* a group left with fewer than 2 completions is skipped (``skipped_small_group``): no baseline.
+
+Advantages are computed per group over the completions that survived. Token ids are used as sent
+(no re-tokenisation): the prompt ids the actor actually conditioned on and the completion ids it sampled.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+
+from learner.loss import group_advantages
+
+
+@dataclass
+class PromptItem:
+    """One training/eval prompt: its index in the pair file, chat messages, reward columns, task."""
+
+    index: int
+    messages: list[dict]
+    columns: dict
+    task: str = ""
+
+
+@dataclass
+class Sample:
+    """One completion ready for the loss."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    behaviour_logps: list[float]
+    advantage: float
+    reward: float
+    version: int
+    stale: bool
+    task: str = ""
+    truncated: bool = False
+
+
+@dataclass
+class StepBatch:
+    samples: list[Sample] = field(default_factory=list)
+    rewards: list[list[float]] = field(default_factory=list)
+    """Per kept group, the rewards of its kept completions."""
+    tasks: list[str] = field(default_factory=list)
+    completion_lengths: list[int] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+    staleness: list[int] = field(default_factory=list)
+    components: dict[str, list[float]] = field(default_factory=dict)
+    """Reward components (``rewards``' ``task/component`` names) over the kept completions."""
+
+
+def check_completion(c, vocab_size: int) -> str | None:
+    """Why a completion is refused, or None."""
+    ids = c.token_ids
+    if not ids:
+        return "refused_empty"
+    if any(t < 0 or t >= vocab_size for t in ids):
+        return "refused_vocab"
+    lp = c.logprobs
+    if lp is None or len(lp) != len(ids) or not all(math.isfinite(x) for x in lp):
+        return "refused_logprobs"
+    return None
+
+
+def build_batch(
+    entries,
+    reward_fn,
+    *,
+    current_version: int,
+    max_staleness: int,
+    vocab_size: int,
+    scale_rewards: str,
+    max_completion_length: int,
+    batch: StepBatch | None = None,
+) -> StepBatch:
+    """``entries``: ``(group, items)`` pairs, ``items[j]`` the PromptItem of ``group.results[j]``.
+
+    ``reward_fn(completions, prompts=..., **columns) -> list[float]`` (TRL signature) scores groups that
+    arrive without rewards. Returns the accumulated :class:`StepBatch` (counts of every refusal in
+    ``batch.counts``).
+    """
+    batch = batch or StepBatch()
+    for group, items in entries:
+        n_comp = sum(len(r.completions) for r in group.results)
+        if group.version > current_version:
+            batch.counts["refused_version"] += n_comp
+            continue
+        staleness = current_version - group.version
+        if staleness > max_staleness:
+            batch.counts["dropped_stale"] += n_comp
+            continue
+        if len(items) != len(group.results):
+            batch.counts["refused_shape"] += n_comp
+            continue
+        for j, (result, item) in enumerate(zip(group.results, items, strict=True)):
+            if any(t < 0 or t >= vocab_size for t in result.prompt_token_ids) or not result.prompt_token_ids:
+                batch.counts["refused_vocab"] += len(result.completions)
+                continue
+            kept, kept_idx = [], []
+            for k, c in enumerate(result.completions):
+                why = check_completion(c, vocab_size)
+                if why:
+                    batch.counts[why] += 1
+                else:
+                    kept.append(c)
+                    kept_idx.append(k)
+            if len(kept) < 2:
+                batch.counts["skipped_small_group"] += 1
+                continue
+            if (
+                group.rewards is not None
+                and j < len(group.rewards)
+                and len(group.rewards[j]) == len(result.completions)
+            ):
+                rewards = [float(group.rewards[j][k]) for k in kept_idx]
+            else:
+                cols = {key: [val] * len(kept) for key, val in item.columns.items()}
+                rewards = [
+                    float(r) if r is not None else math.nan
+                    for r in reward_fn([c.text for c in kept], prompts=[item.messages] * len(kept), **cols)
+                ]
+                scored = getattr(reward_fn, "last_scored", None)
+                if isinstance(scored, list) and len(scored) == len(kept):
+                    for s in scored:
+                        for name, v in getattr(s, "components", {}).items():
+                            batch.components.setdefault(name, []).append(float(v))
+            if len(rewards) != len(kept) or not all(math.isfinite(r) for r in rewards):
+                batch.counts["skipped_nan_reward"] += 1
+                continue
+            adv = group_advantages(torch.tensor([rewards]), scale_rewards).tolist()
+            batch.rewards.append(rewards)
+            batch.tasks.append(item.task)
+            batch.staleness.append(staleness)
+            for c, a, r in zip(kept, adv, rewards, strict=True):
+                hit = len(c.token_ids) >= max_completion_length or c.finish_reason == "length"
+                batch.samples.append(
+                    Sample(
+                        list(result.prompt_token_ids),
+                        list(c.token_ids),
+                        [float(x) for x in c.logprobs],
+                        float(a),
+                        r,
+                        group.version,
+                        staleness > 0,
+                        item.task,
+                        hit,
+                    )
+                )
+                batch.completion_lengths.append(len(c.token_ids))
+    return batch
+
+
+@dataclass
+class Collated:
+    """Padded tensors of a list of samples: prompts left-padded, completions right-padded."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    behaviour_logps: torch.Tensor
+    advantages: torch.Tensor
+    stale: torch.Tensor
+    prompt_len: int
+
+    @property
+    def completion_start(self) -> int:
+        return self.prompt_len
+
+
+def collate(
+    samples: list[Sample], pad_id: int, device: torch.device | str = "cpu", weights: list[float] | None = None
+) -> Collated:
+    """Pad ``samples`` into tensors. ``weights`` (0/1 per sample) zero the mask of padding samples."""
+    p = max(len(s.prompt_ids) for s in samples)
+    c = max(len(s.completion_ids) for s in samples)
+    b = len(samples)
+    ids = torch.full((b, p + c), pad_id, dtype=torch.long)
+    att = torch.zeros((b, p + c), dtype=torch.long)
+    cmask = torch.zeros((b, c), dtype=torch.float32)
+    blogp = torch.zeros((b, c), dtype=torch.float32)
+    for i, s in enumerate(samples):
+        lp, lc = len(s.prompt_ids), len(s.completion_ids)
+        ids[i, p - lp : p] = torch.tensor(s.prompt_ids)
+        ids[i, p : p + lc] = torch.tensor(s.completion_ids)
+        att[i, p - lp : p + lc] = 1
+        cmask[i, :lc] = 1.0 if weights is None else float(weights[i])
+        blogp[i, :lc] = torch.tensor(s.behaviour_logps)
+    pos = (att.cumsum(-1) - 1).clamp(min=0)
+    adv = torch.tensor([s.advantage for s in samples], dtype=torch.float32)
+    stale = torch.tensor([s.stale for s in samples], dtype=torch.bool)
+    return Collated(
+        ids.to(device),
+        att.to(device),
+        pos.to(device),
+        cmask.to(device),
+        blogp.to(device),
+        adv.to(device),
+        stale.to(device),
+        p,
+    )
+
+
+def shard(
+    samples: list[Sample], rank: int, world: int, micro_batch: int
+) -> tuple[list[list[Sample]], list[list[float]]]:
+    """This rank's micro-batches of ``samples`` and their 0/1 weights.
+
+    Every rank gets the same number of micro-batches of the same sizes (ZeRO reduces gradients in
+    each backward, so ranks must run the same number of them): the sample list is padded with
+    zero-weight copies of its first sample up to a multiple of ``world``.
+    """
+    n = len(samples)
+    per_rank = math.ceil(n / world)
+    padded = list(samples) + [samples[0]] * (per_rank * world - n)
+    weights = [1.0] * n + [0.0] * (per_rank * world - n)
+    mine = padded[rank::world]
+    mine_w = weights[rank::world]
+    mbs = [mine[i : i + micro_batch] for i in range(0, per_rank, micro_batch)]
+    mws = [mine_w[i : i + micro_batch] for i in range(0, per_rank, micro_batch)]
+    return mbs, mws

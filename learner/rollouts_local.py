@@ -1,0 +1,192 @@
+"""An in-process stand-in for the actors: HF ``generate`` on its own copy of the policy (base + LoRA).
+
+:class:`HFLocalActor` implements both learner-side protocols of :mod:`sync` at once —
+``RolloutTransport`` (``submit``/``receive``/``actors``/``close``) and ``WeightPublisher``
+(``publish``/``wait_acks``/``latest_version``/``close``) — so the learner can run, be tested and be
+resumed on one CPU without vLLM or sockets. It is not the production actor (that is ``actor/`` behind
+``sync.Zmq*``); it exists for tests, the resume proof and ``python -m learner --rollouts local``.
+
+Behaviour, mirroring the real pair:
+
+* ``publish`` packs the tensors with :func:`sync.tensors.pack` (wire dtype from the config), checks the
+  checksum, loads them into the local PEFT model and records a :class:`sync.WeightAck`; ``wait_acks``
+  returns it, or raises :class:`sync.SyncError` if the load failed (``fail_versions`` injects a failed
+  load for tests).
+* ``submit`` generates immediately at the currently loaded version (the group is tagged with it) and
+  queues the group; ``receive`` pops groups in submission order. Generation is deterministic: each
+  request is sampled under ``torch.manual_seed(sampling.seed)`` in a forked RNG, so the same weights
+  and request give the same completions (what the resume test relies on).
+* Logprobs are those of the *processed* distribution (``log_softmax(logits / T)`` of the sampled token,
+  from ``generate``'s scores), like vLLM's ``processed_logprobs``; top-p is applied by ``generate``.
+* Prompts may be chat messages (tokenised with the chat template, generation prompt added) or token ids.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import torch
+
+from sync import SyncError
+from sync.wire import Completion, Heartbeat, PromptResult, RolloutGroup, RolloutRequest, WeightAck
+
+
+class HFLocalActor:
+    def __init__(
+        self,
+        model_id: str,
+        *,
+        lora_r: int,
+        lora_alpha: int,
+        wire_dtype: str = "fp32",
+        actor_id: str = "local-0",
+        fail_versions: tuple[int, ...] = (),
+        init_adapter=None,
+        lag_versions: int = 0,
+    ):
+        from learner.engine import build_peft_model, load_tokenizer
+
+        self.tokenizer = load_tokenizer(model_id)
+        self.model = build_peft_model(
+            model_id,
+            lora_r=lora_r,
+            lora_alpha=lora_alpha,
+            dtype=torch.float32,
+            init_adapter=init_adapter,
+            seed=0,
+        )
+        self.model.eval()
+        self.actor_id = actor_id
+        self.wire_dtype = wire_dtype
+        self.fail_versions = set(fail_versions)
+        self.lag_versions = lag_versions
+        self.version = 0
+        self._published: deque = deque()  # (version, tensors) not yet loaded because of lag
+        self._acks: dict[int, WeightAck] = {}
+        self._queue: deque[RolloutGroup] = deque()
+        self._latest = 0
+        self.tokens = 0
+        self.gen_s = 0.0
+
+    # -- WeightPublisher ---------------------------------------------------------------------------
+    def publish(self, version: int, tensors: dict[str, torch.Tensor], adapter_config: dict) -> str:
+        from sync.tensors import checksum, pack, to_torch
+
+        blobs, buf = pack(tensors, self.wire_dtype)
+        digest = checksum(blobs, buf)
+        self._latest = version
+        self._published.append((version, {k: v.clone() for k, v in to_torch(blobs).items()}, digest))
+        while len(self._published) > self.lag_versions:
+            self._load(*self._published.popleft())
+        return digest
+
+    def _load(self, version: int, tensors: dict[str, torch.Tensor], digest: str) -> None:
+        from peft import set_peft_model_state_dict
+
+        t0 = time.perf_counter()
+        if version in self.fail_versions:
+            self._acks[version] = WeightAck(
+                self.actor_id, version, False, 0.0, digest, "injected load failure (test)"
+            )
+            return
+        result = set_peft_model_state_dict(self.model, {k: v.float() for k, v in tensors.items()})
+        missing = [k for k in getattr(result, "unexpected_keys", [])]
+        if missing:
+            self._acks[version] = WeightAck(
+                self.actor_id, version, False, 0.0, digest, f"unexpected tensors {missing[:2]}"
+            )
+            return
+        self.version = version
+        self._acks[version] = WeightAck(self.actor_id, version, True, time.perf_counter() - t0, digest, None)
+
+    def wait_acks(self, version: int, timeout_s: float) -> dict[str, WeightAck]:
+        ack = self._acks.get(version)
+        if ack is None:
+            later = [v for v in self._acks if v > version and self._acks[v].ok]
+            if later:
+                return {self.actor_id: self._acks[max(later)]}
+            raise SyncError(
+                f"actor {self.actor_id} did not acknowledge version {version} (serves {self.version})"
+            )
+        if not ack.ok:
+            raise SyncError(f"actor {self.actor_id} failed to load version {version}: {ack.error}")
+        return {self.actor_id: ack}
+
+    def latest_version(self) -> int:
+        return self._latest
+
+    # -- RolloutTransport --------------------------------------------------------------------------
+    def submit(self, req: RolloutRequest) -> None:
+        t0 = time.perf_counter()
+        results = [self._generate(p, req.sampling, i) for i, p in enumerate(req.prompts)]
+        dt = time.perf_counter() - t0
+        ntok = sum(len(c.token_ids) for r in results for c in r.completions)
+        self.tokens += ntok
+        self.gen_s += dt
+        self._queue.append(
+            RolloutGroup(
+                req.request_id,
+                self.actor_id,
+                self.version,
+                results,
+                timings={"generate_s": dt, "tokens": float(ntok)},
+                meta=dict(req.meta),
+            )
+        )
+
+    def receive(self, timeout_s: float) -> RolloutGroup | None:
+        return self._queue.popleft() if self._queue else None
+
+    def actors(self) -> dict[str, Heartbeat]:
+        tps = self.tokens / self.gen_s if self.gen_s else 0.0
+        return {self.actor_id: Heartbeat(self.actor_id, self.version, len(self._queue), 0, tps)}
+
+    def close(self) -> None:
+        self._queue.clear()
+
+    # -- generation --------------------------------------------------------------------------------
+    def _prompt_ids(self, prompt) -> list[int]:
+        if prompt and isinstance(prompt[0], dict):
+            ids = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                ids = ids["input_ids"]
+            return list(ids)
+        return list(prompt)
+
+    @torch.no_grad()
+    def _generate(self, prompt, sp, index: int) -> PromptResult:
+        ids = self._prompt_ids(prompt)
+        x = torch.tensor([ids])
+        greedy = sp.temperature == 0
+        kwargs = dict(
+            max_new_tokens=sp.max_tokens,
+            num_return_sequences=sp.n,
+            do_sample=not greedy,
+            output_scores=True,
+            return_dict_in_generate=True,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+        if not greedy:
+            kwargs.update(temperature=sp.temperature, top_p=sp.top_p, top_k=0)
+        with torch.random.fork_rng(devices=[]):
+            if sp.seed is not None:
+                torch.manual_seed(sp.seed * 1009 + index)
+            out = self.model.generate(input_ids=x, attention_mask=torch.ones_like(x), **kwargs)
+        seqs = out.sequences[:, x.size(1) :]
+        scores = torch.stack(out.scores, dim=1).float()  # [n, steps, V], processed
+        logps = torch.log_softmax(scores, dim=-1).gather(-1, seqs.unsqueeze(-1)).squeeze(-1)
+        eos = self.tokenizer.eos_token_id
+        comps = []
+        for row, lp in zip(seqs.tolist(), logps.tolist(), strict=True):
+            n = len(row)
+            finish = "length"
+            if eos in row:
+                n = row.index(eos) + 1
+                finish = "stop"
+            toks = row[:n]
+            comps.append(
+                Completion(toks, lp[:n], self.tokenizer.decode(toks, skip_special_tokens=True), finish)
+            )
+        return PromptResult(ids, comps)

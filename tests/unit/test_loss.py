@@ -1,0 +1,135 @@
+"""Advantages, the clipped surrogate, the aggregations and truncated IS, checked by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from learner.loss import completion_logps, group_advantages, policy_loss, selective_log_softmax
+
+
+def test_advantages_dr_grpo_is_mean_centred_without_std():
+    r = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.2, 0.2, 0.2, 0.2]])
+    adv = group_advantages(r, "none")
+    assert torch.allclose(adv, torch.tensor([0.5, -0.5, -0.5, 0.5, 0.0, 0.0, 0.0, 0.0]))
+
+
+def test_advantages_group_scaling_divides_by_group_std():
+    r = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
+    std = r.std()  # unbiased, as TRL
+    assert torch.allclose(group_advantages(r, "group"), (r - 0.5).flatten() / (std + 1e-4))
+    r2 = torch.tensor([[1.0, 0.0], [3.0, 1.0]])
+    assert torch.allclose(
+        group_advantages(r2, "batch"), torch.tensor([0.5, -0.5, 1.0, -1.0]) / (r2.std() + 1e-4)
+    )
+
+
+def test_advantages_reject_bad_input():
+    with pytest.raises(ValueError):
+        group_advantages(torch.zeros(4), "none")
+    with pytest.raises(ValueError):
+        group_advantages(torch.zeros(2, 4), "nope")
+
+
+def test_dr_grpo_divides_by_constant_not_by_length():
+    # on-policy: ratio 1, loss = -sum(A * mask) / (B * L)
+    logps = torch.zeros(2, 4, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.float32)
+    adv = torch.tensor([1.0, -1.0])
+    loss, st = policy_loss(logps, torch.zeros(2, 4), adv, mask, loss_type="dr_grpo", max_completion_length=10)
+    assert math.isclose(float(loss), -(4 * 1.0 + 1 * -1.0) / (2 * 10), rel_tol=1e-6)
+    loss.backward()
+    # d loss / d logp_t = -A / (B * L) on real tokens, 0 on padding
+    assert torch.allclose(logps.grad, -adv.unsqueeze(1) * mask / 20)
+    assert st.tokens == 5
+
+
+def test_grpo_and_dapo_aggregations():
+    logps = torch.zeros(2, 4)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.float32)
+    adv = torch.tensor([1.0, -1.0])
+    grpo, _ = policy_loss(logps, logps, adv, mask, loss_type="grpo")
+    assert math.isclose(float(grpo), -(1.0 + -1.0) / 2, abs_tol=1e-7)
+    dapo, _ = policy_loss(logps, logps, adv, mask, loss_type="dapo")
+    assert math.isclose(float(dapo), -(4 - 1) / 5, rel_tol=1e-6)
+    # split into micro-batches with the step totals, the parts add up to the whole
+    a, _ = policy_loss(
+        logps[:1],
+        logps[:1],
+        adv[:1],
+        mask[:1],
+        loss_type="dr_grpo",
+        num_completions=2,
+        max_completion_length=4,
+    )
+    b, _ = policy_loss(
+        logps[1:],
+        logps[1:],
+        adv[1:],
+        mask[1:],
+        loss_type="dr_grpo",
+        num_completions=2,
+        max_completion_length=4,
+    )
+    whole, _ = policy_loss(logps, logps, adv, mask, loss_type="dr_grpo", max_completion_length=4)
+    assert math.isclose(float(a + b), float(whole), rel_tol=1e-6)
+
+
+def test_clipping_stops_gradient_on_the_clipped_side():
+    behaviour = torch.zeros(1, 2)
+    logps = torch.tensor([[math.log(1.5), math.log(0.5)]], requires_grad=True)
+    mask = torch.ones(1, 2)
+    loss, st = policy_loss(logps, behaviour, torch.tensor([1.0]), mask, epsilon=0.2, max_completion_length=2)
+    loss.backward()
+    assert logps.grad[0, 0] == 0  # ratio 1.5 > 1.2 with A > 0: clipped, no gradient
+    assert logps.grad[0, 1] != 0  # ratio 0.5 with A > 0: unclipped side
+    assert st.high_clipped == 1 and st.low_clipped == 0
+
+
+def test_truncated_is_caps_stale_weight_but_keeps_gradient():
+    behaviour = torch.zeros(2, 1)
+    logps = torch.full((2, 1), math.log(5.0), requires_grad=True)  # ratio 5, far past cap 2
+    adv = torch.tensor([-1.0, -1.0])
+    loss, st = policy_loss(
+        logps,
+        behaviour,
+        adv,
+        torch.ones(2, 1),
+        max_completion_length=1,
+        stale=torch.tensor([True, False]),
+        tis_cap=2.0,
+    )
+    loss.backward()
+    # per-token losses: stale row -> min(5, 2) * 1 = 2; fresh row -> 5 (plain PPO for A < 0)
+    assert math.isclose(float(loss), (2.0 + 5.0) / 2, rel_tol=1e-6)
+    # gradient wrt logp: stale row cap * |A| / B, fresh row ratio * |A| / B
+    assert torch.allclose(logps.grad.flatten(), torch.tensor([2.0 / 2, 5.0 / 2]))
+    assert st.truncated == 1
+
+
+def test_logps_at_temperature_match_log_softmax():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 11)
+    ids = torch.randint(0, 11, (2, 6))
+    got = completion_logps(logits, ids, completion_start=3, temperature=0.7)
+    want = torch.log_softmax(logits[:, 2:-1] / 0.7, -1).gather(-1, ids[:, 3:].unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(got, want, atol=1e-6)
+    bf = selective_log_softmax(logits.bfloat16(), ids)
+    assert torch.allclose(
+        bf, torch.log_softmax(logits, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1), atol=0.05
+    )
+
+
+@pytest.mark.slow  # a subprocess
+def test_loss_module_imports_without_vllm_or_deepspeed():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, learner.loss, learner.sampler, learner.schedule, learner.watchdog, learner.rollouts;"
+        "bad=[m for m in ('vllm','deepspeed') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
