@@ -1,4 +1,4 @@
-"""``python -m zoo build --shape tiny|bench|0.5b|3.7b --out DIR [--seed N]``; ``python -m zoo count``."""
+"""``python -m zoo build|pretrain|count``: build, pre-train or count Tucano2-family models (see zoo/)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,23 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--db", default=None, help="commerce.db whose text trains the tokenizer")
     b.add_argument("--force", action="store_true", help="rebuild even if DIR is up to date")
     sub.add_parser("count", help="print parameter counts of every shape (meta device)")
+    pt = sub.add_parser("pretrain", help="train all weights on the commerce text (the tiny model's 'pre-training')")
+    pt.add_argument("--model", required=True)
+    pt.add_argument("--out", required=True)
+    pt.add_argument("--db", default=None)
+    pt.add_argument("--steps", type=int, default=300)
+    pt.add_argument("--batch", type=int, default=16)
+    pt.add_argument("--lr", type=float, default=3e-3)
+    pt.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
     from zoo.build import SHAPES, build_model, count_parameters, ensure_model
 
+    if args.cmd == "pretrain":
+        from zoo.pretrain import pretrain
+
+        pretrain(args.model, args.out, db_path=args.db, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)
+        return 0
     if args.cmd == "count":
         for shape in SHAPES:
             print(f"{shape:>6}  {count_parameters(shape):>15,}")

@@ -33,7 +33,7 @@ SHAPES: dict[str, dict] = {
     "3.7b": dict(hidden_size=2560, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
                  head_dim=128, intermediate_size=9728, vocab_size=49152, tokenizer_vocab=8192),
 }
-BUILD_VERSION = 1  # bump when the builder's output changes; ensure_model rebuilds stale dirs
+BUILD_VERSION = 2  # bump when the builder's output changes; ensure_model rebuilds stale dirs
 
 
 def _fallback_corpus() -> list[str]:

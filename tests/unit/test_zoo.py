@@ -61,3 +61,16 @@ def test_build_is_deterministic_and_atomic(tmp_path):
 
     assert digest(a) == digest(b) != digest(c)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"]  # no temporary leftovers
+
+
+def test_pretrain_lowers_loss_and_writes_a_loadable_model(tiny_model, commerce_data, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from zoo.pretrain import pretrain
+
+    out = pretrain(tiny_model, tmp_path / "pt", db_path=commerce_data / "commerce.db", steps=30, batch=4,
+                   block=64, log=lambda *_: None)
+    meta = json.loads((out / "zoo.json").read_text())["pretrain"]
+    assert meta["loss_last"] < meta["loss_first"] - 1.0
+    AutoModelForCausalLM.from_pretrained(out)
+    assert [p.name for p in tmp_path.iterdir()] == ["pt"]
