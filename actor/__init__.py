@@ -1,0 +1,9 @@
+"""Rollout actors: one vLLM engine per process serving G-sample rollouts to the learner.
+
+- ``python -m actor --config FILE [--replica K]``: the server (``actor.__main__``, ``actor.serve``);
+- :class:`actor.engine.RolloutEngine`: the engine, its served policy version, ``merged``/``adapter`` modes;
+- ``actor.merge.LoraMergeExtension``: the vLLM worker extension that merges LoRA deltas in place;
+- ``python -m actor.bench``: rollout throughput against HF generate and raw vLLM.
+
+Importing ``actor`` imports neither vLLM nor torch; the submodules do.
+"""

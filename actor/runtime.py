@@ -1,0 +1,80 @@
+"""Process-level settings an actor needs before vLLM starts: device, dtype, CPU threads, OpenMP.
+
+Kept free of vLLM imports so the entry point can apply them (and fail fast on a bad config)
+before the ~15 s engine start.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+# vLLM's own LoRA ranks; max_lora_rank must be one of them.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def engine_dtype(dtype: str, gpu: bool) -> str:
+    """``auto``: bfloat16 on GPU, float32 on CPU (bf16 is emulated there, ~5x slower)."""
+    if dtype == "auto":
+        return "bfloat16" if gpu else "float32"
+    return dtype
+
+
+def lora_rank_slot(r: int) -> int:
+    """Smallest rank vLLM accepts that holds an adapter of rank ``r``."""
+    for slot in VLLM_LORA_RANKS:
+        if slot >= r:
+            return slot
+    raise ValueError(f"LoRA rank {r} exceeds vLLM's largest ({VLLM_LORA_RANKS[-1]})")
+
+
+def iomp_library() -> Path | None:
+    """Intel OpenMP shipped in the venv by the intel-openmp dependency (1.15x on DESIGN.md's bench)."""
+    for base in {Path(sys.prefix), Path(sys.executable).resolve().parent.parent}:
+        p = base / "lib" / "libiomp5.so"
+        if p.exists():
+            return p
+    return None
+
+
+def cpu_core_list(threads: int | None, replica: int) -> list[int]:
+    """Cores one replica's engine binds: all usable ones, or ``threads`` of them offset by replica."""
+    cores = sorted(os.sched_getaffinity(0))
+    if threads is None or threads >= len(cores):
+        return cores
+    start = (replica * threads) % len(cores)
+    return [cores[(start + i) % len(cores)] for i in range(threads)]
+
+
+def configure_cpu_env(threads: int | None, replica: int, tensor_parallel_size: int = 1,
+                      env: dict | None = None) -> dict:
+    """Set (in ``env``, default ``os.environ``) what vLLM's CPU worker reads when it spawns.
+
+    - ``VLLM_CPU_OMP_THREADS_BIND``: by default vLLM binds one core per rank and reserves the rest for
+      its scheduler process; the actor's engine gets every core it may use (or ``threads`` of them),
+      split over tensor-parallel ranks. An explicit value in the environment wins.
+    - ``LD_PRELOAD`` of the venv's ``libiomp5.so`` (vLLM warns without it; measured 1.15x on 2 cores).
+    Returns the variables set.
+    """
+    env = os.environ if env is None else env
+    changed = {}
+    if "VLLM_CPU_OMP_THREADS_BIND" not in env:
+        cores = cpu_core_list(threads, replica)
+        tp = max(1, tensor_parallel_size)
+        per = max(1, len(cores) // tp)
+        groups = [cores[i * per:(i + 1) * per] or cores[-1:] for i in range(tp)]
+        changed["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(",".join(map(str, g)) for g in groups)
+        changed["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+    preload = env.get("LD_PRELOAD", "")
+    lib = iomp_library()
+    if lib is not None and not any(x in preload for x in ("libiomp", "libgomp", "libomp")):
+        changed["LD_PRELOAD"] = f"{lib}:{preload}" if preload else str(lib)
+    env.update(changed)
+    return changed

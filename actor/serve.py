@@ -1,0 +1,236 @@
+"""The actor's serve loop: one thread drives the endpoint and the engine, step by step.
+
+Each turn of the loop:
+
+1. take what the endpoint has (``poll`` with no wait while the engine has work, else a short wait):
+   requests, the newest verified weight update, or a Shutdown;
+2. if a weight update is waiting: admit nothing new, keep stepping until the requests in flight are
+   done (drain), then load it and acknowledge (one version per sequence, never a mix);
+3. else admit every waiting request into the engine (vLLM batches all of them in each step);
+4. run one engine step and send the groups it completed;
+5. every ``sync.heartbeat_s``: refresh the heartbeat (version, queue, in flight, tokens/s) and log.
+
+``min_version`` is held by the endpoint: it surfaces a request only once the actor serves that version
+(and the newest the learner announced). Shutdown (the message, SIGTERM or SIGINT): stop taking
+requests, finish those in flight within ``grace_s`` (their groups are sent), leave the rest unanswered
+(the learner's transport re-sends a silent actor's requests to others), close the engine and check
+its processes are gone.
+
+Rewards: with ``actor.score_rewards`` the actor scores each group after generation (pure Python,
+``rewards.make_reward``) and sends them in ``RolloutGroup.rewards``; per-prompt reward columns come in
+``RolloutRequest.meta["columns"]`` (one dict per prompt). Off by default: the learner scores.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections import deque
+
+from sync import Heartbeat, ReceivedWeights, RolloutGroup, RolloutRequest, Shutdown, WeightAck
+
+from actor.engine import RolloutEngine
+
+log = logging.getLogger("actor")
+
+
+class ThroughputMeter:
+    """Generated tokens per second over a sliding window of completed requests."""
+
+    def __init__(self, window_s: float = 30.0):
+        self.window_s = window_s
+        self._events: deque = deque()
+
+    def add(self, tokens: int, now: float | None = None) -> None:
+        self._events.append((time.monotonic() if now is None else now, tokens))
+
+    def rate(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        while self._events and now - self._events[0][0] > self.window_s:
+            self._events.popleft()
+        if not self._events:
+            return 0.0
+        span = max(now - self._events[0][0], 1.0)
+        return sum(t for _, t in self._events) / span
+
+
+def make_scorer(cfg):
+    """The reward function when ``actor.score_rewards`` is on and ``rewards`` imports, else None."""
+    if not cfg.actor.score_rewards:
+        return None
+    try:
+        import rewards
+    except ImportError as e:
+        log.warning("actor.score_rewards is on but the rewards package is unavailable (%s); "
+                    "the learner scores", e)
+        return None
+    kwargs = cfg.rewards.reward_kwargs()
+    if cfg.rewards.toy_token:
+        kwargs["toy_token"] = cfg.rewards.toy_token
+    db = cfg.data.db_path if cfg.data.db_path and cfg.data.db_path.is_file() else None
+    return rewards.make_reward(db, **kwargs)
+
+
+def score_group(fn, req: RolloutRequest, results) -> list[list[float]]:
+    """Per prompt, per completion rewards; columns of prompt i are ``meta["columns"][i]``."""
+    cols = req.meta.get("columns") or [{}] * len(results)
+    out = []
+    for i, res in enumerate(results):
+        texts = [c.text for c in res.completions]
+        prompt = req.prompts[i]
+        kw = {k: [v] * len(texts) for k, v in (cols[i] if i < len(cols) else {}).items()}
+        out.append([float(x) for x in fn(texts, prompts=[prompt] * len(texts), **kw)])
+    return out
+
+
+class ActorServer:
+    """Serve rollouts from ``engine`` to the learner behind ``endpoint`` until shut down."""
+
+    def __init__(self, cfg, engine: RolloutEngine, endpoint, actor_id: str, *, grace_s: float = 30.0,
+                 idle_poll_s: float = 0.05, log_every_s: float = 10.0, scorer=None):
+        self.cfg = cfg
+        self.engine = engine
+        self.endpoint = endpoint
+        self.actor_id = actor_id
+        self.grace_s = grace_s
+        self.idle_poll_s = idle_poll_s
+        self.log_every_s = log_every_s
+        self.scorer = scorer
+        self.waiting: deque[RolloutRequest] = deque()   # polled, not yet admitted (a load is pending)
+        self.requests: dict[str, RolloutRequest] = {}   # admitted, by request id
+        self.weights: ReceivedWeights | None = None
+        self.stop_reason: str | None = None
+        self.meter = ThroughputMeter()
+        self.groups_sent = 0
+        self.loads = 0
+        self._hb_due = 0.0
+        self._log_due = time.monotonic() + log_every_s
+
+    # ------------------------------------------------------------------ control
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            log.info("actor %s: stopping (%s); %d requests in flight, %d waiting", self.actor_id, reason,
+                     self.engine.in_flight, len(self.waiting))
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum, _frame):
+            self.request_stop(signal.Signals(signum).name)
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> str:
+        """Serve until a Shutdown or a signal; returns the reason."""
+        while self.stop_reason is None:
+            self._take(0.0 if self.engine.in_flight else self.idle_poll_s)
+            if self.stop_reason is not None:
+                break
+            if self.weights is not None and not self.engine.in_flight:
+                self._load(self.weights)
+                self.weights = None
+            if self.weights is None:
+                while self.waiting:
+                    self._admit(self.waiting.popleft())
+            self._step()
+            self._tick()
+        self._finish()
+        return self.stop_reason
+
+    def _take(self, wait_s: float) -> None:
+        """Everything the endpoint has now (waiting up to ``wait_s`` for the first item)."""
+        item = self.endpoint.poll(wait_s)
+        while item is not None:
+            if isinstance(item, Shutdown):
+                self.request_stop(f"shutdown: {item.reason}")
+                return
+            if isinstance(item, ReceivedWeights):
+                if self.weights is not None:
+                    log.info("actor %s: v%d superseded by v%d before loading", self.actor_id,
+                             self.weights.version, item.version)
+                self.weights = item
+            elif isinstance(item, RolloutRequest):
+                if self.weights is None and not self.waiting:
+                    self._admit(item)
+                else:
+                    self.waiting.append(item)
+            item = self.endpoint.poll(0.0)
+
+    def _admit(self, req: RolloutRequest) -> None:
+        try:
+            self.engine.submit(req.request_id, req.prompts, req.sampling,
+                               ignore_eos=bool(req.meta.get("ignore_eos", False)))
+        except Exception as e:  # a request the engine cannot take (too long, bad tokens): answer empty
+            log.error("actor %s: request %s refused: %s", self.actor_id, req.request_id, e)
+            self.endpoint.send_group(RolloutGroup(req.request_id, self.actor_id, self.engine.version, [],
+                                                  {"error": 1.0}, None, {**req.meta, "error": str(e)[:300]}))
+            return
+        self.requests[req.request_id] = req
+
+    def _step(self) -> None:
+        for key, results, stats in self.engine.step():
+            req = self.requests.pop(key)
+            stats = dict(stats)
+            rewards = None
+            if self.scorer is not None:
+                t0 = time.perf_counter()
+                try:
+                    rewards = score_group(self.scorer, req, results)
+                except Exception as e:  # the learner scores what the actor could not
+                    log.warning("actor %s: scoring %s failed: %s", self.actor_id, key, e)
+                stats["reward_s"] = time.perf_counter() - t0
+            meta = dict(req.meta)
+            version = int(stats.pop("version"))
+            self.endpoint.send_group(RolloutGroup(req.request_id, self.actor_id, version, results, stats,
+                                                  rewards, meta))
+            self.meter.add(int(stats["gen_tokens"]))
+            self.groups_sent += 1
+
+    def _load(self, w: ReceivedWeights) -> None:
+        t0 = time.perf_counter()
+        try:
+            fingerprint = self.engine.load_adapter(w.version, w.adapter_dir, expect_checksum=w.checksum)
+            ok, error = True, None
+        except Exception as e:  # keep serving the previous version
+            fingerprint, ok, error = "", False, f"{type(e).__name__}: {e}"[:500]
+        load_s = time.perf_counter() - t0
+        if ok:
+            self.loads += 1
+            log.info("actor %s: serving v%d (loaded in %.3fs)", self.actor_id, w.version, load_s)
+        else:
+            log.error("actor %s: v%d not loaded, still serving v%d: %s", self.actor_id, w.version,
+                      self.engine.version, error)
+        self.endpoint.send_ack(WeightAck(self.actor_id, w.version, ok, load_s, fingerprint or w.checksum,
+                                         error))
+        self._hb_due = 0.0
+
+    def heartbeat(self) -> Heartbeat:
+        return Heartbeat(self.actor_id, self.engine.version, len(self.waiting), self.engine.in_flight,
+                         self.meter.rate())
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if now >= self._hb_due:
+            self.endpoint.heartbeat(self.heartbeat())
+            self._hb_due = now + self.cfg.sync.heartbeat_s
+        if now >= self._log_due:
+            hb = self.heartbeat()
+            log.info("actor %s: v%d queue=%d in_flight=%d tokens/s=%.1f groups=%d", self.actor_id, hb.version,
+                     hb.queue_depth, hb.in_flight, hb.tokens_per_s, self.groups_sent)
+            self._log_due = now + self.log_every_s
+
+    def _finish(self) -> None:
+        """Finish what is in flight (up to ``grace_s``); requests not started stay unanswered."""
+        deadline = time.monotonic() + self.grace_s
+        while self.engine.in_flight and time.monotonic() < deadline:
+            self._step()
+            self._tick()
+        if self.engine.in_flight:
+            log.warning("actor %s: %d requests unfinished after %.0fs grace; the learner re-sends them",
+                        self.actor_id, self.engine.in_flight, self.grace_s)
+            self.engine.abort_all()
+        if self.waiting:
+            log.info("actor %s: %d requests not started; the learner re-sends them", self.actor_id,
+                     len(self.waiting))

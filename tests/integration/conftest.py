@@ -1,0 +1,206 @@
+"""Fixtures for tests that run actor processes and compare them with transformers+PEFT.
+
+``actor_kit`` (session) bundles the helpers: random non-zero LoRA adapters made with PEFT on a model,
+reference logprobs from transformers+PEFT, free ports, and ``python -m actor`` subprocesses
+(``ActorProc``) whose engine processes are tracked so a test can check none is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CHAT = [{"role": "user", "content": "Resuma a avaliação: o produto chegou atrasado e com defeito."}]
+
+
+def make_lora_adapter(model_dir, out_dir, seed: int, target_modules="all-linear", r: int = 16,
+                      alpha: int = 32, std: float = 0.05, bf16_values: bool = True) -> Path:
+    """A PEFT adapter on ``model_dir`` with random non-zero A and B (PEFT starts B at zero).
+
+    ``bf16_values``: round the values to bfloat16 (kept in float32) so the adapter crosses the wire
+    (bf16 by default) unchanged and the reference stays exact.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    cfg = LoraConfig(r=r, lora_alpha=alpha, target_modules=target_modules, lora_dropout=0.0, bias="none",
+                     task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, cfg)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                v = torch.randn(p.shape, generator=gen) * std
+                p.copy_(v.to(torch.bfloat16).float() if bf16_values else v)
+    out_dir = Path(out_dir)
+    peft_model.save_pretrained(out_dir)
+    return out_dir
+
+
+def adapter_tensors(adapter_dir) -> tuple[dict, dict]:
+    """(PEFT state dict, adapter_config) of a saved adapter: what a learner would publish."""
+    import json
+
+    from safetensors.torch import load_file
+
+    adapter_dir = Path(adapter_dir)
+    return (load_file(str(adapter_dir / "adapter_model.safetensors")),
+            json.loads((adapter_dir / "adapter_config.json").read_text()))
+
+
+class Reference:
+    """transformers (+PEFT) float32 logprobs of given tokens, the learner's view of the policy."""
+
+    def __init__(self, model_dir):
+        self.model_dir = str(model_dir)
+        self._base = None
+
+    def _model(self, adapter_dir):
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
+        if adapter_dir is not None:
+            model = PeftModel.from_pretrained(model, str(adapter_dir))
+        return model.eval()
+
+    def logprobs(self, adapter_dir, prompt_ids: list[int], completions: list[list[int]],
+                 temperature: float = 1.0) -> list[list[float]]:
+        import torch
+
+        model = self._model(adapter_dir)
+        out = []
+        with torch.no_grad():
+            for comp in completions:
+                ids = torch.tensor([list(prompt_ids) + list(comp)])
+                logits = model(ids).logits[0, len(prompt_ids) - 1:-1].float() / temperature
+                lp = torch.log_softmax(logits, dim=-1)
+                out.append(lp.gather(1, torch.tensor(comp)[:, None])[:, 0].tolist())
+        return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ActorProc:
+    """A ``python -m actor`` subprocess with its log in a file; remembers its descendants."""
+
+    def __init__(self, config: Path, overrides: list[str], log_path: Path, replica: int = 0,
+                 actor_id: str | None = None, extra_args: list[str] | None = None):
+        self.log_path = log_path
+        cmd = [sys.executable, "-m", "actor", "--config", str(config), "--replica", str(replica)]
+        for o in overrides:
+            cmd += ["--set", o]
+        if actor_id:
+            cmd += ["--actor-id", actor_id]
+        cmd += extra_args or []
+        self.actor_id = actor_id
+        self._log = open(log_path, "w")
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO, env=env,
+                                     start_new_session=True)
+        self.descendants: set[int] = set()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def snapshot_children(self) -> set[int]:
+        """Record the process's descendants now (vLLM EngineCore and its workers)."""
+        import psutil
+
+        try:
+            kids = {p.pid for p in psutil.Process(self.pid).children(recursive=True)}
+        except psutil.NoSuchProcess:
+            kids = set()
+        self.descendants |= kids
+        return kids
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def alive_descendants(self) -> list[int]:
+        import psutil
+
+        alive = []
+        for pid in self.descendants:
+            try:
+                p = psutil.Process(pid)
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        return alive
+
+    def signal(self, sig) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def kill_all(self) -> None:
+        """Test teardown: make sure nothing of this actor survives (its whole session)."""
+        self.snapshot_children()
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=30)
+        import psutil
+
+        for pid in self.alive_descendants():
+            try:
+                psutil.Process(pid).kill()
+            except psutil.NoSuchProcess:
+                pass
+        self._log.close()
+
+
+def wait_for(cond, timeout: float, what: str, interval: float = 0.05, proc: ActorProc | None = None):
+    """Poll ``cond`` until truthy; fail naming ``what`` (with the actor's log tail when given)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if proc is not None and proc.proc.poll() is not None:
+            pytest.fail(f"actor exited ({proc.proc.returncode}) while waiting for {what}:\n{proc.log()[-3000:]}")
+        if time.monotonic() > deadline:
+            tail = f"\n{proc.log()[-3000:]}" if proc is not None else ""
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}{tail}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def actor_kit(tiny_model):
+    """Helpers shared by the actor tests (see the module docstring)."""
+    return SimpleNamespace(
+        model=tiny_model,
+        chat=CHAT,
+        config=REPO / "configs" / "smoke_cpu.yaml",
+        make_adapter=make_lora_adapter,
+        adapter_tensors=adapter_tensors,
+        reference=Reference(tiny_model),
+        free_port=free_port,
+        ActorProc=ActorProc,
+        wait_for=wait_for,
+    )

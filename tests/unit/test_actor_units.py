@@ -1,0 +1,130 @@
+"""Actor pieces that need no engine: runtime settings, adapter reading for the merge, metrics, scoring."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from actor.merge import lora_scale, read_adapter
+from actor.runtime import configure_cpu_env, cpu_core_list, engine_dtype, lora_rank_slot
+from actor.serve import ThroughputMeter, score_group
+from sync import tensors as T
+from sync.wire import Completion, PromptResult, RolloutRequest, SamplingSpec
+
+
+def test_engine_dtype_auto_is_float32_on_cpu_bf16_on_gpu():
+    assert engine_dtype("auto", gpu=False) == "float32"
+    assert engine_dtype("auto", gpu=True) == "bfloat16"
+    assert engine_dtype("float16", gpu=False) == "float16"
+
+
+@pytest.mark.parametrize("r,slot", [(1, 1), (2, 8), (8, 8), (16, 16), (17, 32), (512, 512)])
+def test_lora_rank_slot(r, slot):
+    assert lora_rank_slot(r) == slot
+
+
+def test_lora_rank_slot_too_large():
+    with pytest.raises(ValueError):
+        lora_rank_slot(1024)
+
+
+def test_cpu_env_binds_all_cores_and_preloads_iomp():
+    env = {}
+    changed = configure_cpu_env(None, 0, env=env)
+    cores = cpu_core_list(None, 0)
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == ",".join(map(str, cores))
+    assert env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    assert changed == env
+    if "LD_PRELOAD" in env:
+        assert env["LD_PRELOAD"].split(":")[0].endswith("libiomp5.so")
+
+
+def test_cpu_env_respects_explicit_settings_and_other_openmp():
+    env = {"VLLM_CPU_OMP_THREADS_BIND": "0", "LD_PRELOAD": "/x/libgomp.so"}
+    assert configure_cpu_env(None, 0, env=env) == {}
+    assert env == {"VLLM_CPU_OMP_THREADS_BIND": "0", "LD_PRELOAD": "/x/libgomp.so"}
+
+
+def test_cpu_threads_slice_per_replica():
+    cores = cpu_core_list(None, 0)
+    one = [cpu_core_list(1, k) for k in range(len(cores))]
+    assert sorted(c for sl in one for c in sl) == cores   # replicas spread over distinct cores
+    assert cpu_core_list(len(cores) + 5, 3) == cores
+
+
+def _write_adapter(tmp_path, tensors: dict, config: dict):
+    blobs = {n: T.TensorBlob("F32", tuple(t.shape), t.contiguous().numpy().tobytes()) for n, t in tensors.items()}
+    T.write_adapter_dir(tmp_path / "a", blobs, config)
+    return tmp_path / "a", T.checksum(blobs)
+
+
+def test_read_adapter_maps_peft_names_and_returns_wire_checksum(tmp_path):
+    pre = "base_model.model.model.layers.0.self_attn.q_proj"
+    a, b = torch.randn(4, 8), torch.randn(6, 4)
+    d, cs = _write_adapter(tmp_path, {f"{pre}.lora_A.weight": a, f"{pre}.lora_B.weight": b},
+                           {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]})
+    config, pairs, fingerprint = read_adapter(d)
+    assert fingerprint == cs
+    assert list(pairs) == ["model.layers.0.self_attn.q_proj"]
+    got_a, got_b = pairs["model.layers.0.self_attn.q_proj"]
+    assert torch.equal(got_a, a) and torch.equal(got_b, b)
+    assert lora_scale(config) == 2.0
+
+
+def test_read_adapter_refuses_half_pairs_and_non_lora_tensors(tmp_path):
+    pre = "base_model.model.model.layers.0.mlp.up_proj"
+    d, _ = _write_adapter(tmp_path, {f"{pre}.lora_A.weight": torch.zeros(2, 3)}, {"r": 2})
+    with pytest.raises(ValueError, match="lacks its lora_B"):
+        read_adapter(d)
+    d2, _ = _write_adapter(tmp_path / "x", {"base_model.model.lm_head.weight": torch.zeros(2, 3)}, {"r": 2})
+    with pytest.raises(ValueError, match="not a LoRA"):
+        read_adapter(d2)
+
+
+def test_lora_scale_rslora():
+    assert math.isclose(lora_scale({"r": 16, "lora_alpha": 32, "use_rslora": True}), 8.0)
+
+
+def test_throughput_meter_window():
+    m = ThroughputMeter(window_s=10)
+    m.add(100, now=0.0)
+    m.add(300, now=4.0)
+    assert m.rate(now=4.0) == pytest.approx(100.0)       # 400 tokens over 4 s
+    assert m.rate(now=20.0) == 0.0                        # all outside the window
+
+
+def test_score_group_uses_per_prompt_columns():
+    def reward(completions, prompts=None, **cols):  # stand-in reward: the completion contains its column
+        return [1.0 if cols["want"][i] in c else 0.0 for i, c in enumerate(completions)]
+
+    req = RolloutRequest("r", [[1, 2], [3]], SamplingSpec(2, 1.0, 1.0, 4), meta={"columns": [{"want": "a"},
+                                                                                              {"want": "b"}]})
+    results = [PromptResult([1, 2], [Completion([5], [-0.1], "abc", "stop"), Completion([6], [-0.2], "x", "stop")]),
+               PromptResult([3], [Completion([5], [-0.1], "b", "stop"), Completion([6], [-0.2], "a", "stop")])]
+    assert score_group(reward, req, results) == [[1.0, 0.0], [1.0, 0.0]]
+
+
+def test_make_scorer_off_by_default(smoke_config):
+    from actor.serve import make_scorer
+
+    assert make_scorer(smoke_config) is None
+    smoke_config.actor.score_rewards = True
+    smoke_config.rewards.toy_token = "a"
+    fn = make_scorer(smoke_config)
+    scores = fn(["aaaa", "bbbb"])
+    assert scores[0] > scores[1]
+
+
+def test_actor_cli_refuses_bad_config_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(json.dumps({"model_id": "x", "max_steps": 1, "learning_rate": 1.0, "actor": {"nope": 1}}))
+    p = subprocess.run([sys.executable, "-m", "actor", "--config", str(bad)], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 2
+    assert len(p.stderr.strip().splitlines()) == 1 and "actor.nope" in p.stderr
