@@ -91,6 +91,9 @@ def main(argv=None) -> int:
         server.install_signal_handlers()
         if early:
             server.request_stop(early[0])
+        # The launcher (launch.supervise) starts the learner once every actor printed this line.
+        print(f"actor {actor_id}: READY (engine up, {cfg.actor.serve_mode} mode, "
+              f"learner at {cfg.sync.connect_host or cfg.sync.host}:{cfg.sync.rollout_port})", flush=True)
         reason = server.run()
         logging.getLogger("actor").info("actor %s: exiting (%s), %d groups served", actor_id, reason,
                                         server.groups_sent)

@@ -112,7 +112,7 @@ class RolloutEngine:
         self.engine_pids = sorted(_child_pids() - before)   # EngineCore process(es) this engine spawned
         self.start_s = time.perf_counter() - t0
         self.tokenizer = self.llm.get_tokenizer()
-        self._version = 0
+        self._version = -1  # the base weights; the learner's first version is 0
         self._fingerprint = "base"
         self._lora = None                       # LoRARequest of the served version (adapter mode)
         self._loaded: deque = deque()           # (version, lora_int_id, dir) kept loaded (adapter mode)

@@ -81,7 +81,7 @@ class ActorEndpoint(IoThread):
         actor_id: str,
         shm_dir: str | os.PathLike | None = None,
         *,
-        version: int = 0,
+        version: int = -1,
         rollout_port: int | None = None,
         weight_port: int | None = None,
         require_curve: bool = False,
@@ -263,7 +263,7 @@ class ActorEndpoint(IoThread):
         elif isinstance(msg, WeightUpdate):
             self._on_weights(msg)
         elif isinstance(msg, Welcome):
-            if self._learner is not None and msg.incarnation != self._learner and 0 < msg.version < self._served:
+            if self._learner is not None and msg.incarnation != self._learner and 0 <= msg.version < self._served:
                 log.warning(
                     "endpoint %s: a new learner resumed at v%d, older than the v%d served; taking it next",
                     self.actor_id,

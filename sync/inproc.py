@@ -74,7 +74,7 @@ class InprocWeightPublisher:
     ):
         self.loaders = dict(actors or {})
         self.wire_dtype = wire_dtype
-        self._latest = 0
+        self._latest = -1
         self._checksums: dict[int, str] = {}
         self._acks: dict[str, WeightAck] = {}
 

@@ -55,6 +55,7 @@ class WeightPublisher(Protocol):
         """Block until every live actor acknowledged ``version`` (or a later one); SyncError on a
         checksum mismatch, a failed load or the timeout."""
 
-    def latest_version(self) -> int: ...
+    def latest_version(self) -> int:
+        """The newest published version; -1 before the first publication (actors serve the base weights)."""
 
     def close(self) -> None: ...

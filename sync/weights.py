@@ -43,7 +43,7 @@ class _Actor:
     incarnation: str
     last_seen: float
     version: int  # what it reports serving
-    sent: int = 0  # newest version sent to this incarnation
+    sent: int = -1  # newest version sent to this incarnation (-1: none)
     acks: dict[int, WeightAck] = field(default_factory=dict)
 
 
@@ -95,7 +95,7 @@ class ZmqWeightPublisher(IoThread):
         self._sock = sock
         self._sockets = [sock]
         self._actors: dict[str, _Actor] = {}
-        self._latest = 0
+        self._latest = -1  # nothing published: actors serve the base weights
         self._frames: list = []  # zmq.Frames of the latest version
         self._checksums: collections.OrderedDict[int, str] = collections.OrderedDict()
         self._welcome: list[str] = []  # actors owed a Welcome
@@ -259,7 +259,7 @@ class ZmqWeightPublisher(IoThread):
             ident = self._welcome.pop(0)
             if ident in self._actors:
                 self._send(ident, encode(Welcome(self._latest, self.incarnation)))
-        if not self._latest:
+        if self._latest < 0:
             return
         for a in list(self._actors.values()):
             if a.sent != self._latest and a.version != self._latest:

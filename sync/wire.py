@@ -58,8 +58,9 @@ class RolloutRequest:
     prompts: list[list[dict]] | list[list[int]]
     """Chat messages (``[{"role": ..., "content": ...}, ...]``) or prompt token ids, one per prompt."""
     sampling: SamplingSpec
-    min_version: int = 0
-    """The actor must serve at least this adapter version before generating."""
+    min_version: int = -1
+    """The actor must serve at least this adapter version before generating (-1: the base weights will do;
+    the learner's first published version is 0)."""
     meta: dict = field(default_factory=dict)
     """Free-form, e.g. ``{"kind": "train"|"eval"|"probe", "step": 12}``; echoed in the group."""
 

@@ -62,7 +62,7 @@ class Cluster:
         self.good.append(v)
         return v
 
-    def request(self, n=16, max_tokens=24, seed=3, min_version=0, **meta) -> str:
+    def request(self, n=16, max_tokens=24, seed=3, min_version=-1, **meta) -> str:
         rid = uuid.uuid4().hex[:8]
         self.transport.submit(RolloutRequest(rid, [self.kit.chat], SamplingSpec(n, 1.0, 1.0, max_tokens, seed),
                                              min_version, meta))
@@ -117,7 +117,7 @@ def cluster(actor_kit, tmp_path_factory):
 
 def test_actor_serves_a_request(cluster):
     g = cluster.one()
-    assert g.actor_id == "A" and g.version == 0 and len(g.results) == 1
+    assert g.actor_id == "A" and g.version == -1 and len(g.results) == 1  # base weights: nothing published
     res = g.results[0]
     assert len(res.completions) == 16
     from transformers import AutoTokenizer
@@ -128,9 +128,9 @@ def test_actor_serves_a_request(cluster):
         assert all(x == x and x <= 0 and x > -1e9 for x in c.logprobs)
         assert tok.decode(c.token_ids, skip_special_tokens=True) == c.text
     assert g.timings["gen_tokens"] == sum(len(c.token_ids) for c in res.completions)
-    cluster.assert_matches(g, 0)
+    cluster.assert_matches(g, -1)
     hb = cluster.transport.actors()["A"]
-    assert hb.version == 0
+    assert hb.version == -1
 
 
 def test_updates_are_followed_exactly(cluster):
