@@ -198,6 +198,9 @@ class SyncConfig(Section):
     """Directory made by ``python -m sync.keys DIR`` (CURVE key pairs, mode 0600)."""
     max_staleness: int = Field(1, ge=0)
     """Batches generated ahead of training; 0 is synchronous on-policy GRPO. Older rollouts are dropped."""
+    publish_weights: bool = True
+    """Publish each new adapter to the actors. ``false`` is an ablation only (the actors keep serving the first
+    version and every rollout is treated as on-policy): it shows that the sync carries the learning."""
     wait_for_acks: bool = True
     """Block after each publication until every actor acknowledged it; else go on within the
     staleness bound."""
