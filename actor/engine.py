@@ -99,6 +99,12 @@ class RolloutEngine:
             kwargs["kv_cache_memory_bytes"] = int(cfg.actor.kv_cache_gb * 2**30)
         else:
             kwargs["gpu_memory_utilization"] = cfg.actor.gpu_memory_utilization
+        if not self.gpu:
+            # Seeded requests whose prompt is prefilled in chunks crash vLLM 0.32's CPU worker ("CPU Generator
+            # does not use offset": it rewinds the generator of a partially prefilled request, which only CUDA
+            # generators support). Whole prompts only: never split a prefill across engine steps.
+            kwargs.update(enable_chunked_prefill=False,
+                          max_num_batched_tokens=max(cfg.max_seq_length, 8192))
         if self.mode == "merged":
             kwargs["worker_extension_cls"] = MERGE_EXTENSION
         else:

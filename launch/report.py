@@ -58,7 +58,12 @@ def plot(rows: list[dict], run_dir: Path) -> list[Path]:
                                        ("train/completion_length", "completion length (tokens)"),
                                        ("train/grad_norm", "grad norm")], strict=True):
         x, y = series(rows, key)
-        ax.plot(x, y, "-", linewidth=1)
+        ax.plot(x, y, "-", linewidth=0.8, alpha=0.4, label="per step")
+        if len(y) >= 10:
+            w = max(5, len(y) // 10)
+            ax.plot(x[w - 1:], [sum(y[i - w + 1:i + 1]) / w for i in range(w - 1, len(y))], "-", linewidth=2,
+                    label=f"mean of {w}")
+            ax.legend(fontsize=7)
         ax.set(xlabel="step", title=label)
         ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -143,3 +143,13 @@ def test_retired_versions_are_unloaded_and_removed(engine, actor_kit):
     else:
         assert engine.loaded_lora_ids() == set()
         assert [d.exists() for d in dirs] == [False, False, True]
+
+
+def test_many_seeded_prompts_over_the_token_budget(engine):
+    """More prompt tokens than one engine step takes, all seeded: vLLM 0.32's CPU worker crashed here when
+    prefills were chunked ("CPU Generator does not use offset"); the engine keeps prefills whole."""
+    words = "avaliação do pedido chegou atrasado e o produto veio com defeito " * 40
+    prompts = [[{"role": "user", "content": f"{i} {words}"}] for i in range(40)]
+    results, stats = engine.generate(prompts, SamplingSpec(1, 0.7, 1.0, 4, 11))
+    assert len(results) == 40 and all(len(r.completions[0].token_ids) > 0 for r in results)
+    assert sum(len(r.prompt_token_ids) for r in results) > engine.engine_kwargs["max_num_batched_tokens"]
