@@ -10,8 +10,9 @@ LoRA rank, learning rate and number of steps, run one after the other on this ma
   On a CPU box the actor and the learner are pinned to separate cores (``taskset``) as stand-ins for
   separate GPUs; TRL gets every core in its one process.
 
-Per-step wall time excludes the first step of each system (engine warm-up, DeepSpeed op builds). Prints a
-table and writes JSON with each system's per-step rows.
+Step and generation times are medians over the steps after the first (engine warm-up, DeepSpeed op builds;
+the median also resists a busy neighbour on a shared box). Prints a table and writes JSON with each system's
+per-step rows.
 """
 
 from __future__ import annotations
@@ -42,11 +43,11 @@ def sh(argv: list[str], log: Path, env: dict | None = None) -> None:
 def summarize(name: str, rows: list[dict], note: str = "") -> dict:
     steady = rows[1:] if len(rows) > 1 else rows
 
-    def mean(key):
+    def median(key):
         vals = [r[key] for r in steady if isinstance(r.get(key), (int, float))]
-        return statistics.fmean(vals) if vals else float("nan")
+        return statistics.median(vals) if vals else float("nan")
 
-    return {"system": name, "steps": len(rows), "step_s": mean("step_s"), "generation_s": mean("generation_s"),
+    return {"system": name, "steps": len(rows), "step_s": median("step_s"), "generation_s": median("generation_s"),
             "reward": statistics.fmean([r.get("reward", 0.0) for r in rows]) if rows else float("nan"),
             "note": note, "rows": rows}
 
