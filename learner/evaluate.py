@@ -28,17 +28,25 @@ class LearnerError(RuntimeError):
     """A condition that ends the run with one clear line (exit code 1)."""
 
 
+class Interrupted(LearnerError):
+    """SIGTERM arrived while waiting for rollouts (e.g. Ctrl-C on the launcher, which stops the actors
+    too): the trainer checkpoints the steps it completed and ends instead of waiting for groups that
+    will not come."""
+
+
 class Broker:
     """Rank 0's view of the rollout transport: submit, then collect groups by request id.
 
     Groups for unknown request ids (e.g. answers to a previous incarnation of the learner) are
     dropped. If no group at all arrives for ``timeout_s`` the run fails with :class:`LearnerError`
-    naming the live actors (the transport itself re-sends requests of dead actors).
+    naming the live actors (the transport itself re-sends requests of dead actors). ``stop()``, checked
+    every second while waiting, raises :class:`Interrupted` when true.
     """
 
-    def __init__(self, transport, timeout_s: float):
+    def __init__(self, transport, timeout_s: float, stop=None):
         self.transport = transport
         self.timeout_s = timeout_s
+        self.stop = stop
         self.done: dict = {}
         self.items: dict = {}
 
@@ -51,6 +59,8 @@ class Broker:
         t0 = time.perf_counter()
         last = t0
         while any(i not in self.done for i in ids):
+            if self.stop is not None and self.stop():
+                raise Interrupted("SIGTERM while waiting for rollouts")
             g = self.transport.receive(timeout_s=1.0)
             now = time.perf_counter()
             if g is None:
@@ -88,9 +98,11 @@ def probe(tr) -> dict:
             tag=f"v{tr.version}-{tr.step}",
             min_version=tr.published,
         )
-        groups = tr.broker.wait([rid])[0]
-        grp = groups[0][0]
-        comps = grp.results[0].completions if grp.results else []
+        try:
+            grp = tr.broker.wait([rid])[0][0][0]
+        except Interrupted:  # the trainer sees its SIGTERM flag after this step
+            grp = None
+        comps = grp.results[0].completions if grp is not None and grp.results else []
         if comps:
             payload = (grp.results[0].prompt_token_ids, comps[0].token_ids, comps[0].logprobs, grp.version)
     payload = tr._bcast(payload)
@@ -113,6 +125,7 @@ def evaluate(tr, chunk: int = 8) -> dict:
     cfg = tr.cfg
     if not tr.eval_items:
         return {}
+    version = tr.rollout_version  # the current version (publish_weights off: the one the actors serve)
     ids = [
         tr._request(
             "eval",
@@ -122,15 +135,15 @@ def evaluate(tr, chunk: int = 8) -> dict:
             cfg.max_completion_length,
             seed=cfg.seed + 13,
             tag=f"s{tr.step}-{i}",
-            min_version=tr.version,
+            min_version=version,
         )
         for i in range(0, len(tr.eval_items), chunk)
     ]
     groups, waited, _, _ = tr.broker.wait(ids)
     rewards, tasks = [], []
     for grp, items in groups:
-        if grp.version < tr.version:
-            tr.log.write(f"eval: actor {grp.actor_id} answered at version {grp.version} < {tr.version}")
+        if grp.version < version:
+            tr.log.write(f"eval: actor {grp.actor_id} answered at version {grp.version} < {version}")
         texts = [res.completions[0].text if res.completions else None for res in grp.results]
         have = [k for k, t in enumerate(texts) if t is not None]
         scores = [0.0] * len(items)

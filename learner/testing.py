@@ -63,3 +63,255 @@ def toy_overrides(model_dir: Path, run_dir: Path, pairs_dir: Path, **extra) -> l
     }
     items.update(extra)
     return [f"{k}={v}" for k, v in items.items()]
+
+
+# ------------------------------------------------------------------------------------------------
+# End-to-end runs through the launcher (tests/integration/test_e2e_*.py): a real actor process and a
+# real learner process under ``launch/cpu.sh``, on free loopback ports.
+
+
+def sharpen_model(src: Path, dst: Path, factor: float = 8.0) -> Path:
+    """A copy of the model directory ``src`` whose final RMSNorm weight is multiplied by ``factor``.
+
+    A random-weight model's next-token distribution is almost uniform over the vocabulary (its logits
+    have a standard deviation of ~0.2), and LoRA, which leaves the tied embeddings and the norms
+    frozen, can move a logit by at most a few tenths of a nat there: such a policy cannot learn any
+    reward. Scaling the last norm is sampling the same model at temperature ``1 / factor``: peaked
+    distributions like a trained LM's, which GRPO moves within a few steps. Nothing else changes.
+    """
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    src, dst = Path(src), Path(dst)
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    weights = dst / "model.safetensors"
+    sd = load_file(str(weights))
+    sd["model.norm.weight"] = sd["model.norm.weight"] * factor
+    save_file(sd, str(weights), metadata={"format": "pt"})
+    return dst
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def e2e_overrides(model_dir: Path, pairs_dir: Path, n_train: int = 24, n_eval: int = 8, **extra) -> list[str]:
+    """``--set`` items for ``launch/cpu.sh configs/smoke_cpu.yaml``: the model, toy pairs, the toy reward,
+    free ports, no wandb, an eager vLLM engine; ``extra`` (dotted keys) on top. The run dir is the
+    launcher's ``--run-dir``."""
+    train, ev = write_toy_pairs(pairs_dir, n_train=n_train, n_eval=n_eval)
+    rollout = free_port()
+    weight = free_port()
+    while weight == rollout:
+        weight = free_port()
+    items = {
+        "model_id": str(model_dir),
+        "data.train_pairs": str(train),
+        "data.eval_pairs": str(ev),
+        "rewards.toy_token": "m",
+        "logging.wandb_mode": "disabled",
+        "sync.rollout_port": rollout,
+        "sync.weight_port": weight,
+        "learner.probe_every": 0,
+        "eval.at_start": False,
+        "eval.every": 0,
+        "actor.enforce_eager": True,  # no torch.compile: the engine starts in seconds, not half a minute
+    }
+    items.update(extra)
+    return [f"{k}={v}" for k, v in items.items()]
+
+
+class Launch:
+    """``launch/cpu.sh CONFIG --run-dir RUN_DIR --set ...`` as a subprocess in its own session (so
+    ``interrupt()`` is a terminal's Ctrl-C: SIGINT to the launcher's process group, which its components,
+    each in a session of their own, do not share). Output goes to ``log_path``. ``processes()`` is the
+    launcher's process tree now; ``kill_all()`` (teardown) leaves nothing of it alive."""
+
+    def __init__(self, run_dir: Path, overrides: list[str], log_path: Path, *extra: str,
+                 config: str = "configs/smoke_cpu.yaml"):
+        import os
+        import subprocess
+        import sys
+
+        repo = Path(__file__).resolve().parents[1]
+        self.run_dir = Path(run_dir)
+        self.log_path = Path(log_path)
+        argv = ["bash", str(repo / "launch" / "cpu.sh"), config, "--run-dir", str(run_dir), *extra]
+        for o in overrides:
+            argv += ["--set", o]
+        env = {**os.environ, "PY": sys.executable, "TUCANO2_NO_PROGRESS": "1", "WANDB_MODE": "disabled"}
+        self._log = open(self.log_path, "a")  # noqa: SIM115 - closed in wait()/kill_all()
+        self.proc = subprocess.Popen(argv, cwd=repo, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.seen: set[int] = set()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def processes(self) -> list:
+        """The launcher and every descendant alive now (psutil.Process objects); remembered."""
+        import psutil
+
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+        self.seen |= {p.pid for p in procs}
+        return procs
+
+    def alive(self, pids=None) -> list[int]:
+        """Which of ``pids`` (default: every process seen) still run (zombies do not count)."""
+        import psutil
+
+        out = []
+        for pid in sorted(self.seen if pids is None else pids):
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    out.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        return out
+
+    def component_pids(self, name: str) -> list[int]:
+        """Pids of the component ``name`` (e.g. ``actor-0``, ``learner``): its process and descendants."""
+        import psutil
+
+        out = []
+        for p in self.processes()[1:]:
+            try:
+                cmd = " ".join(p.cmdline())
+            except psutil.Error:
+                continue
+            if (name.startswith("actor") and " -m actor " in cmd) or (name == "learner" and " -m learner " in cmd):
+                out.append(p.pid)
+        return out
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def metrics(self) -> list[dict]:
+        return read_metrics(self.run_dir)
+
+    def wait_until(self, cond, timeout: float, what: str, interval: float = 0.2):
+        """Poll ``cond()`` until truthy; raise AssertionError naming ``what`` with the log's tail if the
+        launcher exits or ``timeout`` passes first."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            v = cond()
+            if v:
+                return v
+            if self.proc.poll() is not None:
+                raise AssertionError(f"launcher exited ({self.proc.returncode}) waiting for {what}:\n"
+                                     f"{self.log()[-4000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}:\n{self.log()[-4000:]}")
+            time.sleep(interval)
+
+    def interrupt(self) -> None:
+        import os
+        import signal
+
+        os.killpg(self.pid, signal.SIGINT)
+
+    def wait(self, timeout: float) -> int:
+        import subprocess
+
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill_all()
+            raise AssertionError(f"launcher still running after {timeout:.0f}s:\n{self.log()[-4000:]}") from None
+        self._log.flush()
+        return rc
+
+    def kill_all(self) -> None:
+        import psutil
+
+        self.processes()
+        for pid in self.alive():
+            try:
+                psutil.Process(pid).kill()
+            except psutil.Error:
+                pass
+        try:
+            self.proc.wait(timeout=30)
+        except Exception:  # noqa: BLE001 - teardown
+            pass
+        if not self._log.closed:
+            self._log.close()
+
+    def __enter__(self) -> Launch:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kill_all()
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The metric lines of ``RUN_DIR/metrics.jsonl`` (none yet: [])."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line being written
+                pass
+    return out
+
+
+def train_steps(rows: list[dict]) -> list[int]:
+    """The steps of the training metric lines (one per optimizer step), in file order."""
+    return [r["step"] for r in rows if "perf/step_s" in r]
+
+
+LEARNING = {
+    "max_steps": 15,
+    "learning_rate": 2e-3,
+    "num_generations": 8,
+    "prompts_per_step": 2,
+    "max_completion_length": 24,
+    "eval.at_start": True,
+    "eval.every": 5,
+    "eval.subset_size": 16,
+    "eval.temperature": 1.0,
+    "learner.checkpoint_every": 100,
+    "sync.max_staleness": 0,  # on-policy: at this learning rate a step-old batch is mostly clipped
+}
+"""The end-to-end learning proof's settings (``tests/integration/test_e2e_learning.py``): the sharpened
+tiny model learns the toy reward ``m`` within about ten steps."""
+
+
+def learning_run(tiny_model: Path, base: Path, publish: bool, timeout: float = 420) -> Path:
+    """The learning proof's run (``sync.publish_weights`` = ``publish``) in ``base``, made once per
+    ``base``: a finished run there is reused (the adapter test checks the sync-on run's adapter)."""
+    base = Path(base)
+    run = base / ("sync_on" if publish else "sync_off")
+    if (run / "adapter" / "adapter_model.safetensors").exists() and train_steps(read_metrics(run))[-1:] == [
+        LEARNING["max_steps"]
+    ]:
+        return run
+    model = base / "tiny-sharp"
+    if not (model / "config.json").exists():
+        sharpen_model(tiny_model, model)
+    over = e2e_overrides(model, base / "pairs", n_eval=16, **LEARNING, **{"sync.publish_weights": publish})
+    with Launch(run, over, base / f"{run.name}.log") as la:
+        rc = la.wait(timeout=timeout)
+        if rc != 0:
+            raise AssertionError(f"learning run exited {rc}:\n{la.log()[-4000:]}")
+    return run

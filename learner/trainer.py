@@ -19,6 +19,16 @@ and is the policy version the actors serve):
 
 Rank 0 owns the transports, data, rewards, eval and logging; other ranks only train.
 
+Ablation ``sync.publish_weights: false``: the learner publishes only the first version (v0, the initial
+adapter) and never again, so the actors keep sampling from it; every rollout is then treated as on-policy
+(its version is the served one: no staleness drop, no re-request, no importance-sampling correction) and
+the eval asks for the served version. The policy still trains on those rollouts; what it cannot do is
+improve its own samples, which is what the end-to-end learning proof compares against.
+
+SIGTERM (e.g. Ctrl-C on the launcher, which stops the actors at the same time) ends the run after the
+current step with a checkpoint; arriving while the learner waits for rollouts, it ends the wait (see
+:class:`learner.evaluate.Interrupted`) and checkpoints the steps completed so far.
+
 Resume: a checkpoint stores the sampler as it was *before* the first untrained step's prompts were
 drawn, so a resumed run asks for the same prompts again; batches that were in flight are generated
 afresh at the resumed version (with ``max_staleness: 0`` the resumed run is step-for-step the same).
@@ -36,7 +46,7 @@ import torch
 
 from learner import checkpoint as ckpt
 from learner.data import load_items, make_reward_fn, stratified_subset
-from learner.evaluate import Broker, LearnerError, evaluate, probe
+from learner.evaluate import Broker, Interrupted, LearnerError, evaluate, probe
 from learner.loss import policy_loss
 from learner.rollouts import StepBatch, build_batch, collate, shard
 from learner.sampler import EpochSampler
@@ -93,6 +103,7 @@ class Trainer:
                 f"learner.publish_every ({cfg.learner.publish_every}) - 1 exceeds "
                 f"sync.max_staleness ({cfg.sync.max_staleness}): every rollout would be stale"
             )
+        self.publish_weights = bool(getattr(cfg.sync, "publish_weights", True))
         self.step = 0
         self.version = 0
         self.published = -1
@@ -121,7 +132,7 @@ class Trainer:
             self.probe_item = (self.eval_items or self.train_items)[0]
             self.reward_fn = reward_fn or make_reward_fn(cfg)
             self.sampler = EpochSampler(len(self.train_items), cfg.seed)
-            self.broker = Broker(transport, cfg.sync.request_timeout_s * 3)
+            self.broker = Broker(transport, cfg.sync.request_timeout_s * 3, stop=lambda: self._sigterm)
         self.sampler_snapshots: dict[int, dict] = {}
         self.pending: dict[int, list[str]] = {}
         self.next_submit = 0
@@ -141,6 +152,12 @@ class Trainer:
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    @property
+    def rollout_version(self) -> int:
+        """The version rollouts are judged against: the learner's own, or with ``publish_weights``
+        off the one the actors serve (the only one published), so every rollout counts as on-policy."""
+        return self.version if self.publish_weights else max(self.published, 0)
 
     def _state(self) -> dict:
         snap = self.sampler_snapshots.get(self.step)
@@ -232,15 +249,16 @@ class Trainer:
         for attempt in range(4):
             groups, w, t, g = self.broker.wait(ids)
             waited, toks, gen = waited + w, toks + t, gen + g
+            current = self.rollout_version
             stale_items = [
                 items
                 for grp, items in groups
-                if grp.version > self.version or self.version - grp.version > cfg.sync.max_staleness
+                if grp.version > current or current - grp.version > cfg.sync.max_staleness
             ]
             batch = build_batch(
                 groups,
                 self.reward_fn,
-                current_version=self.version,
+                current_version=current,
                 max_staleness=cfg.sync.max_staleness,
                 vocab_size=self.policy.vocab_size,
                 scale_rewards=cfg.scale_rewards,
@@ -391,7 +409,11 @@ class Trainer:
         return probe(self)
 
     def _eval(self) -> dict:
-        return evaluate(self)
+        try:
+            return evaluate(self)
+        except Interrupted:
+            self.stop_reason = self.stop_reason or "SIGTERM"
+            return {}
 
     # ------------------------------------------------------------------------------------ the loop
     def _emit(self, metrics: dict) -> None:
@@ -445,7 +467,8 @@ class Trainer:
             )
             if cfg.eval.at_start and self.step == 0 and self.eval_items:
                 ev = self._eval()
-                self._emit(ev)
+                if ev:
+                    self._emit(ev)
                 self._new_best = bool(ev.get("_new_best"))
         stop, new_best = self._bcast((self.stop_reason, getattr(self, "_new_best", False)))
         if new_best:
@@ -454,11 +477,18 @@ class Trainer:
             t_step = time.perf_counter()
             payload, pre = None, {}
             if self.is_main:
-                self._fill_pipeline()
-                batch, pre = self._collect()
-                samples = batch.samples
-                payload = ([s for s in samples], float(sum(len(s.completion_ids) for s in samples)))
+                try:
+                    self._fill_pipeline()
+                    batch, pre = self._collect()
+                    samples = batch.samples
+                    payload = ([s for s in samples], float(sum(len(s.completion_ids) for s in samples)))
+                except Interrupted:
+                    payload = "interrupted"
             payload = self._bcast(payload)
+            if payload == "interrupted":  # SIGTERM while waiting: keep the completed steps, end
+                stop = self.stop_reason = self.stop_reason or "SIGTERM"
+                self.checkpoint()
+                break
             m: dict = {}
             if payload[0]:
                 m.update(self._train(payload))
@@ -468,7 +498,8 @@ class Trainer:
             self.step += 1
             m["perf/sync_s"] = 0.0
             eval_now = bool(cfg.eval.every) and self.step % cfg.eval.every == 0
-            if payload[0] and (self.version % cfg.learner.publish_every == 0 or eval_now):
+            publish_now = self.version % cfg.learner.publish_every == 0 or eval_now
+            if payload[0] and self.publish_weights and publish_now:
                 m["perf/sync_s"] = self._publish()  # eval runs at the current version: publish first
             probe_now = cfg.learner.probe_every and self.step % cfg.learner.probe_every == 0
             if probe_now and self._bcast(self.stop_reason) is None:

@@ -1,0 +1,61 @@
+"""End to end, generation overlaps training: ``sync.max_staleness: 1`` takes less wall time per step
+than ``0``.
+
+Two runs of ``launch/cpu.sh`` with the actor and the learner pinned to separate cores
+(``--actor-cores 0 --learner-cores 1``, stand-ins for separate GPUs) and generation and training of
+similar cost per step on the tiny model (64-token completions; the learner runs micro-batches of 1).
+With ``max_staleness: 0`` a step is generate, then train, then publish; with ``1`` the actor generates
+the next batch (at the previous version) while the learner trains this one. The time per step is the
+learner's ``perf/step_s``, median over the steps after the first two. Only the direction is asserted
+(timings on a shared box are noisy); the ratio is printed for the record.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+
+import pytest
+
+from learner.testing import Launch, e2e_overrides, read_metrics, train_steps
+
+pytestmark = pytest.mark.slow
+
+STEPS = 12
+SETTINGS = {
+    "max_steps": STEPS,
+    "learning_rate": 1e-3,
+    "num_generations": 8,
+    "prompts_per_step": 2,
+    "max_completion_length": 64,
+    "learner.micro_batch_size": 1,
+    "learner.checkpoint_every": 100,
+    "rewards.toy_token": "q",
+}
+
+
+def step_time(run_dir) -> float:
+    rows = [r for r in read_metrics(run_dir) if "perf/step_s" in r]
+    assert train_steps(rows) == list(range(1, STEPS + 1))
+    return statistics.median(r["perf/step_s"] for r in rows[2:])
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores to pin actor and learner apart")
+def test_staleness_one_overlaps_generation_with_training(tiny_model, tmp_path):
+    times, parts = {}, {}
+    for staleness in (0, 1):
+        run = tmp_path / f"staleness{staleness}"
+        over = e2e_overrides(tiny_model, tmp_path / "pairs", **SETTINGS, **{"sync.max_staleness": staleness})
+        with Launch(run, over, tmp_path / f"{run.name}.log", "--actor-cores", "0", "--learner-cores", "1") as la:
+            assert la.wait(timeout=300) == 0, la.log()[-4000:]
+        times[staleness] = step_time(run)
+        rows = [r for r in read_metrics(run) if "perf/step_s" in r][2:]
+        parts[staleness] = {k: round(statistics.median(r[k] for r in rows), 3)
+                            for k in ("perf/train_s", "perf/generation_wait_s", "perf/sync_s")}
+    ratio = times[1] / times[0]
+    print(f"\noverlap: median step_s staleness0 {times[0]:.3f} s, staleness1 {times[1]:.3f} s, "
+          f"ratio {ratio:.2f} (settings {SETTINGS}, pinned actor core 0 / learner core 1); "
+          f"medians staleness0 {parts[0]}, staleness1 {parts[1]}")
+    # With staleness 1 the learner never waits for generation after the first step.
+    assert parts[1]["perf/generation_wait_s"] < parts[0]["perf/generation_wait_s"]
+    assert ratio < 1.0, (times, parts)
