@@ -202,6 +202,12 @@ class ActorEndpoint(IoThread):
         if self._own_shm:
             shutil.rmtree(self.shm_dir, ignore_errors=True)
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     # ------------------------------------------------------------------ I/O thread
     def _queue(self, sock, frames) -> None:
         self._check_alive()
