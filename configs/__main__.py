@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     v = sub.add_parser("validate", help="validate a config and print it resolved")
     v.add_argument("file")
-    v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, dotted for nested; repeatable")
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.file, args.overrides)

@@ -183,6 +183,11 @@ class LearnerConfig(Section):
     """Steps between actor-vs-learner logprob probes on a fixed prompt (0: off)."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward (saves memory at long completions)."""
+    share_prompt: bool = False
+    """Forward each prompt once per micro-batch for all its completions (one packed row, block-causal
+    mask) instead of once per completion. Same logprobs and gradients; pays off when prompts are long
+    next to completions (the CPU configs). Off by default: the dense ``[L, L]`` mask rules out flash
+    attention and grows with ``micro_batch_size x max_completion_length`` on long GPU runs."""
 
 
 class SyncConfig(Section):

@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 
+from configs.__main__ import add_config_args
 from launch.plan import LaunchError, cpu_plan, node_plan
 
 
@@ -18,8 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="mode", required=True)
     for mode in ("node", "cpu"):
         s = sub.add_parser(mode)
-        s.add_argument("--config", required=True)
-        s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+        add_config_args(s)
         s.add_argument("--run-dir", default=None, help="default: the config's run_dir (runs/<config stem>)")
         s.add_argument("--dry-run", action="store_true", help="print the plan, start nothing")
         s.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -93,13 +94,15 @@ def main(argv: list[str] | None = None) -> int:
             results.append(summarize(name, peer["steps"], peer.get("note", "")))
     if "ours" in only:
         run = work / "ours"
+        shutil.rmtree(run, ignore_errors=True)  # a fresh run, not a resume of the last comparison
         pin = ["--actor-cores", "0", "--learner-cores", "1"] if (os.cpu_count() or 1) >= 2 else []
         overrides = [f"model_id={model}", f"max_steps={args.steps}", "learning_rate=1e-5", "warmup_ratio=0",
                      "lr_scheduler_type=constant", f"num_generations={args.num_generations}",
                      f"max_completion_length={args.max_completion_length}", "prompts_per_step=1",
                      f"data.db_path={data / 'commerce.db'}", f"data.train_pairs={data / 'pairs' / 'train.jsonl'}",
                      f"data.eval_pairs={data / 'pairs' / 'eval.jsonl'}", "eval.every=0", "eval.at_start=false",
-                     "learner.checkpoint_every=1000", "learner.probe_every=0", "sync.max_staleness=1"]
+                     "learner.checkpoint_every=1000", "learner.probe_every=0", "sync.max_staleness=1",
+                     f"learner.micro_batch_size={args.num_generations}"]
         sh(["bash", "launch/cpu.sh", "configs/smoke_cpu.yaml", "--run-dir", str(run), *pin,
             *[a for o in overrides for a in ("--set", o)]], work / "ours.log")
         results.append(summarize("ours", ours_rows(run),

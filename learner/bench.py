@@ -45,8 +45,9 @@ def run_bench(cfg, shape: str, steps: int = 3, warmup: int = 1, prompt_len: int 
     from transformers import AutoModelForCausalLM
 
     from learner.engine import PolicyEngine
-    from learner.loss import group_advantages, policy_loss
-    from learner.rollouts import Sample, collate, shard
+    from learner.loss import group_advantages
+    from learner.rollouts import Sample
+    from learner.trainer import forward_backward
     from zoo.build import SHAPES, qwen3_config
 
     vocab = SHAPES[shape]["vocab_size"] or 2048
@@ -73,7 +74,8 @@ def run_bench(cfg, shape: str, steps: int = 3, warmup: int = 1, prompt_len: int 
         adv = group_advantages(rewards, cfg.scale_rewards).tolist()
         out = []
         for i in range(n_prompts * g):
-            prompt = torch.randint(3, vocab, (prompt_len,), generator=gen).tolist()
+            if i % g == 0:  # one prompt per group, as real rollouts
+                prompt = torch.randint(3, vocab, (prompt_len,), generator=gen).tolist()
             comp = torch.randint(3, vocab, (c_len,), generator=gen).tolist()
             out.append(
                 Sample(prompt, comp, (-torch.rand(c_len, generator=gen) * 3).tolist(), adv[i], 0.0, 0, False)
@@ -84,25 +86,9 @@ def run_bench(cfg, shape: str, steps: int = 3, warmup: int = 1, prompt_len: int 
     sync = torch.cuda.synchronize if policy.device.type == "cuda" else (lambda: None)
     for it in range(warmup + steps):
         samples = rollouts()
-        mbs, mws = shard(samples, policy.rank, policy.world, cfg.learner.micro_batch_size)
         sync()
         t_fb = time.perf_counter()
-        tokens = 0
-        for k, (mb, mw) in enumerate(zip(mbs, mws, strict=True)):
-            b = collate(mb, 0, policy.device, weights=mw)
-            logps = policy.completion_logps(b, cfg.temperature)
-            loss, _ = policy_loss(
-                logps.float(),
-                b.behaviour_logps,
-                b.advantages,
-                b.completion_mask,
-                epsilon=cfg.epsilon,
-                loss_type=cfg.loss_type,
-                max_completion_length=c_len,
-                num_completions=len(samples) / policy.world,
-            )
-            policy.backward(loss, boundary=k == len(mbs) - 1)
-            tokens += int(b.attention_mask.sum())
+        tokens = forward_backward(policy, cfg, samples, None).learner_tokens
         sync()
         t_opt = time.perf_counter()
         grad_norm = policy.step()
@@ -135,6 +121,7 @@ def run_bench(cfg, shape: str, steps: int = 3, warmup: int = 1, prompt_len: int 
         "prompt_len": prompt_len,
         "completion_len": c_len,
         "micro_batch_size": cfg.learner.micro_batch_size,
+        "share_prompt": cfg.learner.share_prompt,
         "steps": steps,
         "build_s": build_s,
         "tokens_per_step": tok / len(rows),
@@ -160,6 +147,7 @@ def table(r: dict) -> str:
         ("prompt_len", "{}"),
         ("completion_len", "{}"),
         ("micro_batch_size", "{}"),
+        ("share_prompt", "{}"),
         ("tokens_per_step", "{:,.0f}"),
         ("fwd_bwd_tokens_per_s", "{:,.0f}"),
         ("fwd_bwd_s", "{:.3f}"),
@@ -173,11 +161,11 @@ def table(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from configs import ConfigError, load_config
+    from configs.__main__ import add_config_args
 
     p = argparse.ArgumentParser(prog="python -m learner.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", choices=tuple(DEFAULT_CONFIGS), default="tiny")
-    p.add_argument("--config", default=None, help="run config whose lengths are used (default per shape)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_config_args(p, required=False)  # the config's lengths are used (default per shape)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--prompt-len", type=int, default=128)

@@ -172,11 +172,15 @@ class PolicyEngine:
 
     # -- forward -----------------------------------------------------------------------------------
     def completion_logps(self, batch, temperature: float, grad: bool = True) -> torch.Tensor:
-        """Logprobs of the completion tokens of a :class:`learner.rollouts.Collated` batch."""
-        from learner.loss import model_completion_logps
+        """Logprobs of the completion tokens of a :class:`learner.rollouts.Collated` or
+        :class:`learner.rollouts.Packed` batch."""
+        from learner.loss import model_completion_logps, packed_completion_logps
+        from learner.rollouts import Packed
 
         ctx = torch.enable_grad() if grad else torch.no_grad()
         with ctx:
+            if isinstance(batch, Packed):
+                return packed_completion_logps(self.engine, batch, temperature, dtype=self.dtype)
             return model_completion_logps(
                 self.engine,
                 batch.input_ids,

@@ -36,6 +36,12 @@ off-policy-sequence mask, no ``delta`` two-sided clipping, no KL term when beta 
 model is loaded). With those at TRL's defaults, loss and gradients match TRL to 1e-5
 (``tests/unit/test_loss_trl_parity.py``).
 
+With ``learner.share_prompt`` the group's prompt is forwarded once per micro-batch and its completions
+packed after it under a block-causal mask (:func:`packed_completion_logps`); TRL forwards the prompt
+again for every completion. The logprobs and gradients are the same (tested to 1e-5), and a group of G
+costs ``P + G x C`` tokens instead of ``G x (P + C)`` (prompt P, completions C): 4.8x fewer at P=350,
+C=64, G=16.
+
 Logprobs are computed at the sampling temperature (``logits / temperature``) so they are comparable with
 the actor's processed logprobs, as TRL does in its fused LM head. Top-p is not re-applied on the learner
 side (nor by TRL): with ``actor.top_p < 1`` the ratio is taken against the renormalised nucleus
@@ -117,6 +123,29 @@ def model_completion_logps(
     if temperature != 1.0:
         logits = logits / temperature
     return selective_log_softmax(logits, input_ids[:, prompt_len:])
+
+
+def packed_completion_logps(model, packed, temperature: float = 1.0, dtype: torch.dtype = torch.float32):
+    """Completion logprobs ``[B, C]`` of a :class:`learner.rollouts.Packed` batch (prompts shared per row).
+
+    The block mask goes to the model as an additive float mask of the model's ``dtype`` (what eager and
+    SDPA attention both take; flash attention cannot take it). Only positions from the shortest prompt's
+    end go through the LM head."""
+    width = packed.input_ids.size(1)
+    keep = width - packed.min_prompt_len + 1
+    mask = torch.zeros(packed.attention_mask.shape, dtype=dtype, device=packed.attention_mask.device)
+    mask.masked_fill_(~packed.attention_mask, torch.finfo(dtype).min)
+    out = model(
+        input_ids=packed.input_ids,
+        attention_mask=mask,
+        position_ids=packed.position_ids,
+        logits_to_keep=keep,
+        use_cache=False,
+    )
+    logits = out.logits[packed.row.unsqueeze(1), packed.index - (width - keep)]
+    if temperature != 1.0:
+        logits = logits / temperature
+    return selective_log_softmax(logits, packed.completion_ids)
 
 
 @dataclass

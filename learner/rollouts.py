@@ -235,3 +235,89 @@ def shard(
     mbs = [mine[i : i + micro_batch] for i in range(0, per_rank, micro_batch)]
     mws = [mine_w[i : i + micro_batch] for i in range(0, per_rank, micro_batch)]
     return mbs, mws
+
+
+@dataclass
+class Packed:
+    """Samples that share a prompt, one row per prompt: ``prompt, completion 1, completion 2, ...``.
+
+    The attention mask is block-causal (``[R, 1, L, L]`` bool, True = may attend): each completion
+    sees the whole prompt and its own past, never another completion; positions restart at the prompt
+    length for every completion. So every completion's logprobs are what a row of its own would give,
+    while the prompt is forwarded once per row instead of once per completion. ``row``/``index`` say
+    where the logits that predict completion token ``j`` of sample ``i`` sit (``index[i, 0]`` is the
+    prompt's last position). The per-sample tensors are ``[B, C]`` as in :class:`Collated`.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    row: torch.Tensor
+    index: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    behaviour_logps: torch.Tensor
+    advantages: torch.Tensor
+    stale: torch.Tensor
+    min_prompt_len: int
+    tokens: int
+    """Tokens forwarded for weighted samples (each row's prompt once, plus their completions)."""
+
+
+def pack_shared(
+    samples: list[Sample], pad_id: int, device: torch.device | str = "cpu", weights: list[float] | None = None
+) -> Packed:
+    """Pack ``samples`` into one row per distinct prompt (see :class:`Packed`); sample order is kept."""
+    weights = [1.0] * len(samples) if weights is None else weights
+    rows: dict[tuple, list[int]] = {}
+    for i, s in enumerate(samples):
+        rows.setdefault(tuple(s.prompt_ids), []).append(i)
+    lengths = [len(p) + sum(len(samples[i].completion_ids) for i in idx) for p, idx in rows.items()]
+    n_rows, width = len(rows), max(lengths)
+    c = max(len(s.completion_ids) for s in samples)
+    ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
+    pos = torch.zeros((n_rows, width), dtype=torch.long)
+    seg = torch.full((n_rows, width), -1, dtype=torch.long)  # 0 prompt, k>0 completion k, -1 padding
+    row = torch.zeros(len(samples), dtype=torch.long)
+    index = torch.zeros((len(samples), c), dtype=torch.long)
+    cids = torch.full((len(samples), c), pad_id, dtype=torch.long)
+    cmask = torch.zeros((len(samples), c), dtype=torch.float32)
+    blogp = torch.zeros((len(samples), c), dtype=torch.float32)
+    tokens = 0
+    for r, (prompt, idx) in enumerate(rows.items()):
+        p = len(prompt)
+        ids[r, :p] = torch.tensor(prompt)
+        pos[r, :p] = torch.arange(p)
+        seg[r, :p] = 0
+        start = p
+        tokens += p if any(weights[i] for i in idx) else 0
+        for k, i in enumerate(idx, start=1):
+            s, n = samples[i], len(samples[i].completion_ids)
+            ids[r, start : start + n] = torch.tensor(s.completion_ids)
+            pos[r, start : start + n] = torch.arange(p, p + n)
+            seg[r, start : start + n] = k
+            row[i] = r
+            index[i, :] = p - 1
+            index[i, 1:n] = torch.arange(start, start + n - 1)
+            cids[i, :n] = torch.tensor(s.completion_ids)
+            cmask[i, :n] = float(weights[i])
+            blogp[i, :n] = torch.tensor(s.behaviour_logps)
+            tokens += n if weights[i] else 0
+            start += n
+    q = torch.arange(width)
+    causal = q.unsqueeze(1) >= q.unsqueeze(0)  # [query, key]
+    mask = causal & ((seg.unsqueeze(1) == 0) | (seg.unsqueeze(2) == seg.unsqueeze(1)))
+    return Packed(
+        ids.to(device),
+        mask.unsqueeze(1).to(device),
+        pos.to(device),
+        row.to(device),
+        index.to(device),
+        cids.to(device),
+        cmask.to(device),
+        blogp.to(device),
+        torch.tensor([s.advantage for s in samples], dtype=torch.float32).to(device),
+        torch.tensor([s.stale for s in samples], dtype=torch.bool).to(device),
+        min(len(p) for p in rows),
+        tokens,
+    )

@@ -100,7 +100,7 @@ class HFLocalActor:
         self.version = version
         self._acks[version] = WeightAck(self.actor_id, version, True, time.perf_counter() - t0, digest, None)
 
-    def wait_acks(self, version: int, timeout_s: float) -> dict[str, WeightAck]:
+    def wait_acks(self, version: int, timeout_s: float, stop=None) -> dict[str, WeightAck]:  # noqa: ARG002
         ack = self._acks.get(version)
         if ack is None:
             later = [v for v in self._acks if v > version and self._acks[v].ok]

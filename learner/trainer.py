@@ -48,7 +48,7 @@ from learner import checkpoint as ckpt
 from learner.data import load_items, make_reward_fn, stratified_subset
 from learner.evaluate import Broker, Interrupted, LearnerError, evaluate, probe
 from learner.loss import policy_loss
-from learner.rollouts import StepBatch, build_batch, collate, shard
+from learner.rollouts import StepBatch, build_batch, collate, pack_shared, shard
 from learner.sampler import EpochSampler
 from learner.watchdog import Watchdog
 
@@ -293,57 +293,30 @@ class Trainer:
         try:
             self.publisher.publish(self.version, tensors, self.policy.adapter_config())
             self.published = self.version
+            stop = lambda: self._sigterm  # noqa: E731
             if self.cfg.sync.wait_for_acks:
-                self.publisher.wait_acks(self.version, self.cfg.sync.ack_timeout_s)
+                self.publisher.wait_acks(self.version, self.cfg.sync.ack_timeout_s, stop=stop)
             else:
                 # Not blocking on this version: the previous one must be acknowledged by now (an actor
                 # may lag one publication; staleness checks cover what it generates meanwhile).
                 if self.unacked is not None:
-                    self.publisher.wait_acks(self.unacked, self.cfg.sync.ack_timeout_s)
+                    self.publisher.wait_acks(self.unacked, self.cfg.sync.ack_timeout_s, stop=stop)
                 self.unacked = self.version
-        except SyncError as e:
-            self.stop_reason = f"sync failed: {e}"
+        except SyncError as e:  # on SIGTERM the wait was cut short: an ordinary stop, with a checkpoint
+            self.stop_reason = "SIGTERM" if self._sigterm else f"sync failed: {e}"
         return time.perf_counter() - t0
 
     # ------------------------------------------------------------------------------------ training
     def _train(self, samples_payload) -> dict:
         """Forward/backward over this rank's share and one optimizer step (collective)."""
-        cfg = self.cfg
         samples, num_tokens = samples_payload
-        n = len(samples)
-        mbs, mws = shard(samples, self.rank, self.world, cfg.learner.micro_batch_size)
-        per_rank = n / self.world
-        loss_sum, clip, toks, trunc, ratio_sum, learner_tokens = 0.0, 0.0, 0.0, 0.0, 0.0, 0
         t0 = time.perf_counter()
-        for k, (mb, mw) in enumerate(zip(mbs, mws, strict=True)):
-            batch = collate(mb, self.policy.tokenizer.pad_token_id, self.policy.device, weights=mw)
-            logps = self.policy.completion_logps(batch, cfg.temperature)
-            loss, st = policy_loss(
-                logps.float(),
-                batch.behaviour_logps,
-                batch.advantages,
-                batch.completion_mask,
-                epsilon=cfg.epsilon,
-                loss_type=cfg.loss_type,
-                max_completion_length=cfg.max_completion_length,
-                num_completions=per_rank,
-                num_tokens=num_tokens / self.world,
-                stale=batch.stale,
-                tis_cap=cfg.learner.tis_cap,
-            )
-            self.policy.backward(loss, boundary=k == len(mbs) - 1)
-            loss_sum += float(loss.detach())
-            clip, toks, trunc, ratio_sum = (
-                clip + st.clipped_tokens,
-                toks + st.tokens,
-                trunc + st.truncated,
-                ratio_sum + st.ratio_sum,
-            )
-            learner_tokens += int(batch.attention_mask[torch.tensor(mw, dtype=torch.bool)].sum())
+        fb = forward_backward(self.policy, self.cfg, samples, num_tokens)
         grad_norm = self.policy.step()
         dt = time.perf_counter() - t0
         stats = torch.tensor(
-            [loss_sum, clip, toks, trunc, ratio_sum, float(learner_tokens)], dtype=torch.float64
+            [fb.loss, fb.clipped, fb.tokens, fb.truncated, fb.ratio_sum, float(fb.learner_tokens)],
+            dtype=torch.float64,
         )
         if self.world > 1:
             import torch.distributed as dist
@@ -547,6 +520,56 @@ class Trainer:
         return TrainResult(
             self.step, self.version, stop, self.run_dir, best[0] if best else None, best[1] if best else None
         )
+
+
+@dataclass
+class ForwardBackward:
+    """Sums over one rank's micro-batches of a step."""
+
+    loss: float = 0.0
+    clipped: float = 0.0
+    tokens: float = 0.0
+    truncated: float = 0.0
+    ratio_sum: float = 0.0
+    learner_tokens: int = 0
+    """Tokens forwarded (padding excluded; a shared prompt counts once)."""
+
+
+def forward_backward(policy, cfg, samples, num_tokens: float | None) -> ForwardBackward:
+    """This rank's micro-batches of the step's ``samples``: forward, loss, backward (gradients accumulate
+    until the last micro-batch; the caller steps the optimizer). Shared by the trainer and the bench."""
+    world = policy.world
+    mbs, mws = shard(samples, policy.rank, world, cfg.learner.micro_batch_size)
+    pad = policy.tokenizer.pad_token_id if policy.tokenizer is not None else 0
+    out = ForwardBackward()
+    for k, (mb, mw) in enumerate(zip(mbs, mws, strict=True)):
+        if cfg.learner.share_prompt:
+            batch = pack_shared(mb, pad, policy.device, weights=mw)
+            out.learner_tokens += batch.tokens
+        else:
+            batch = collate(mb, pad, policy.device, weights=mw)
+            out.learner_tokens += int(batch.attention_mask[torch.tensor(mw, dtype=torch.bool)].sum())
+        logps = policy.completion_logps(batch, cfg.temperature)
+        loss, st = policy_loss(
+            logps.float(),
+            batch.behaviour_logps,
+            batch.advantages,
+            batch.completion_mask,
+            epsilon=cfg.epsilon,
+            loss_type=cfg.loss_type,
+            max_completion_length=cfg.max_completion_length,
+            num_completions=len(samples) / world,
+            num_tokens=None if num_tokens is None else num_tokens / world,
+            stale=batch.stale,
+            tis_cap=cfg.learner.tis_cap,
+        )
+        policy.backward(loss, boundary=k == len(mbs) - 1)
+        out.loss += float(loss.detach())
+        out.clipped += st.clipped_tokens
+        out.tokens += st.tokens
+        out.truncated += st.truncated
+        out.ratio_sum += st.ratio_sum
+    return out
 
 
 def _heartbeat_tps(transport) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -33,9 +34,26 @@ from sync.wire import (
 log = logging.getLogger("sync.endpoint")
 
 
-def _default_shm_dir(actor_id: str) -> Path:
-    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
-    return Path(tempfile.mkdtemp(prefix=f"tucano2-sync-{actor_id}-", dir=base))
+def _default_shm_dir(actor_id: str, base: Path | None = None) -> Path:
+    """A fresh ``tucano2-sync-p<pid>-<actor>-*`` directory on /dev/shm (else the temp dir). Directories
+    left by actors that died without cleaning up (SIGKILL) are removed first: their pid is gone."""
+    if base is None:
+        base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+    for d in base.glob("tucano2-sync-p*-*"):
+        m = re.match(r"tucano2-sync-p(\d+)-", d.name)
+        if m and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(d, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"tucano2-sync-p{os.getpid()}-{actor_id}-", dir=base))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _peek_version(frames) -> int | None:

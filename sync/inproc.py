@@ -93,7 +93,8 @@ class InprocWeightPublisher:
                 self._acks[aid] = WeightAck(aid, version, False, 0.0, "", repr(e))
         return checksum
 
-    def wait_acks(self, version: int, timeout_s: float) -> dict[str, WeightAck]:
+    def wait_acks(self, version: int, timeout_s: float, stop=None) -> dict[str, WeightAck]:  # noqa: ARG002
+        # loads happen inside publish(): nothing to wait for, so ``stop`` is never consulted
         out = {}
         for aid in self.loaders:
             ack = self._acks.get(aid)

@@ -51,9 +51,9 @@ class WeightPublisher(Protocol):
     def publish(self, version: int, tensors: dict[str, torch.Tensor], adapter_config: dict) -> str:
         """Send the full adapter state of ``version`` to every actor; returns its checksum."""
 
-    def wait_acks(self, version: int, timeout_s: float) -> dict[str, WeightAck]:
+    def wait_acks(self, version: int, timeout_s: float, stop=None) -> dict[str, WeightAck]:
         """Block until every live actor acknowledged ``version`` (or a later one); SyncError on a
-        checksum mismatch, a failed load or the timeout."""
+        checksum mismatch, a failed load, the timeout, or ``stop()`` turning true while waiting."""
 
     def latest_version(self) -> int:
         """The newest published version; -1 before the first publication (actors serve the base weights)."""

@@ -125,6 +125,11 @@ class ZmqRolloutTransport(IoThread):
         with self._cv:
             return {a.actor_id: a.heartbeat for a in self._actors.values()}
 
+    def assignments(self) -> dict[str, str]:
+        """Request id -> the actor now holding it, for sent requests whose group has not come back."""
+        with self._cv:
+            return {rid: aid for rid, (aid, _) in self._assigned.items()}
+
     def pending(self) -> int:
         """Submitted requests whose group has not been delivered yet."""
         with self._cv:

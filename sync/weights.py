@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 import logging
 import time
 from dataclasses import dataclass, field
@@ -169,12 +170,17 @@ class ZmqWeightPublisher(IoThread):
         with self._cv:
             return {a.actor_id: a.acks[max(a.acks)] for a in self._actors.values() if a.acks}
 
-    def wait_acks(self, version: int, timeout_s: float, min_actors: int = 1) -> dict[str, WeightAck]:
-        """Every live actor's ok ack of ``version`` or later (at least ``min_actors`` of them)."""
+    def wait_acks(
+        self, version: int, timeout_s: float, min_actors: int = 1, stop: Callable[[], bool] | None = None
+    ) -> dict[str, WeightAck]:
+        """Every live actor's ok ack of ``version`` or later (at least ``min_actors`` of them).
+        ``stop()``, checked every 0.1 s, ends the wait with a :class:`SyncError` (e.g. on SIGTERM)."""
         deadline = time.monotonic() + timeout_s
         with self._cv:
             while True:
                 self._check_alive()
+                if stop is not None and stop():
+                    raise SyncError(f"interrupted while waiting for acks of v{version}")
                 done, missing = {}, []
                 for a in self._actors.values():
                     newer = [v for v in a.acks if v >= version]

@@ -7,6 +7,7 @@ traits (qwen3, ChatML, tied embeddings) but use head_dim 64: vLLM's CPU attentio
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -112,20 +113,28 @@ def build_model(out: str | os.PathLike, shape: str = "tiny", seed: int = 0, db_p
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(cfg).to(getattr(torch, dtype))
     model.generation_config = GenerationConfig(eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / "zoo.json").write_text(json.dumps({"shape": shape, "seed": seed, "version": BUILD_VERSION}))
+    return out
+
+
+@contextlib.contextmanager
+def atomic_dir(out: Path):
+    """Yield a temporary sibling of ``out`` to fill; on success it replaces ``out`` (mode 0755), on any
+    error it is removed, so a crash never leaves a half-written model directory behind."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o755)
         if out.exists():
             shutil.rmtree(out)
-        tmp.chmod(0o755)
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
 
 
 def ensure_model(out: str | os.PathLike, shape: str = "tiny", seed: int = 0, db_path=None) -> Path:

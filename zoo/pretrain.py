@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +31,7 @@ def pretrain(model_dir: str | Path, out: str | Path, db_path=None, steps: int = 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from zoo.build import corpus
+    from zoo.build import atomic_dir, corpus
 
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -59,21 +57,12 @@ def pretrain(model_dir: str | Path, out: str | Path, db_path=None, steps: int = 
         if step % 50 == 0 or step == steps:
             log(f"pretrain: step {step}/{steps} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         meta = json.loads((Path(model_dir) / "zoo.json").read_text()) if (Path(model_dir) / "zoo.json").exists() else {}
         meta.update(pretrain={"steps": steps, "batch": batch, "block": block, "lr": lr, "seed": seed,
                               "blocks": len(blocks), "loss_first": first, "loss_last": loss.item()})
         (tmp / "zoo.json").write_text(json.dumps(meta))
-        tmp.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"pretrain: {len(blocks)} blocks of {block} tokens, loss {first:.3f} -> {loss.item():.3f}; model at {out}")
     return out

@@ -152,6 +152,16 @@ def test_wait_acks_raises_on_timeout_and_failed_load(pub, tmp_path):
         pub.wait_acks(1, 0.2)
 
 
+def test_wait_acks_ends_when_stop_turns_true(pub):
+    """Ctrl-C while no actor is left to ack: the learner stops waiting at once, not after the timeout."""
+    pub.publish(1, state(1), ADAPTER)
+    t_stop = time.monotonic() + 0.3
+    t0 = time.monotonic()
+    with pytest.raises(SyncError, match="interrupted while waiting for acks of v1"):
+        pub.wait_acks(1, 60, stop=lambda: time.monotonic() > t_stop)
+    assert time.monotonic() - t0 < 30
+
+
 def test_publish_refuses_old_versions_and_oversized(pub):
     pub.publish(2, state(2), ADAPTER)
     with pytest.raises(SyncError, match="not newer"):
@@ -254,10 +264,10 @@ def test_endpoint_refuses_bad_updates_and_keeps_serving(tmp_path, caplog):
 def test_learner_resumed_from_older_checkpoint(tmp_path):
     first = ZmqWeightPublisher(CFG, port=0)
     port = first.port
-    actor = Actor(first, "a", tmp_path)
+    for v in (1, 2, 3):
+        first.publish(v, state(v), ADAPTER)
+    actor = Actor(first, "a", tmp_path)  # connects after all three: gets the latest only
     try:
-        for v in (1, 2, 3):
-            first.publish(v, state(v), ADAPTER)
         first.wait_acks(3, 5)
         first.close()  # the learner dies; a new one resumes from its v2 checkpoint on the same port
         second = ZmqWeightPublisher(CFG, port=port)
@@ -272,3 +282,23 @@ def test_learner_resumed_from_older_checkpoint(tmp_path):
             second.close()
     finally:
         actor.close()
+
+
+def test_sync_dirs_of_dead_actors_are_swept(tmp_path):
+    """A SIGKILLed actor cannot remove its /dev/shm directory: the next endpoint on the box does."""
+    import os
+    import subprocess
+
+    from sync.endpoint import _default_shm_dir
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = tmp_path / f"tucano2-sync-p{gone.pid}-A-x1"
+    (dead / "v3").mkdir(parents=True)
+    alive = _default_shm_dir("B", base=tmp_path)            # ours: this process is alive
+    other = tmp_path / "unrelated-dir"
+    other.mkdir()
+    fresh = _default_shm_dir("C", base=tmp_path)
+    assert not dead.exists()
+    assert alive.is_dir() and fresh.is_dir() and other.is_dir()
+    assert fresh.name.startswith(f"tucano2-sync-p{os.getpid()}-C-")
