@@ -11,7 +11,8 @@ and is the policy version the actors serve):
    versions are dropped, counted and re-requested at the current version;
 3. refusals, rewards, advantages (:mod:`learner.rollouts`), broadcast to every rank, micro-batched
    forward/backward of the loss (:mod:`learner.loss`) and one optimizer step; ``version += 1``;
-4. publish the adapter (every ``publish_every`` updates) and check every actor's acknowledgement
+4. publish the adapter (every ``publish_every`` updates), request the next batches at once (at the new
+   version; an actor starts on them as soon as it has loaded it) and check every actor's acknowledgement
    (``sync.wait_for_acks``: now; else right after the next publication, so an actor may lag one).
    A :class:`sync.SyncError` stops the run (after a checkpoint) with one clear line instead of
    training against stale weights;
@@ -293,6 +294,9 @@ class Trainer:
         try:
             self.publisher.publish(self.version, tensors, self.policy.adapter_config())
             self.published = self.version
+            # Ask for the next batches before waiting for acks: an actor finds them queued (gated on this
+            # version) the moment it has loaded it, instead of idling until the learner comes round.
+            self._fill_pipeline()
             stop = lambda: self._sigterm  # noqa: E731
             if self.cfg.sync.wait_for_acks:
                 self.publisher.wait_acks(self.version, self.cfg.sync.ack_timeout_s, stop=stop)
