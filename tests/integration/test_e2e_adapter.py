@@ -1,5 +1,5 @@
 """End to end, the saved adapter: ``RUN_DIR/adapter`` of a real run (the learning proof's sync-on run,
-made once per session, see ``learner.testing.learning_run``) is a PEFT adapter that vLLM
+made once per session, see ``e2e_helpers.learning_run``) is a PEFT adapter that vLLM
 (``enable_lora`` + ``LoRARequest``) and transformers+PEFT both load, and both reproduce the learner's
 own logprobs of fixed completion tokens (temperature 1, float32) within 1e-3.
 """
@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from configs import load_config
-from learner.testing import learning_run
+from e2e_helpers import learning_run
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import signal
 import pytest
 
 from learner.checkpoint import list_checkpoints
-from learner.testing import Launch, e2e_overrides, train_steps
+from e2e_helpers import Launch, e2e_overrides, train_steps
 
 pytestmark = pytest.mark.slow
 

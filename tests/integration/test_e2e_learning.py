@@ -8,7 +8,7 @@ ZeroMQ) on the tiny model with the toy reward (``rewards.toy_reward("m")``: min(
 * ``sync.publish_weights: false`` (the ablation: the actor keeps serving v0): it does not rise, although
   the learner trains on the same kind of rollouts.
 
-The model is the tiny fixture with its last norm scaled (``learner.testing.sharpen_model``): a random
+The model is the tiny fixture with its last norm scaled (``e2e_helpers.sharpen_model``): a random
 model's next-token distribution is nearly uniform, and LoRA cannot move it enough for any reward.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 
-from learner.testing import LEARNING, learning_run, read_metrics, train_steps
+from e2e_helpers import LEARNING, learning_run, read_metrics, train_steps
 
 pytestmark = pytest.mark.slow
 

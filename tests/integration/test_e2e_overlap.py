@@ -18,7 +18,7 @@ import statistics
 
 import pytest
 
-from learner.testing import Launch, e2e_overrides, read_metrics, train_steps
+from e2e_helpers import Launch, e2e_overrides, read_metrics, train_steps
 
 pytestmark = pytest.mark.slow
 

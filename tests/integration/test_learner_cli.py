@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from learner.engine import free_port
-from learner.testing import toy_overrides
+from e2e_helpers import toy_overrides
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

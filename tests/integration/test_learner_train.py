@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from configs import load_config
 from learner.rollouts_local import HFLocalActor
-from learner.testing import toy_overrides
+from e2e_helpers import toy_overrides
 from learner.trainer import Trainer
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,5 @@
-"""Small, real inputs for learner tests and demos: a toy pair file and a config that trains on it.
+"""Helpers for the learner and end-to-end tests: small, real inputs (a toy pair file and a config that trains
+on it) and a launcher driver (:class:`Launch`) for the whole system as processes.
 
 Not a mock: these are ordinary pair files (the ``commerce`` format: ``prompt``, ``task``, ``answer``)
 with short prompts, and a run config with the toy-token reward, so a learner run on the tiny model
