@@ -141,7 +141,7 @@ class Launch:
         import subprocess
         import sys
 
-        repo = Path(__file__).resolve().parents[1]
+        repo = Path(__file__).resolve().parents[2]
         self.run_dir = Path(run_dir)
         self.log_path = Path(log_path)
         argv = ["bash", str(repo / "launch" / "cpu.sh"), config, "--run-dir", str(run_dir), *extra]
