@@ -138,6 +138,15 @@ class IoThread:
         if self._closed:
             raise SyncError(f"{type(self).__name__} is closed")
 
+    def close(self) -> None:  # subclasses close with their own linger and farewell messages
+        self._close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def _close(self, linger_ms: int = 0) -> None:
         with self._wake_lock:
             if self._closed:

@@ -220,12 +220,6 @@ class ActorEndpoint(IoThread):
         if self._own_shm:
             shutil.rmtree(self.shm_dir, ignore_errors=True)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
     # ------------------------------------------------------------------ I/O thread
     def _queue(self, sock, frames) -> None:
         self._check_alive()

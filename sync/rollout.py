@@ -148,12 +148,6 @@ class ZmqRolloutTransport(IoThread):
                     self._cv.wait(0.05)
         self._close(linger_ms=200)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
     # ------------------------------------------------------------------ I/O thread
     def _on_frames(self, sock, frames) -> None:
         ident = frames[0].bytes.decode("utf-8", "replace")

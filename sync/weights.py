@@ -207,12 +207,6 @@ class ZmqWeightPublisher(IoThread):
     def close(self) -> None:
         self._close(linger_ms=0)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
     # ------------------------------------------------------------------ I/O thread
     def _on_frames(self, sock, frames) -> None:
         ident = frames[0].bytes.decode("utf-8", "replace")
