@@ -41,6 +41,17 @@ log = logging.getLogger("actor.engine")
 MERGE_EXTENSION = "actor.merge.LoraMergeExtension"
 
 
+
+def encode_prompt(tokenizer, prompt) -> list[int]:
+    """Token ids of a prompt: chat messages get the chat template with the generation prompt; token ids
+    pass through."""
+    if prompt and isinstance(prompt[0], dict):
+        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return list(ids)
+    return [int(t) for t in prompt]
+
 class EngineBusy(RuntimeError):
     """A weight version was to be loaded while requests were still being generated."""
 
@@ -227,13 +238,7 @@ class RolloutEngine:
 
     # ----------------------------------------------------------------------------- rollouts
     def encode_prompt(self, prompt) -> list[int]:
-        """Token ids of a prompt: chat messages get the chat template with the generation prompt."""
-        if prompt and isinstance(prompt[0], dict):
-            ids = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
-            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-                ids = ids["input_ids"]
-            return list(ids)
-        return [int(t) for t in prompt]
+        return encode_prompt(self.tokenizer, prompt)
 
     def sampling_params(self, sampling, prompt_index: int = 0, ignore_eos: bool = False):
         from vllm import SamplingParams

@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from learner.metrics import read_metrics
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -55,8 +57,7 @@ def summarize(name: str, rows: list[dict], note: str = "") -> dict:
 
 def ours_rows(run_dir: Path) -> list[dict]:
     rows = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        r = json.loads(line)
+    for r in read_metrics(run_dir):
         if "train/reward" in r and "perf/step_s" in r:
             rows.append({"step": r["step"], "step_s": r["perf/step_s"],
                          "generation_s": r.get("perf/generation_wait_s"), "reward": r["train/reward"]})

@@ -8,24 +8,12 @@ headline numbers).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from learner.metrics import read_metrics
+
 TASKS = ("extraction", "sql_qa", "insights", "push")
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    rows = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash; the rest of the history is still good
-    return rows
 
 
 def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:

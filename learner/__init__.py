@@ -13,6 +13,6 @@ in-process :class:`learner.rollouts_local.HFLocalActor` for tests); only rank 0 
 Modules: ``loss`` (advantages and the Dr. GRPO loss, torch only), ``rollouts`` (groups -> checked
 batch -> tensors), ``sampler``, ``schedule``, ``engine`` (DeepSpeed + PEFT), ``trainer`` (the loop),
 ``checkpoint``, ``metrics`` (jsonl + wandb + progress bar), ``watchdog``, ``data`` (pairs, eval subset,
-reward from config), ``sft``, ``bench``, ``rollouts_local``, ``testing`` (toy inputs).
+reward from config), ``sft``, ``bench``, ``rollouts_local``.
 Importing ``learner`` imports nothing heavy.
 """

@@ -140,3 +140,19 @@ def _wandb_id(run_dir: Path) -> str:
     import hashlib
 
     return hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """The lines of ``RUN_DIR/metrics.jsonl`` as dicts ([] when there is none yet). A line that is not JSON
+    (being written, or cut by a crash) is skipped: the rest of the history is still good."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows

@@ -28,6 +28,7 @@ from collections import deque
 
 import torch
 
+from actor.engine import encode_prompt
 from sync import SyncError
 from sync.wire import Completion, Heartbeat, PromptResult, RolloutGroup, RolloutRequest, WeightAck
 
@@ -146,17 +147,9 @@ class HFLocalActor:
         self._queue.clear()
 
     # -- generation --------------------------------------------------------------------------------
-    def _prompt_ids(self, prompt) -> list[int]:
-        if prompt and isinstance(prompt[0], dict):
-            ids = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
-            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-                ids = ids["input_ids"]
-            return list(ids)
-        return list(prompt)
-
     @torch.no_grad()
     def _generate(self, prompt, sp, index: int) -> PromptResult:
-        ids = self._prompt_ids(prompt)
+        ids = encode_prompt(self.tokenizer, prompt)
         x = torch.tensor([ids])
         greedy = sp.temperature == 0
         kwargs = dict(
