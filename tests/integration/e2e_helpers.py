@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from learner.metrics import read_metrics
+
 TASKS = ("extraction", "sql_qa", "insights", "push")
 WORDS = ["pedido", "entrega", "produto", "frete", "loja", "caixa", "prazo", "troca", "cliente", "nota"]
 
@@ -147,7 +149,11 @@ class Launch:
         argv = ["bash", str(repo / "launch" / "cpu.sh"), config, "--run-dir", str(run_dir), *extra]
         for o in overrides:
             argv += ["--set", o]
-        env = {**os.environ, "PY": sys.executable, "TUCANO2_NO_PROGRESS": "1", "WANDB_MODE": "disabled"}
+        # Not the torch.distributed variables an in-process learner test may have set in this process:
+        # the launched learner would join that (finished) group's store instead of starting its own.
+        dist_vars = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
+        env = {k: v for k, v in os.environ.items() if k not in dist_vars}
+        env.update(PY=sys.executable, TUCANO2_NO_PROGRESS="1", WANDB_MODE="disabled")
         self._log = open(self.log_path, "a")  # noqa: SIM115 - closed in wait()/kill_all()
         self.proc = subprocess.Popen(argv, cwd=repo, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
@@ -258,22 +264,6 @@ class Launch:
 
     def __exit__(self, *exc) -> None:
         self.kill_all()
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    """The metric lines of ``RUN_DIR/metrics.jsonl`` (none yet: [])."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:  # a line being written
-                pass
-    return out
 
 
 def train_steps(rows: list[dict]) -> list[int]:
