@@ -132,8 +132,29 @@ def _transports(cfg, kind: str):
         )
         return actor, actor
     import sync
+    from sync._net import new_incarnation
 
-    return sync.ZmqRolloutTransport(cfg.sync), sync.ZmqWeightPublisher(cfg.sync)
+    limits = channel_limits(cfg)
+    incarnation = new_incarnation()  # one id for both channels: actors tell this learner from a dead one
+    transport = sync.ZmqRolloutTransport(cfg.sync, limits=limits, incarnation=incarnation)
+    try:
+        return transport, sync.ZmqWeightPublisher(cfg.sync, limits=limits, incarnation=incarnation)
+    except BaseException:
+        transport.close(shutdown_actors=False)
+        raise
+
+
+def channel_limits(cfg):
+    """The caps both ends derive from the run (:mod:`sync.limits`), with the model's sizes."""
+    from transformers import AutoConfig
+
+    from sync.limits import ChannelLimits
+
+    try:
+        hf = AutoConfig.from_pretrained(cfg.model_id).get_text_config()
+    except (OSError, ValueError):
+        hf = None
+    return ChannelLimits.for_run(cfg, hf)
 
 
 if __name__ == "__main__":
