@@ -33,7 +33,10 @@ class DataConfig(Section):
     db_path: Path = Path("data/commerce.db")
     """SQLite database the sql_qa reward runs queries against (opened read-only)."""
     train_pairs: Path = Path("data/pairs/train.jsonl")
-    """Training prompts, TRL conversational format, one JSON object per line."""
+    """Training prompts, one JSON object per line: ours (``prompt`` messages, ``task``, ``answer``, references)
+    or TRL's (``prompt`` as messages or a string, ``messages``, ``completion``); a row without ``task`` is
+    classified from its prompt. Malformed rows are skipped; more than 1% of them stops the run
+    (``commerce.rows.MAX_BAD_SHARE``). ``python -m commerce check --pairs FILE`` reports on a file."""
     eval_pairs: Path = Path("data/pairs/eval.jsonl")
     """Held-out prompts for eval; never overlapping train."""
     tasks: list[Literal["extraction", "sql_qa", "insights", "push"]] = list(TASKS)
