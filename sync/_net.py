@@ -3,10 +3,10 @@
 Who may join a channel (the trust model, for every socket here):
 
 * ``ipc`` (one node, the default when ``sync.host`` is loopback): the learner binds Unix sockets
-  ``p<port>.sock`` in a private directory (``sync.ipc_dir``, default ``/tmp/tucano2-<uid>``). The directory is created 0700 and checked on every bind and connect: owned by
-  this user, not a symlink, nobody else may enter it. Another local user can neither connect nor see the
-  socket files, and cannot bind a fake learner there. Loopback TCP is never used: any local user can
-  connect to 127.0.0.1.
+  ``p<port>.sock`` in a private directory (``sync.ipc_dir``, default ``/tmp/tucano2-<uid>``). The
+  directory is created 0700 and checked on every bind and connect: owned by this user, not a symlink,
+  nobody else may enter it. Another local user can neither connect nor see the socket files, and cannot
+  bind a fake learner there. Loopback TCP is never used: any local user can connect to 127.0.0.1.
 * ``tcp`` (across nodes): the learner's sockets are CURVE servers, actors CURVE clients with the key pairs
   of ``sync.keys_dir`` (``python -m sync.keys``; files 0600). A ZAP handler admits only client keys in
   ``keys_dir/authorized``; everything on the wire is encrypted, so nobody without the keys can join, read
