@@ -42,5 +42,12 @@ if [ "$extra" = cpu ]; then
   "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 fi
 "$VENV/bin/python" -c 'import torch, vllm, deepspeed, trl, peft, zmq; print(f"setup: torch {torch.__version__}, vllm {vllm.__version__}, deepspeed {deepspeed.__version__}, trl {trl.__version__}, peft {peft.__version__}, pyzmq {zmq.__version__}")' 2>&1 | grep '^setup:'
+if [ "$extra" = cpu ]; then
+  # DeepSpeed builds its CPU communication op on first use; build it now, into the venv, not in a learner
+  # that a test or a Ctrl-C may kill half-way (a stale build lock makes every later learner wait forever).
+  echo "setup: building DeepSpeed's CPU communication op"
+  "$VENV/bin/python" -c 'from learner.engine import build_ops; build_ops()' > /dev/null 2>&1 \
+    || echo "setup: warning: the op did not build now; the first learner will build it" >&2
+fi
 echo "$want" > "$stamp"
 echo "setup: done ($extra extra)"

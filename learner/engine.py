@@ -36,8 +36,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def extensions_dir() -> Path:
+    """Where DeepSpeed's JIT-built ops go: inside this virtualenv (``TORCH_EXTENSIONS_DIR`` wins). The default,
+    ``~/.cache/torch_extensions``, is shared by every venv of the user: each rebuilds it for its own source
+    path, and a build killed half-way leaves a lock that makes every later learner wait forever."""
+    import sys
+
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+    return Path(os.environ["TORCH_EXTENSIONS_DIR"])
+
+
+def build_ops() -> None:
+    """Build DeepSpeed's CPU communication op now (``make setup`` does), not inside the first learner."""
+    extensions_dir()
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None:
+        builder.load()
+
+
 def init_distributed(cpu: bool) -> tuple[int, int]:
     """Initialise torch.distributed through DeepSpeed once per process; return (rank, world)."""
+    extensions_dir()
     import deepspeed
     import torch.distributed as dist
 
