@@ -29,17 +29,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def check(cfg) -> None:
-    """Fail fast on what would otherwise surface after the engine start."""
-    from sync import SyncError
-    from sync._net import curve_wanted
+    """Fail fast on what would otherwise surface after the engine start: the CURVE keys over TCP, the
+    private ipc directory on one node."""
+    from sync._net import connect_address, transport_kind
 
-    if curve_wanted(cfg.sync, False):
+    if transport_kind(cfg.sync) == "tcp":
         from sync.keys import client_keys
 
-        if cfg.sync.keys_dir is None:
-            raise SyncError(f"sync.host {cfg.sync.host!r} is not loopback: set sync.keys_dir "
-                            "(make keys with `python -m sync.keys DIR`)")
         client_keys(cfg.sync.keys_dir)
+    connect_address(cfg.sync, cfg.sync.rollout_port)
 
 
 def main(argv=None) -> int:
@@ -85,15 +83,17 @@ def main(argv=None) -> int:
     endpoint = None
     try:
         from sync import ActorEndpoint
+        from sync._net import connect_address
 
-        endpoint = ActorEndpoint(cfg.sync, actor_id, keep_versions=cfg.actor.max_lora_versions + 1)
+        endpoint = ActorEndpoint(cfg.sync, actor_id, keep_versions=cfg.actor.max_lora_versions + 1,
+                                 limits=engine.channel_limits())
         server = ActorServer(cfg, engine, endpoint, actor_id, grace_s=args.grace_s, scorer=make_scorer(cfg))
         server.install_signal_handlers()
         if early:
             server.request_stop(early[0])
         # The launcher (launch.supervise) starts the learner once every actor printed this line.
-        print(f"actor {actor_id}: READY (engine up, {cfg.actor.serve_mode} mode, "
-              f"learner at {cfg.sync.connect_host or cfg.sync.host}:{cfg.sync.rollout_port})", flush=True)
+        print(f"actor {actor_id}: READY (engine up, {engine.mode} mode, {engine.dtype}, "
+              f"learner at {connect_address(cfg.sync, cfg.sync.rollout_port)})", flush=True)
         reason = server.run()
         logging.getLogger("actor").info("actor %s: exiting (%s), %d groups served", actor_id, reason,
                                         server.groups_sent)

@@ -34,23 +34,14 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from actor.runtime import configure_cpu_env, engine_dtype, lora_rank_slot, on_gpu
+from sync.prompts import encode_prompt
+
+from actor.runtime import configure_cpu_env, engine_dtype, lora_rank_slot, on_gpu, private_rpc_dir, serve_mode
 
 log = logging.getLogger("actor.engine")
 
 MERGE_EXTENSION = "actor.merge.LoraMergeExtension"
 
-
-
-def encode_prompt(tokenizer, prompt) -> list[int]:
-    """Token ids of a prompt: chat messages get the chat template with the generation prompt; token ids
-    pass through."""
-    if prompt and isinstance(prompt[0], dict):
-        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        return list(ids)
-    return [int(t) for t in prompt]
 
 class EngineBusy(RuntimeError):
     """A weight version was to be loaded while requests were still being generated."""
@@ -89,15 +80,17 @@ class RolloutEngine:
 
         self.cfg = cfg
         self.replica = replica
-        self.mode = cfg.actor.serve_mode
         self.delete_retired = delete_retired
         self.gpu = on_gpu()
+        self.dtype = engine_dtype(cfg.actor.dtype, self.gpu)
+        self.mode = serve_mode(cfg.actor.serve_mode, self.dtype)
         if not self.gpu:
             configure_cpu_env(cfg.actor.cpu_threads, replica, cfg.actor.tensor_parallel_size)
+        self.rpc_dir = private_rpc_dir()  # vLLM's own ipc sockets: private, and removed on close
         kwargs = dict(
             model=str(cfg.model_id),
             tokenizer=str(cfg.model_id),
-            dtype=engine_dtype(cfg.actor.dtype, self.gpu),
+            dtype=self.dtype,
             max_model_len=cfg.max_seq_length,
             tensor_parallel_size=cfg.actor.tensor_parallel_size,
             enable_prefix_caching=cfg.actor.enable_prefix_caching,
@@ -131,6 +124,7 @@ class RolloutEngine:
         self.tokenizer = self.llm.get_tokenizer()
         self._version = -1  # the base weights; the learner's first version is 0
         self._fingerprint = "base"
+        self._delta_cosine = 1.0
         self._lora = None                       # LoRARequest of the served version (adapter mode)
         self._loaded: deque = deque()           # (version, lora_int_id, dir) kept loaded (adapter mode)
         self._next_lora_id = 1
@@ -140,7 +134,8 @@ class RolloutEngine:
         self._ids = itertools.count()
         self.generated_tokens = 0               # lifetime counters, for metrics
         self.completed_requests = 0
-        log.info("engine ready in %.1fs (%s mode, %s)", self.start_s, self.mode, "GPU" if self.gpu else "CPU")
+        log.info("engine ready in %.1fs (%s mode, %s, %s)", self.start_s, self.mode, self.dtype,
+                 "GPU" if self.gpu else "CPU")
 
     # ----------------------------------------------------------------------------- versions
     @property
@@ -151,6 +146,17 @@ class RolloutEngine:
     @property
     def fingerprint(self) -> str:
         return self._fingerprint
+
+    @property
+    def delta_cosine(self) -> float:
+        """Cosine between the LoRA delta served now and the loaded adapter's (see ``actor.merge``)."""
+        return self._delta_cosine
+
+    def channel_limits(self):
+        """What this actor's sockets accept (:mod:`sync.limits`), with the adapter's size from the model."""
+        from sync.limits import ChannelLimits
+
+        return ChannelLimits.for_run(self.cfg, self.llm.llm_engine.model_config.hf_config.get_text_config())
 
     def load_adapter(self, version: int, adapter_dir: Path | str | None, expect_checksum: str | None = None
                      ) -> str:
@@ -164,8 +170,6 @@ class RolloutEngine:
         if self._pending:
             raise EngineBusy(f"cannot load version {version}: {len(self._by_key)} requests in flight")
         adapter_dir = None if adapter_dir is None else Path(adapter_dir)
-        if adapter_dir is not None and expect_checksum is not None:
-            self._check_file(adapter_dir, expect_checksum)
         if self.mode == "merged":
             try:
                 res = self.llm.collective_rpc(
@@ -177,41 +181,33 @@ class RolloutEngine:
                 raise RuntimeError(f"workers loaded different adapters: {sorted(fps)}")
             self.llm.reset_prefix_cache()
             fingerprint = fps.pop()
+            cosine = min(r["delta_cosine"] for r in res)
             old, self._merged_dir = self._merged_dir, adapter_dir
             if old is not None and old != adapter_dir:
                 self._retire_dir(old)
         else:
-            fingerprint = self._load_lora(version, adapter_dir, expect_checksum)
+            fingerprint, cosine = self._load_lora(version, adapter_dir, expect_checksum)
         self._version = version
         self._fingerprint = fingerprint
+        self._delta_cosine = cosine
         return fingerprint
 
-    @staticmethod
-    def _check_file(adapter_dir: Path, expect_checksum: str) -> str:
-        """Wire checksum of the adapter file, refusing one that differs from what was published."""
-        from sync.tensors import checksum_file
-
-        from actor.merge import ADAPTER_WEIGHTS
-
-        try:
-            got = checksum_file(adapter_dir / ADAPTER_WEIGHTS)
-        except (OSError, ValueError) as e:
-            raise AdapterLoadError(f"{adapter_dir}: {e}") from None
-        if got != expect_checksum:
-            raise AdapterLoadError(f"{adapter_dir}: adapter file hashes to {got}, expected {expect_checksum}")
-        return got
-
-    def _load_lora(self, version: int, adapter_dir: Path | None, expect_checksum: str | None) -> str:
+    def _load_lora(self, version: int, adapter_dir: Path | None, expect_checksum: str | None
+                   ) -> tuple[str, float]:
         from vllm.lora.request import LoRARequest
 
-        from sync.tensors import checksum_file
-
-        from actor.merge import ADAPTER_WEIGHTS
+        from actor.merge import read_adapter
 
         if adapter_dir is None:
             self._lora = None
-            return "base"
-        fingerprint = expect_checksum or checksum_file(adapter_dir / ADAPTER_WEIGHTS)
+            return "base", 1.0
+        try:
+            config, pairs, fingerprint = read_adapter(adapter_dir)
+        except Exception as e:  # noqa: BLE001 - unreadable, truncated, not a LoRA adapter: refused, unchanged
+            raise AdapterLoadError(f"{adapter_dir}: {type(e).__name__}: {e}") from None
+        if expect_checksum is not None and fingerprint != expect_checksum:
+            raise AdapterLoadError(f"{adapter_dir}: adapter file hashes to {fingerprint}, expected {expect_checksum}")
+        cosine = adapter_delta_cosine(pairs, config, self.dtype)
         req = LoRARequest(f"v{version}-{self._next_lora_id}", self._next_lora_id, str(adapter_dir))
         try:
             added = self.llm.llm_engine.add_lora(req)
@@ -226,7 +222,7 @@ class RolloutEngine:
             _, lid, d = self._loaded.popleft()
             self.llm.llm_engine.remove_lora(lid)
             self._retire_dir(d)
-        return fingerprint
+        return fingerprint, cosine
 
     def _retire_dir(self, d: Path) -> None:
         if self.delete_retired:
@@ -359,6 +355,26 @@ class RolloutEngine:
         for pid in set(self.engine_pids) - set(left):   # Intel OpenMP's per-process files, left by signalled workers
             for f in Path("/dev/shm").glob(f"__KMP_REGISTERED_LIB_{pid}_*"):
                 f.unlink(missing_ok=True)
+        shutil.rmtree(self.rpc_dir, ignore_errors=True)
+
+
+def adapter_delta_cosine(pairs: dict, config: dict, dtype: str) -> float:
+    """Adapter mode: vLLM loads A and B in the engine dtype (``lora_dtype: auto``) and folds the scale into B
+    in that dtype (``LoRALayerWeights.optimize``), so the delta it serves is ``dt(dt(B) * s) @ dt(A)``;
+    its cosine with the adapter's ``s * B @ A``, computed from r x r products (exact, cheap)."""
+    import torch
+
+    from sync.tensors import DeltaCosine
+
+    from actor.merge import lora_scale
+
+    dt, s = getattr(torch, dtype), lora_scale(config)
+    cos = DeltaCosine()
+    for a, b in pairs.values():
+        a32, b32 = a.float(), b.float()
+        cos.add_lowrank(a.to(dt).float(), (b.to(dt) * s).to(dt).float(), a32, b32 * s)
+    return cos.value
+
 
 
 def _child_pids() -> set[int]:

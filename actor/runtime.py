@@ -78,3 +78,34 @@ def configure_cpu_env(threads: int | None, replica: int, tensor_parallel_size: i
         changed["LD_PRELOAD"] = f"{lib}:{preload}" if preload else str(lib)
     env.update(changed)
     return changed
+
+
+def serve_mode(mode: str, dtype: str) -> str:
+    """``auto``: merged on a float32 engine, adapter otherwise. Merging ``W0 + delta`` into bf16/fp16 weights
+    rounds every element whose delta is under half a step of ``W0`` back to ``W0``: at lr 2e-6-5e-6 that is
+    most of an early adapter (DESIGN.md). Adapter mode keeps A and B apart, so the delta is served as is."""
+    if mode == "auto":
+        return "merged" if dtype == "float32" else "adapter"
+    return mode
+
+
+def private_rpc_dir() -> Path:
+    """A private directory for vLLM's own ipc sockets (``VLLM_RPC_BASE_PATH``, default the shared /tmp, where
+    every engine leaves ~7 socket files behind); the engine removes it on close, the next actor removes
+    those of actors that were killed. Also sweeps Intel OpenMP's ``/dev/shm/__KMP_REGISTERED_LIB_<pid>_*``
+    files of dead processes."""
+    import tempfile
+
+    from sync._net import pid_alive, pid_dir
+
+    d = pid_dir("tucano2-vllm", Path(tempfile.gettempdir()))
+    os.environ["VLLM_RPC_BASE_PATH"] = str(d)
+    for f in Path("/dev/shm").glob("__KMP_REGISTERED_LIB_*"):
+        parts = f.name.split("_")  # __KMP_REGISTERED_LIB_<pid>_<uid>
+        if len(parts) >= 6 and parts[5].isdigit() and not pid_alive(int(parts[5])):
+            try:
+                if f.stat().st_uid == os.getuid():
+                    f.unlink()
+            except OSError:
+                pass
+    return d

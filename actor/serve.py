@@ -165,7 +165,8 @@ class ActorServer:
         except Exception as e:  # a request the engine cannot take (too long, bad tokens): answer empty
             log.error("actor %s: request %s refused: %s", self.actor_id, req.request_id, e)
             self.endpoint.send_group(RolloutGroup(req.request_id, self.actor_id, self.engine.version, [],
-                                                  {"error": 1.0}, None, {**req.meta, "error": str(e)[:300]}))
+                                                  {"error": 1.0}, None, {**req.meta, "error": str(e)[:300]},
+                                                  req.learner))
             return
         self.requests[req.request_id] = req
 
@@ -181,10 +182,10 @@ class ActorServer:
                 except Exception as e:  # the learner scores what the actor could not
                     log.warning("actor %s: scoring %s failed: %s", self.actor_id, key, e)
                 stats["reward_s"] = time.perf_counter() - t0
-            meta = dict(req.meta)
+            meta = {k: v for k, v in req.meta.items() if k != "columns"}  # the learner has its columns
             version = int(stats.pop("version"))
             self.endpoint.send_group(RolloutGroup(req.request_id, self.actor_id, version, results, stats,
-                                                  rewards, meta))
+                                                  rewards, meta, req.learner))
             self.meter.add(int(stats["gen_tokens"]))
             self.groups_sent += 1
 
@@ -198,12 +199,14 @@ class ActorServer:
         load_s = time.perf_counter() - t0
         if ok:
             self.loads += 1
-            log.info("actor %s: serving v%d (loaded in %.3fs)", self.actor_id, w.version, load_s)
+            log.info("actor %s: serving v%d (loaded in %.3fs, delta cosine %.6f)", self.actor_id, w.version, load_s,
+                     self.engine.delta_cosine)
         else:
             log.error("actor %s: v%d not loaded, still serving v%d: %s", self.actor_id, w.version,
                       self.engine.version, error)
+        cosine = self.engine.delta_cosine if ok else None
         self.endpoint.send_ack(WeightAck(self.actor_id, w.version, ok, load_s, fingerprint or w.checksum,
-                                         error))
+                                         error, w.learner, cosine))
         self._hb_due = 0.0
 
     def heartbeat(self) -> Heartbeat:

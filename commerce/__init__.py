@@ -3,8 +3,12 @@
 Stdlib only (``import commerce`` pulls no third-party package). Public API:
 
 - :func:`build` (``python -m commerce build``): write ``DIR/commerce.db`` and ``DIR/pairs/{train,eval}.jsonl``;
-- :func:`check_db`, :func:`check_pairs` (``python -m commerce check``): schema checks of a user's own
-  files, raising :class:`SchemaMismatch` (a ``ValueError``) with a one-line message;
+- :func:`check_db`, :func:`check_pairs`: schema checks of a user's own files, raising
+  :class:`SchemaMismatch` (a ``ValueError``) with a one-line message; ``python -m commerce check``
+  (:mod:`commerce.check`) reports on a user's pairs and db before a run;
+- :mod:`commerce.rows`: the pair reader the learner and the check share (our format and TRL's);
+  :mod:`commerce.classify` (``classify_task``) and :mod:`commerce.sandbox` (``Sandbox``), re-exported
+  by ``rewards``;
 - :func:`corpus_texts`: PT-BR texts (reviews, prompts, answers, SQL, JSON records) to train a tokenizer;
 - :func:`extraction_record`, :data:`EXTRACTION_FIELDS`, :data:`TASKS`, :data:`DEFAULT_COUNTS`.
 """
@@ -20,7 +24,8 @@ from pathlib import Path
 
 from .db import memory_db, write_db
 from .pairs import DEFAULT_COUNTS, EXTRACTION_FIELDS, SYSTEM, dumps_rows, extraction_record, make_items, split
-from .schema import ENRICHED_DOC, TASKS, SchemaMismatch, check_db, check_pairs
+from .rows import check_pairs
+from .schema import ENRICHED_DOC, TASKS, SchemaMismatch, check_db
 
 __all__ = ["build", "check_db", "check_pairs", "corpus_texts", "SchemaMismatch", "extraction_record",
            "EXTRACTION_FIELDS", "TASKS", "DEFAULT_COUNTS", "DEFAULT_ORDERS"]

@@ -1,5 +1,6 @@
 """CLI: ``python -m commerce build --out DIR [--seed N] [--orders N] [--insights N]`` and
-``python -m commerce check --db FILE [--pairs FILE]`` (exit 2 with a one-line reason on mismatch)."""
+``python -m commerce check [--db FILE] [--pairs FILE ...] [--strict] [--all]`` (a report on a user's
+own data before a run: exit 0 when ready, 2 with the problems listed; see :mod:`commerce.check`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import argparse
 import json
 import sys
 
-from . import DEFAULT_ORDERS, SchemaMismatch, build, check_db, check_pairs
+from . import DEFAULT_ORDERS, SchemaMismatch, build
+from . import check as check_mod
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,19 +22,16 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--insights", type=int, default=None,
                    help="total insights pairs, train + eval (default 174: 148 train; Scenario C: 350)")
     b.add_argument("--progress", action="store_true", help="show progress even for small builds")
-    c = sub.add_parser("check", help="check a commerce.db (and a pairs file) against the schema")
-    c.add_argument("--db", required=True)
-    c.add_argument("--pairs", action="append", default=[], help="pairs jsonl (repeatable)")
+    c = sub.add_parser("check", help="is a user's commerce.db and pairs data ready for a run? (exit 0/2)",
+                       description=check_mod.__doc__.split("\n\n")[0])
+    check_mod.add_arguments(c)
     args = ap.parse_args(argv)
+    if args.cmd == "check":
+        return check_mod.main(args, c)
     try:
-        if args.cmd == "build":
-            summary = build(args.out, seed=args.seed, orders=args.orders, insights=args.insights,
-                            progress=True if args.progress else None)
-            print(json.dumps(summary, ensure_ascii=False))
-        else:
-            check_db(args.db)
-            counts = {p: check_pairs(p) for p in args.pairs}
-            print(f"ok: {args.db}" + "".join(f"; {p}: {c}" for p, c in counts.items()))
+        summary = build(args.out, seed=args.seed, orders=args.orders, insights=args.insights,
+                        progress=True if args.progress else None)
+        print(json.dumps(summary, ensure_ascii=False))
     except (SchemaMismatch, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

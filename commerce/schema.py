@@ -1,13 +1,16 @@
-"""Tables of ``commerce.db`` (Olist column names) and the checks of a user's own db or pair files.
+"""Tables of ``commerce.db`` (Olist column names), the columns the sql_qa prompts show, and the db check.
 
-``check_db(path)`` and ``check_pairs(path)`` raise :class:`SchemaMismatch` (a ``ValueError``) whose
-message is one line naming every missing table and column, e.g.
+``check_db(path)`` raises :class:`SchemaMismatch` (a ``ValueError``) whose message is one line naming
+every missing table and column, e.g.
 ``commerce.db schema mismatch: missing table order_payments; orders_enriched lacks delay_days, is_late``.
+It asks for every Olist table (what ``build`` and the tokenizer corpus read); the rewards read less:
+see :data:`SQL_QA_TABLE` and ``python -m commerce check`` (:mod:`commerce.check`). Pair files are read
+by :mod:`commerce.rows`.
 """
 
 from __future__ import annotations
 
-import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -73,6 +76,11 @@ ENRICHED_DOC = """Tabela orders_enriched (um pedido por linha):
 - complaint_category TEXT ('atraso_entrega', 'produto_errado', 'defeito', 'avaria', 'item_faltante',
   'extravio', 'nao_recebido', 'atendimento', 'nenhuma')"""
 
+SQL_QA_TABLE = "orders_enriched"
+"""The table the sql_qa prompts describe (:data:`ENRICHED_DOC`) and every generated reference query reads."""
+SQL_QA_COLUMNS = tuple(c for c, _ in TABLES[SQL_QA_TABLE] if re.search(rf"\b{c}\b", ENRICHED_DOC))
+"""The columns of :data:`SQL_QA_TABLE` that the sql_qa prompt shows the model."""
+
 # Columns every pair line carries (values may be null where a task has no use for them).
 PAIR_COLUMNS = ("id", "task", "prompt", "answer", "reference", "reference_sql", "facts", "context")
 PAIR_REQUIRED = {"extraction": ("reference",), "sql_qa": ("reference_sql",), "insights": ("facts",),
@@ -88,11 +96,9 @@ def ddl() -> list[str]:
     return [f"CREATE TABLE {t} ({', '.join(f'{c} {ty}' for c, ty in cols)})" for t, cols in TABLES.items()]
 
 
-def check_db(path: str | Path) -> None:
-    """Raise :class:`SchemaMismatch` unless ``path`` is a SQLite db with every table and column.
-
-    The file is opened read-only (``mode=ro``) and is not modified.
-    """
+def db_tables(path: str | Path) -> dict[str, set[str]]:
+    """Tables and views of a SQLite file with their columns, read-only; :class:`SchemaMismatch` when the
+    file is missing or not a SQLite database."""
     p = Path(path)
     if not p.is_file():
         raise SchemaMismatch(f"{p}: no such database file")
@@ -106,6 +112,16 @@ def check_db(path: str | Path) -> None:
             con.close()
     except sqlite3.DatabaseError as e:
         raise SchemaMismatch(f"{p}: not a SQLite database ({e})") from None
+    return have
+
+
+def check_db(path: str | Path) -> None:
+    """Raise :class:`SchemaMismatch` unless ``path`` is a SQLite db with every table and column.
+
+    The file is opened read-only (``mode=ro``) and is not modified.
+    """
+    p = Path(path)
+    have = db_tables(p)
     problems = []
     missing_tables = [t for t in TABLES if t not in have]
     if missing_tables:
@@ -117,55 +133,3 @@ def check_db(path: str | Path) -> None:
                 problems.append(f"{t} lacks {', '.join(lacking)}")
     if problems:
         raise SchemaMismatch(f"{p.name} schema mismatch: {'; '.join(problems)}")
-
-
-def check_pairs(path: str | Path) -> dict[str, int]:
-    """Check a pairs jsonl file; return the count per task or raise :class:`SchemaMismatch`.
-
-    Every line must be a JSON object with ``task`` (one of the four), ``prompt`` (a list of
-    ``{"role", "content"}`` messages) and the task's reference column.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise SchemaMismatch(f"{p}: no such pairs file")
-    counts: dict[str, int] = {}
-    problems: dict[str, int] = {}
-    first_bad: str | None = None
-    with p.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            issue = _pair_issue(line)
-            if issue is None:
-                task = json.loads(line)["task"]
-                counts[task] = counts.get(task, 0) + 1
-            else:
-                problems[issue] = problems.get(issue, 0) + 1
-                first_bad = first_bad or f"line {n}"
-    if problems:
-        detail = ", ".join(f"{k} ({v} lines)" for k, v in problems.items())
-        raise SchemaMismatch(f"{p.name} pairs mismatch: {detail}; first at {first_bad}")
-    if not counts:
-        raise SchemaMismatch(f"{p.name} pairs mismatch: no pairs")
-    return counts
-
-
-def _pair_issue(line: str) -> str | None:
-    try:
-        row = json.loads(line)
-    except ValueError:
-        return "not JSON"
-    if not isinstance(row, dict):
-        return "not a JSON object"
-    task = row.get("task")
-    if task not in TASKS:
-        return "missing column task" if task is None else f"unknown task {task!r}"
-    prompt = row.get("prompt")
-    if not (isinstance(prompt, list) and prompt and all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in prompt)):
-        return "missing column prompt (list of role/content messages)"
-    for col in PAIR_REQUIRED[task]:
-        if row.get(col) in (None, ""):
-            return f"{task} lacks column {col}"
-    return None

@@ -33,7 +33,10 @@ class DataConfig(Section):
     db_path: Path = Path("data/commerce.db")
     """SQLite database the sql_qa reward runs queries against (opened read-only)."""
     train_pairs: Path = Path("data/pairs/train.jsonl")
-    """Training prompts, TRL conversational format, one JSON object per line."""
+    """Training prompts, one JSON object per line: ours (``prompt`` messages, ``task``, ``answer``, references)
+    or TRL's (``prompt`` as messages or a string, ``messages``, ``completion``); a row without ``task`` is
+    classified from its prompt. Malformed rows are skipped; more than 1% of them stops the run
+    (``commerce.rows.MAX_BAD_SHARE``). ``python -m commerce check --pairs FILE`` reports on a file."""
     eval_pairs: Path = Path("data/pairs/eval.jsonl")
     """Held-out prompts for eval; never overlapping train."""
     tasks: list[Literal["extraction", "sql_qa", "insights", "push"]] = list(TASKS)
@@ -139,9 +142,10 @@ class ActorConfig(Section):
     kv_cache_gb: float | None = Field(None, gt=0)
     """KV cache size in GiB, overriding gpu_memory_utilization (useful on CPU, where the fraction is
     taken of one NUMA node's memory and several processes share it)."""
-    serve_mode: Literal["merged", "adapter"] = "merged"
-    """``merged``: LoRA deltas merged into the served weights (base-model speed); ``adapter``: vLLM
-    LoRA with one adapter name per version."""
+    serve_mode: Literal["auto", "merged", "adapter"] = "auto"
+    """``merged``: LoRA deltas merged into the served weights (base-model speed); ``adapter``: vLLM LoRA with
+    one adapter name per version; ``auto``: merged on a float32 engine, adapter on bf16/fp16 ones, where
+    merging rounds most of a small delta back to the base weights (the served-delta cosine checks it)."""
     max_lora_versions: int = Field(2, ge=1)
     """Adapter versions kept loaded in ``adapter`` mode (at least max_staleness + 1)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -176,7 +180,9 @@ class LearnerConfig(Section):
     keep_checkpoints: int = Field(2, ge=1)
     """Rolling checkpoints kept; the best-by-eval adapter is kept apart."""
     publish_every: int = Field(1, ge=1)
-    """Optimizer steps between adapter publications to the actors."""
+    """Optimizer steps between adapter publications to the actors. A batch can then be up to
+    ``publish_every - 1`` versions older than the newest published, so the learner requests
+    ``sync.max_staleness - (publish_every - 1)`` batches ahead instead of ``max_staleness``."""
     tis_cap: float = Field(2.0, ge=1)
     """Truncated importance sampling cap on pi_learner/pi_actor for stale rollouts."""
     probe_every: int = Field(20, ge=0)
@@ -191,16 +197,26 @@ class LearnerConfig(Section):
 
 
 class SyncConfig(Section):
+    """The two ZeroMQ channels. Trust model: only this user's processes may join them. On one node they are
+    Unix (ipc) sockets in a private 0700 directory, which other local users cannot enter; across nodes they
+    are TCP with CURVE (encryption + client keys from ``keys_dir``), also when the address is loopback."""
+
+    transport: Literal["auto", "ipc", "tcp"] = "auto"
+    """``ipc``: Unix sockets in ``ipc_dir`` (one node); ``tcp``: TCP on ``host`` with CURVE (``keys_dir``
+    required); ``auto``: ipc when ``host`` is loopback, tcp otherwise."""
     host: str = "127.0.0.1"
-    """Address the learner binds its sockets to; non-loopback requires ``keys_dir`` (CURVE)."""
+    """Address the learner binds its TCP sockets to (``transport: tcp``); non-loopback means tcp."""
     connect_host: str | None = None
-    """Address actors connect to (default: ``host``)."""
+    """Address actors connect to over TCP (default: ``host``)."""
+    ipc_dir: Path | None = None
+    """Directory of the ipc socket files (default ``$XDG_RUNTIME_DIR/tucano2`` when set, else
+    ``/tmp/tucano2-<uid>``). Created with mode 0700; refused if another user owns it or others may enter it."""
     rollout_port: int = Field(29610, ge=1024, le=65535)
-    """Learner ROUTER socket for rollout requests and groups."""
+    """Learner ROUTER socket for rollout requests and groups (TCP port, or the ipc file ``p<port>.sock``)."""
     weight_port: int = Field(29611, ge=1024, le=65535)
-    """Learner PUB/ROUTER socket for weight updates and acknowledgements."""
+    """Learner ROUTER socket for weight updates and acknowledgements (TCP port or ipc file name)."""
     keys_dir: Path | None = None
-    """Directory made by ``python -m sync.keys DIR`` (CURVE key pairs, mode 0600)."""
+    """Directory made by ``python -m sync.keys DIR`` (CURVE key pairs, mode 0600); required over TCP."""
     max_staleness: int = Field(1, ge=0)
     """Batches generated ahead of training; 0 is synchronous on-policy GRPO. Older rollouts are dropped."""
     publish_weights: bool = True
@@ -212,9 +228,13 @@ class SyncConfig(Section):
     wire_dtype: Literal["bf16", "fp32"] = "bf16"
     """Dtype of LoRA tensors on the wire."""
     max_message_mb: int = Field(1024, ge=1)
-    """Messages larger than this are refused unread."""
+    """Ceiling for a weight update when the actor cannot derive the adapter's size from the model config;
+    the other messages' caps are derived from the run's lengths (``sync.limits``)."""
     ack_timeout_s: float = Field(120.0, gt=0)
     """Seconds to wait for all actors to acknowledge a weight version before failing the run."""
+    min_delta_cosine: float = Field(0.99, ge=0, le=1)
+    """Each actor reports the cosine between the LoRA delta it serves and the one published; below this the
+    sync failed (e.g. merged serving rounding a small delta away in bf16) and the run stops."""
     request_timeout_s: float = Field(600.0, gt=0)
     """Seconds before an unanswered rollout request is re-sent to another actor."""
     heartbeat_s: float = Field(2.0, gt=0)
@@ -229,12 +249,20 @@ class SyncConfig(Section):
         except ValueError:
             return False
 
+    @property
+    def kind(self) -> str:
+        """The transport in use: ``ipc`` or ``tcp``."""
+        if self.transport == "auto":
+            return "ipc" if self.is_loopback else "tcp"
+        return self.transport
+
     @model_validator(mode="after")
     def _check(self) -> SyncConfig:
         if self.rollout_port == self.weight_port:
             raise ValueError("sync.rollout_port and sync.weight_port must differ")
-        if not self.is_loopback and self.keys_dir is None:
-            raise ValueError(f"sync.host {self.host!r} is not loopback: set sync.keys_dir "
+        if self.kind == "tcp" and self.keys_dir is None:
+            why = "transport tcp" if self.is_loopback else f"sync.host {self.host!r} is not loopback (transport tcp)"
+            raise ValueError(f"{why}: set sync.keys_dir, TCP channels always use CURVE "
                              "(make keys with `python -m sync.keys DIR`)")
         return self
 
@@ -411,7 +439,11 @@ class RunConfig(Section):
         if self.max_completion_length >= self.max_seq_length:
             raise ValueError(f"max_completion_length ({self.max_completion_length}) must be < "
                              f"max_seq_length ({self.max_seq_length})")
-        if self.actor.serve_mode == "adapter" and self.actor.max_lora_versions < self.sync.max_staleness + 1:
+        if self.learner.publish_every - 1 > self.sync.max_staleness:
+            raise ValueError(f"learner.publish_every ({self.learner.publish_every}) - 1 exceeds sync.max_staleness "
+                             f"({self.sync.max_staleness}): rollouts of the version before a publication would be "
+                             "too stale to train on")
+        if self.actor.serve_mode != "merged" and self.actor.max_lora_versions < self.sync.max_staleness + 1:
             raise ValueError(f"actor.max_lora_versions ({self.actor.max_lora_versions}) must be >= "
                              f"sync.max_staleness + 1 ({self.sync.max_staleness + 1})")
         return self

@@ -12,7 +12,6 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -52,8 +51,8 @@ class Plan:
         c = self.config
         lines = [f"plan ({self.mode}): {len(self.actors)} actor(s), learner with {c.learner.ranks} rank(s); "
                  f"model {c.model_id}; run dir {self.run_dir}",
-                 f"sync: {c.sync.host} rollout port {c.sync.rollout_port}, weight port {c.sync.weight_port}, "
-                 f"max_staleness {c.sync.max_staleness}, CURVE {'on' if c.sync.keys_dir else 'off (loopback)'}"]
+                 f"sync: {_channels(c.sync)}, rollout port {c.sync.rollout_port}, weight port "
+                 f"{c.sync.weight_port}, max_staleness {c.sync.max_staleness}"]
         for comp in [*self.actors, self.learner]:
             lines.append(f"  {comp.name:<9} {comp.devices:<18} {comp.shell()}")
         return "\n".join(lines)
@@ -128,18 +127,24 @@ def check_model(model_id: str) -> None:
                              if "models/" in model_id else ""))
 
 
-def check_port_free(host: str, port: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host if host not in ("*", "0.0.0.0") else "", port))
-        except OSError as e:
-            raise LaunchError(f"port {port} on {host} is taken ({e.strerror}); "
-                              f"pick another with --set sync.rollout_port=... / sync.weight_port=...") from None
+def _channels(sync) -> str:
+    if sync.kind == "ipc":
+        return "ipc sockets in a private 0700 directory (this user's processes only)"
+    return f"tcp on {sync.host} with CURVE (keys {sync.keys_dir})"
+
+
+def check_port_free(sync, port: int) -> None:
+    from sync import SyncError
+    from sync._net import check_free
+
+    try:
+        check_free(sync, port)
+    except SyncError as e:
+        raise LaunchError(f"{e} (--set sync.rollout_port=... / sync.weight_port=...)") from None
 
 
 def check_keys(cfg: RunConfig) -> None:
-    if cfg.sync.keys_dir is None:
+    if cfg.sync.kind != "tcp":
         return
     d = Path(cfg.sync.keys_dir)
     if not d.is_dir() or not any(d.glob("*.key_secret")):
@@ -158,7 +163,7 @@ def preflight(cfg: RunConfig, check_ports: bool = True, keys: bool = True) -> No
         check_keys(cfg)
     if check_ports:
         for port in (cfg.sync.rollout_port, cfg.sync.weight_port):
-            check_port_free(cfg.sync.host, port)
+            check_port_free(cfg.sync, port)
 
 
 def resolve(config: str, overrides: list[str], run_dir: str | None) -> RunConfig:

@@ -39,7 +39,7 @@ def model_problem(model_id: str) -> str | None:
 
 
 def preflight(cfg, resume: Path | None = None, need_data: bool = True) -> str | None:
-    """The first problem with the run's inputs, as one line, or None."""
+    """The first problem with the run's inputs, as one line, or None (pair files are read through)."""
     why = model_problem(cfg.model_id)
     if why:
         return why
@@ -59,6 +59,19 @@ def preflight(cfg, resume: Path | None = None, need_data: bool = True) -> str | 
             return f"eval pairs not found: {cfg.data.eval_pairs}"
         if not cfg.rewards.toy_token and not Path(cfg.data.db_path).is_file():
             return f"database not found: {cfg.data.db_path} (build it with `python -m commerce build`)"
+        # The pair files through the trainer's own reader (stdlib only): too many malformed rows stop
+        # the run here, before any model loads; a few are one BadRowsWarning, and the trainer skips them.
+        from commerce.rows import PairsError, load_pairs
+
+        files = [cfg.data.train_pairs] + ([cfg.data.eval_pairs] if cfg.eval.every or cfg.eval.at_start else [])
+        for path in files:
+            try:
+                pf = load_pairs(path)
+            except PairsError as e:
+                return f"{e} (`python -m commerce check --pairs {path}` lists every bad row)"
+            if not any(r.task in cfg.data.tasks for r in pf.rows):
+                found = ", ".join(f"{t} {n}" for t, n in pf.counts().items())
+                return f"{path}: no pairs of data.tasks {', '.join(cfg.data.tasks)} (rows per task: {found})"
     if resume is not None:
         from learner.checkpoint import latest_checkpoint
 
@@ -132,8 +145,29 @@ def _transports(cfg, kind: str):
         )
         return actor, actor
     import sync
+    from sync._net import new_incarnation
 
-    return sync.ZmqRolloutTransport(cfg.sync), sync.ZmqWeightPublisher(cfg.sync)
+    limits = channel_limits(cfg)
+    incarnation = new_incarnation()  # one id for both channels: actors tell this learner from a dead one
+    transport = sync.ZmqRolloutTransport(cfg.sync, limits=limits, incarnation=incarnation)
+    try:
+        return transport, sync.ZmqWeightPublisher(cfg.sync, limits=limits, incarnation=incarnation)
+    except BaseException:
+        transport.close(shutdown_actors=False)
+        raise
+
+
+def channel_limits(cfg):
+    """The caps both ends derive from the run (:mod:`sync.limits`), with the model's sizes."""
+    from transformers import AutoConfig
+
+    from sync.limits import ChannelLimits
+
+    try:
+        hf = AutoConfig.from_pretrained(cfg.model_id).get_text_config()
+    except (OSError, ValueError):
+        hf = None
+    return ChannelLimits.for_run(cfg, hf)
 
 
 if __name__ == "__main__":

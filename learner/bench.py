@@ -40,14 +40,15 @@ def _peak_mem_gb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def run_bench(cfg, shape: str, steps: int = 3, warmup: int = 1, prompt_len: int = 128, seed: int = 0) -> dict:
+def run_bench(cfg, shape: str, steps: int = 3, warmup: int = 1, prompt_len: int = 128, seed: int = 0,
+              zero_std_frac: float = 0.0, skip_zero_advantage: bool = True) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
     from learner.engine import PolicyEngine
     from learner.loss import group_advantages
     from learner.rollouts import Sample
-    from learner.trainer import forward_backward
+    from learner.step import forward_backward
     from zoo.build import SHAPES, qwen3_config
 
     vocab = SHAPES[shape]["vocab_size"] or 2048
@@ -69,8 +70,11 @@ def run_bench(cfg, shape: str, steps: int = 3, warmup: int = 1, prompt_len: int 
         cfg.max_completion_length,
     )
 
+    n_flat = round(zero_std_frac * n_prompts)  # groups whose G rewards are all equal: zero advantages
+
     def rollouts() -> list[Sample]:
         rewards = torch.rand(n_prompts, g, generator=gen)
+        rewards[:n_flat] = rewards[:n_flat, :1]
         adv = group_advantages(rewards, cfg.scale_rewards).tolist()
         out = []
         for i in range(n_prompts * g):
@@ -88,10 +92,11 @@ def run_bench(cfg, shape: str, steps: int = 3, warmup: int = 1, prompt_len: int 
         samples = rollouts()
         sync()
         t_fb = time.perf_counter()
-        tokens = forward_backward(policy, cfg, samples, None).learner_tokens
+        fb = forward_backward(policy, cfg, samples, None, skip_zero_advantage)
+        tokens = fb.learner_tokens
         sync()
         t_opt = time.perf_counter()
-        grad_norm = policy.step()
+        grad_norm = policy.step().grad_norm
         sync()
         t_end = time.perf_counter()
         if it >= warmup:
@@ -122,6 +127,8 @@ def run_bench(cfg, shape: str, steps: int = 3, warmup: int = 1, prompt_len: int 
         "completion_len": c_len,
         "micro_batch_size": cfg.learner.micro_batch_size,
         "share_prompt": cfg.learner.share_prompt,
+        "zero_std_frac": n_flat / n_prompts,
+        "skip_zero_advantage": skip_zero_advantage,
         "steps": steps,
         "build_s": build_s,
         "tokens_per_step": tok / len(rows),
@@ -148,6 +155,8 @@ def table(r: dict) -> str:
         ("completion_len", "{}"),
         ("micro_batch_size", "{}"),
         ("share_prompt", "{}"),
+        ("zero_std_frac", "{:.2f}"),
+        ("skip_zero_advantage", "{}"),
         ("tokens_per_step", "{:,.0f}"),
         ("fwd_bwd_tokens_per_s", "{:,.0f}"),
         ("fwd_bwd_s", "{:.3f}"),
@@ -170,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--zero-std-frac", type=float, default=0.0,
+                   help="share of groups whose rewards are all equal (train/frac_reward_zero_std)")
+    p.add_argument("--no-skip", action="store_true", help="forward zero-advantage completions too (the baseline)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -181,7 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"learner.bench: invalid config: {e}", file=sys.stderr)
         return 2
-    r = run_bench(cfg, args.shape, steps=args.steps, warmup=args.warmup, prompt_len=args.prompt_len)
+    if not 0.0 <= args.zero_std_frac <= 1.0:
+        print("learner.bench: --zero-std-frac must be in [0, 1]", file=sys.stderr)
+        return 2
+    r = run_bench(cfg, args.shape, steps=args.steps, warmup=args.warmup, prompt_len=args.prompt_len,
+                  zero_std_frac=args.zero_std_frac, skip_zero_advantage=not args.no_skip)
     if int(os.environ.get("RANK", "0")) == 0:
         print(table(r))
         if args.json:

@@ -1,31 +1,42 @@
 """Pair files -> PromptItems, the fixed eval subset, and the reward function built from config.
 
-Pair rows (``data/pairs/*.jsonl``): ``prompt`` (chat messages), ``task`` and reference columns. Every
-column except ``prompt`` is passed to the reward function, repeated per completion (TRL's convention).
+Pair rows (``data/pairs/*.jsonl``) are read by :mod:`commerce.rows`, the reader that ``python -m
+commerce check`` and the learner's preflight share: our format (``prompt`` messages, ``task``,
+``answer``, reference columns) and TRL's (``prompt`` as a string, ``messages``, ``completion``). A row
+without a ``task`` gets ``rewards.classify_task`` of its prompt, written into its ``task`` column,
+so the reward scores it as that task and the eval reports it under ``eval/<task>``. Every column
+except the conversation (``prompt``/``messages``/``completion``) is passed to the reward function,
+repeated per completion (TRL's convention); ``answer`` holds the answer whichever format gave it.
+
+Malformed rows are refused one line each (``FILE:LINE: FIELD: reason``) and never trained on; a
+file with more than :data:`MAX_BAD_SHARE` of them is refused as a whole (:class:`PairsError`), below
+that one :class:`BadRowsWarning` gives the count and the first bad line.
 """
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
+from commerce.rows import MAX_BAD_SHARE, BadRowsWarning, PairsError, load_pairs
 from learner.rollouts import PromptItem
 
+__all__ = ["MAX_BAD_SHARE", "BadRowsWarning", "PairsError", "load_items", "stratified_subset", "make_reward_fn",
+           "per_task_means", "ToyTokenReward"]
 
-def load_items(path: Path, tasks: list[str] | None = None) -> list[PromptItem]:
+
+def load_items(path: Path, tasks: list[str] | None = None, max_bad_share: float = MAX_BAD_SHARE) -> list[PromptItem]:
+    """The rows of ``path`` whose task (labelled or classified) is in ``tasks`` (all when None/empty).
+
+    Raises :class:`PairsError` (a ``ValueError``, one line) for a missing file or more than
+    ``max_bad_share`` malformed rows; warns :class:`BadRowsWarning` when it skips some.
+    """
+    pf = load_pairs(path, max_bad_share)
     items = []
-    with Path(path).open() as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            row = json.loads(line)
-            task = row.get("task", "")
-            if tasks and task not in tasks:
-                continue
-            cols = {k: v for k, v in row.items() if k != "prompt"}
-            items.append(PromptItem(index=len(items), messages=row["prompt"], columns=cols, task=task))
+    for row in pf.rows:
+        if tasks and row.task not in tasks:
+            continue
+        items.append(PromptItem(index=len(items), messages=row.messages, columns=row.columns, task=row.task))
     return items
 
 

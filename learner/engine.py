@@ -10,13 +10,21 @@
 * One optimizer step may run several micro-batches: DeepSpeed's accumulation boundary is set by hand
   (``set_gradient_accumulation_boundary``) and losses are not rescaled by it (``scale_wrt_gas=False``)
   because :func:`learner.loss.policy_loss` already divides by the step's constant.
+* A non-finite loss or gradient never reaches the optimizer: every micro-batch's loss is checked, and a
+  hook on every trainable parameter flags a non-finite local gradient during backward (before ZeRO reduces
+  it). The flags are all-reduced, and a flagged step is skipped on every rank: ZeRO stages 1-3 and bf16
+  skip it themselves (DeepSpeed's overflow path: no update, optimizer state and LR schedule untouched;
+  ``bf16.check_grad_overflow`` on), which :meth:`PolicyEngine.step` verifies; fp32 without ZeRO would apply
+  it, so there the gradients are dropped and the optimizer is not called.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -124,12 +132,20 @@ def deepspeed_config(cfg, micro_batch: int, bf16: bool) -> dict:
         "gradient_accumulation_steps": 1,
         "gradient_clipping": cfg.learner.max_grad_norm,
         "zero_optimization": zero,
-        "bf16": {"enabled": bf16},
+        "bf16": {"enabled": bf16, "check_grad_overflow": True},
         "fp16": {"enabled": False},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+
+
+@dataclass
+class StepResult:
+    grad_norm: float
+    """Global gradient norm before clipping (NaN for a skipped step)."""
+    skipped: str | None = None
+    """Why the step was skipped (``non-finite loss`` / ``non-finite gradient``), None when it was applied."""
 
 
 class PolicyEngine:
@@ -169,6 +185,13 @@ class PolicyEngine:
             config=deepspeed_config(cfg, cfg.learner.micro_batch_size, self.dtype == torch.bfloat16),
         )
         self.engine.train()
+        self._grad_bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        self._loss_bad = False
+        for p in params:
+            p.register_hook(self._check_grad)
+
+    def _check_grad(self, grad: torch.Tensor) -> None:
+        self._grad_bad |= ~torch.isfinite(grad).all()  # stays on the device: no sync per parameter
 
     # -- forward -----------------------------------------------------------------------------------
     def completion_logps(self, batch, temperature: float, grad: bool = True) -> torch.Tensor:
@@ -191,15 +214,34 @@ class PolicyEngine:
             )
 
     def backward(self, loss: torch.Tensor, boundary: bool) -> None:
+        if not math.isfinite(float(loss.detach())):
+            self._loss_bad = True
         self.engine.set_gradient_accumulation_boundary(boundary)
         self.engine.backward(loss, scale_wrt_gas=False)
 
-    def step(self) -> float:
-        """Optimizer step (DeepSpeed clips, steps the optimizer and the scheduler). Returns the grad
-        norm before clipping."""
-        self.engine.step()
-        gn = self.engine.get_global_grad_norm()
-        return float(gn) if gn is not None else float("nan")
+    def step(self) -> StepResult:
+        """Optimizer step (DeepSpeed clips, steps the optimizer and the scheduler), or a skipped one when any
+        rank saw a non-finite loss or gradient since the last step (collective)."""
+        flags = torch.tensor([float(self._loss_bad), float(self._grad_bad)], dtype=torch.float32)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        self._loss_bad = False
+        self._grad_bad.zero_()
+        loss_bad, grad_bad = bool(flags[0]), bool(flags[1])
+        if not (loss_bad or grad_bad):
+            self.engine.step()
+            gn = self.engine.get_global_grad_norm()
+            return StepResult(float(gn) if gn is not None else float("nan"))
+        reason = "non-finite loss" if loss_bad else "non-finite gradient"
+        if self.cfg.learner.zero_stage == 0 and self.dtype != torch.bfloat16:
+            self.engine.zero_grad()  # plain fp32 DeepSpeed would apply it: drop the gradients, do not step
+        else:
+            self.engine.step()  # DeepSpeed's overflow path skips it (verified)
+            if getattr(self.engine, "_step_applied", False):
+                raise RuntimeError(f"DeepSpeed applied an optimizer step with a {reason}")
+        return StepResult(float("nan"), reason)
 
     @property
     def learning_rate(self) -> float:
@@ -234,3 +276,8 @@ class PolicyEngine:
             metadata={"format": "pt"},
         )
         self.module.peft_config["default"].save_pretrained(str(out))
+
+
+def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the tensors holding a NaN or an infinity."""
+    return [n for n, t in tensors.items() if not bool(torch.isfinite(t).all())]

@@ -21,7 +21,8 @@ import time
 import torch
 
 from learner.data import per_task_means
-from learner.rollouts import Sample, collate
+from learner.rollouts import Sample, collate, rollout_seed
+from sync.limits import MAX_PROMPTS_PER_REQUEST
 
 
 class LearnerError(RuntimeError):
@@ -94,7 +95,7 @@ def probe(tr) -> dict:
             1,
             cfg.temperature,
             min(32, cfg.max_completion_length),
-            seed=cfg.seed + 7,
+            seed=rollout_seed(cfg.seed, 0, 255),
             tag=f"v{tr.version}-{tr.step}",
             min_version=tr.published,
         )
@@ -120,7 +121,7 @@ def probe(tr) -> dict:
     }
 
 
-def evaluate(tr, chunk: int = 8) -> dict:
+def evaluate(tr, chunk: int = MAX_PROMPTS_PER_REQUEST) -> dict:
     """The eval subset through the actors at the current version (rank 0)."""
     cfg = tr.cfg
     if not tr.eval_items:
@@ -133,7 +134,7 @@ def evaluate(tr, chunk: int = 8) -> dict:
             1,
             cfg.eval.temperature,
             cfg.max_completion_length,
-            seed=cfg.seed + 13,
+            seed=rollout_seed(cfg.seed, 0, 192 + i // chunk),  # the same sample every eval: comparable
             tag=f"s{tr.step}-{i}",
             min_version=version,
         )

@@ -24,6 +24,8 @@ Where this departs from the Dr. GRPO paper (Liu et al., 2025, "Understanding R1-
   the new policy likes far more than the stale sampler did has an unbounded weight (the PPO clip only
   bounds the other side). On-policy rollouts are untouched, so with ``max_staleness: 0`` the loss is
   exactly Dr. GRPO. (TRL's ``delta`` caps the same branch but zeroes the gradient past the cap.)
+* The log-ratio is clamped to +-20 and is 0 at padding (:data:`LOG_RATIO_MAX`), so one token the actor found
+  near-impossible cannot overflow ``exp`` and turn the step into NaN; such tokens get no gradient.
 * The constant denominator counts the completions of the whole optimizer step (all micro-batches and all
   ranks), not of one micro-batch. TRL divides by the micro-batch size and then by the number of
   accumulation steps, which is the same number when micro-batches are equal; ours stays exact when the
@@ -56,6 +58,9 @@ from dataclasses import dataclass
 import torch
 
 LOSS_TYPES = ("dr_grpo", "grpo", "dapo")
+LOG_RATIO_MAX = 20.0
+"""log(pi/mu) is clamped to +-20 (ratio 2e-9 .. 5e8): beyond, PPO's clip already holds the ratio for one
+advantage sign; the clamp keeps exp() finite for the other."""
 SCALE_REWARDS = ("none", "group", "batch")
 
 
@@ -188,13 +193,18 @@ def policy_loss(
     eps_low, eps_high = epsilon, epsilon if epsilon_high is None else epsilon_high
     mask = mask.to(logps.dtype)
     adv = advantages.to(logps.dtype).unsqueeze(1)
-    ratio = torch.exp(logps - behaviour_logps)
+    # Padding positions get ratio 1 and the log-ratio stays within +-LOG_RATIO_MAX, so exp() cannot overflow
+    # and no position can turn the loss or its gradient into inf/NaN (0 * inf).
+    ratio = torch.exp(((logps - behaviour_logps) * mask).clamp(-LOG_RATIO_MAX, LOG_RATIO_MAX))
     clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
     unclipped = ratio
     truncated = torch.zeros_like(ratio, dtype=torch.bool)
     if stale is not None and bool(stale.any()):
         truncated = stale.unsqueeze(1) & (ratio.detach() > tis_cap)
-        unclipped = torch.where(truncated, ratio * (tis_cap / ratio.detach()), ratio)
+        # value min(r, cap), gradient min(r, cap) * grad log pi; the weight is finite everywhere (the division
+        # only happens where r > cap >= 1), so an underflowed ratio cannot make 0 * inf.
+        weight = torch.where(truncated, tis_cap / ratio.detach().clamp(min=tis_cap), torch.ones_like(ratio))
+        unclipped = ratio * weight
     per_token = -torch.min(unclipped * adv, clipped * adv)
     b, t = logps.shape
     if loss_type == "dr_grpo":

@@ -321,3 +321,23 @@ def pack_shared(
         min(len(p) for p in rows),
         tokens,
     )
+
+
+SEED_STRIDE = 4096
+"""Seeds of two requests are at least this far apart. vLLM seeds sample k of a prompt with ``seed + k`` and the
+actor offsets prompt i of a request by ``i * n`` (``actor.engine``), so a request uses ``[seed, seed + prompts
+x n)``: consecutive bases (``seed`` and ``seed + 1``) would share all but one of their G random streams."""
+SEED_SLOTS = 256
+"""Seed slots per step: train prompt j (0-63), re-request attempt a of prompt k (64 + 32a + k, a < 4),
+eval chunk i (192 + i), the probe (255)."""
+
+
+def rollout_seed(seed: int, step: int, slot: int) -> int:
+    """The sampling seed of one request: ``SEED_STRIDE`` apart for every (step, slot) of a run, a 31-bit int.
+
+    >>> [rollout_seed(42, 0, j) - rollout_seed(42, 0, 0) for j in range(3)]
+    [0, 4096, 8192]
+    >>> rollout_seed(42, 1, 0) - rollout_seed(42, 0, SEED_SLOTS - 1)
+    4096
+    """
+    return ((seed * 7919 + step) * SEED_SLOTS + slot % SEED_SLOTS) * SEED_STRIDE % 2**31

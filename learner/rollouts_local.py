@@ -28,8 +28,8 @@ from collections import deque
 
 import torch
 
-from actor.engine import encode_prompt
 from sync import SyncError
+from sync.prompts import encode_prompt
 from sync.wire import Completion, Heartbeat, PromptResult, RolloutGroup, RolloutRequest, WeightAck
 
 
@@ -91,6 +91,10 @@ class HFLocalActor:
                 self.actor_id, version, False, 0.0, digest, "injected load failure (test)"
             )
             return
+        from peft import get_peft_model_state_dict
+
+        from sync.tensors import DeltaCosine, lora_pairs
+
         result = set_peft_model_state_dict(self.model, {k: v.float() for k, v in tensors.items()})
         missing = [k for k in getattr(result, "unexpected_keys", [])]
         if missing:
@@ -98,8 +102,14 @@ class HFLocalActor:
                 self.actor_id, version, False, 0.0, digest, f"unexpected tensors {missing[:2]}"
             )
             return
+        # the delta now served, read back from the model, against the one received
+        served, sent = lora_pairs(get_peft_model_state_dict(self.model)), lora_pairs(tensors)
+        cos = DeltaCosine()
+        for mod, (a, b) in sent.items():
+            cos.add_lowrank(*served[mod], a, b)
         self.version = version
-        self._acks[version] = WeightAck(self.actor_id, version, True, time.perf_counter() - t0, digest, None)
+        self._acks[version] = WeightAck(self.actor_id, version, True, time.perf_counter() - t0, digest, None,
+                                        delta_cosine=cos.value)
 
     def wait_acks(self, version: int, timeout_s: float, stop=None) -> dict[str, WeightAck]:  # noqa: ARG002
         ack = self._acks.get(version)

@@ -9,6 +9,9 @@ inside ``[after_step, before_step)``:
 * ``plateau``: ``window`` observations in a row brought no new best (improvement > ``threshold``) —
   so it needs at least ``window + 1`` observations.
 
+A NaN or infinite observation violates every ``above``/``below``/``at_ceiling`` rule (``NaN > 2.0`` is
+false in Python, which would let a NaN gradient norm pass the spike rule) and is never a new best.
+
 A rule fires once when its condition becomes true and re-arms when it is false again (a sustained
 spike is one event, not one per step). Each firing is a :class:`Trigger` naming the rule, the
 values and the step; the trainer logs it as a ``watchdog/<rule>`` metric line and, for
@@ -61,13 +64,12 @@ class Watchdog:
         for rule in self.rules:
             if rule.metric not in metrics:
                 continue
-            value = float(metrics[rule.metric])
-            if not math.isfinite(value):
-                continue
+            raw = metrics[rule.metric]
+            value = float(raw) if isinstance(raw, (int, float)) else math.nan
             st = self._state[rule.name]
             st.values.append(value)
             st.seen += 1
-            improved = value > st.best + (rule.threshold if st.best > -math.inf else 0.0)
+            improved = math.isfinite(value) and value > st.best + (rule.threshold if st.best > -math.inf else 0.0)
             if improved:
                 st.best, st.since_best = value, 0
             else:
@@ -84,12 +86,12 @@ class Watchdog:
     def _condition(self, rule, st: _RuleState) -> bool:
         full = len(st.values) == rule.window
         if rule.kind == "above":
-            return full and all(v > rule.threshold for v in st.values)
+            return full and all(not math.isfinite(v) or v > rule.threshold for v in st.values)
         if rule.kind == "below":
-            return full and all(v < rule.threshold for v in st.values)
+            return full and all(not math.isfinite(v) or v < rule.threshold for v in st.values)
         if rule.kind == "at_ceiling":
             ceiling = rule.threshold * self.max_completion_length
-            return full and all(v >= ceiling for v in st.values)
+            return full and all(not math.isfinite(v) or v >= ceiling for v in st.values)
         if rule.kind == "plateau":
             return st.seen > rule.window and st.since_best >= rule.window
         raise ValueError(f"watchdog rule {rule.name}: unknown kind {rule.kind!r}")

@@ -7,6 +7,7 @@ imported on first use (``sync.ZmqRolloutTransport`` etc.).
 from __future__ import annotations
 
 from sync.interfaces import ReceivedWeights, RolloutTransport, SyncError, WeightPublisher
+from sync.limits import ChannelLimits
 from sync.wire import (
     Completion,
     Heartbeat,
@@ -49,6 +50,7 @@ __all__ = [
     "WireError",
     "decode",
     "encode",
+    "ChannelLimits",
     "ReceivedWeights",
     "RolloutTransport",
     "SyncError",

@@ -1,17 +1,38 @@
-"""Shared socket plumbing: addresses, CURVE set-up, and the background I/O thread every channel runs.
+"""Shared socket plumbing: addresses and who may connect, the background I/O thread, rate-limited refusals.
 
-Each channel object owns a private ``zmq.Context`` and one I/O thread that alone touches its
-network sockets (ZeroMQ sockets are not thread-safe). Callers change shared state under
-``self._cv`` and wake the thread through an inproc PUSH/PULL pair; the thread polls the wake
-socket and the network sockets, handles at most ``_BATCH`` messages per socket per turn, and runs
-``_on_tick`` at least every ``_TICK_S`` (liveness, retries). An exception while handling one
-message is logged and the message dropped; the thread keeps serving.
+Who may join a channel (the trust model, for every socket here):
+
+* ``ipc`` (one node, the default when ``sync.host`` is loopback): the learner binds Unix sockets
+  ``p<port>.sock`` in a private directory (``sync.ipc_dir``, default ``$XDG_RUNTIME_DIR/tucano2`` or
+  ``/tmp/tucano2-<uid>``). The directory is created 0700 and checked on every bind and connect: owned by
+  this user, not a symlink, nobody else may enter it. Another local user can neither connect nor see the
+  socket files, and cannot bind a fake learner there. Loopback TCP is never used: any local user can
+  connect to 127.0.0.1.
+* ``tcp`` (across nodes): the learner's sockets are CURVE servers, actors CURVE clients with the key pairs
+  of ``sync.keys_dir`` (``python -m sync.keys``; files 0600). A ZAP handler admits only client keys in
+  ``keys_dir/authorized``; everything on the wire is encrypted, so nobody without the keys can join, read
+  or inject. TCP without CURVE is refused.
+
+Each channel object owns a private ``zmq.Context`` and one I/O thread that alone touches its network
+sockets (ZeroMQ sockets are not thread-safe). Callers change shared state under ``self._cv`` and wake the
+thread through an inproc PUSH/PULL pair; the thread polls the wake socket, the network sockets and their
+monitors, handles at most ``_BATCH`` messages per socket per turn, and runs ``_on_tick`` at least every
+``_TICK_S`` (liveness, retries). An exception while handling one message is logged and the message
+dropped; the thread keeps serving. Refused input (undecodable messages, failed handshakes, dropped
+connections) is logged through :class:`Refusals`: the first of each kind at once, then one summary line
+per kind at most every 30 s, so a flood of garbage cannot flood the log.
 """
 
 from __future__ import annotations
 
+import collections
 import ipaddress
 import logging
+import os
+import random
+import socket
+import stat
+import tempfile
 import threading
 import time
 import uuid
@@ -27,6 +48,7 @@ log = logging.getLogger("sync")
 _TICK_S = 0.05
 _BATCH = 256
 DEAD_AFTER_HEARTBEATS = 5
+_UNIX_PATH_MAX = 107
 
 
 def is_loopback(host: str) -> bool:
@@ -38,29 +60,156 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def curve_wanted(cfg, require_curve: bool) -> bool:
-    """CURVE is on when forced or when the learner binds a non-loopback address."""
-    return require_curve or not is_loopback(cfg.host)
+def transport_kind(cfg) -> str:
+    """``ipc`` or ``tcp`` for a sync config (``transport: auto`` -> ipc on loopback)."""
+    kind = getattr(cfg, "transport", "auto")
+    if kind == "auto":
+        return "ipc" if is_loopback(cfg.host) else "tcp"
+    return kind
 
 
-def _keys_dir(cfg, why: str) -> Path:
+def default_ipc_dir() -> Path:
+    run = os.environ.get("XDG_RUNTIME_DIR")
+    if run and Path(run).is_dir() and os.stat(run).st_uid == os.getuid():
+        return Path(run) / "tucano2"
+    return Path(tempfile.gettempdir()) / f"tucano2-{os.getuid()}"
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory only this user can enter: created 0700 if missing, else checked."""
+    path = Path(path)
+    try:
+        path.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise SyncError(f"sync.ipc_dir {path}: cannot create it ({e.strerror})") from None
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise SyncError(f"sync.ipc_dir {path} is not a directory (a symlink or a file); refusing to use it")
+    if st.st_uid != os.getuid():
+        raise SyncError(f"sync.ipc_dir {path} is owned by uid {st.st_uid}, not by this user ({os.getuid()}): "
+                        "another user could read or fake the channels; set sync.ipc_dir to a directory of yours")
+    if st.st_mode & 0o077:
+        raise SyncError(f"sync.ipc_dir {path} has mode {stat.S_IMODE(st.st_mode):o}: other users may enter it "
+                        f"(chmod 700 {path}, or set sync.ipc_dir)")
+    return path
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def pid_dir(prefix: str, base: Path, tag: str = "") -> Path:
+    """A fresh private directory ``base/<prefix>-p<pid>-<tag>-*`` (mode 0700). Directories of the same prefix
+    left by processes of this user that died without cleaning up (SIGKILL) are removed first: their pid is
+    gone."""
+    import re
+    import shutil
+
+    for d in base.glob(f"{prefix}-p*-*"):
+        m = re.match(rf"{re.escape(prefix)}-p(\d+)-", d.name)
+        if m and not pid_alive(int(m.group(1))) and os.lstat(d).st_uid == os.getuid():
+            shutil.rmtree(d, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}-p{os.getpid()}-{tag + '-' if tag else ''}", dir=base))
+
+
+def ipc_path(cfg, port: int) -> Path:
+    d = private_dir(Path(cfg.ipc_dir) if getattr(cfg, "ipc_dir", None) else default_ipc_dir())
+    p = d / f"p{port}.sock"
+    if len(str(p)) > _UNIX_PATH_MAX:
+        raise SyncError(f"ipc socket path {p} is longer than {_UNIX_PATH_MAX} bytes; set a shorter sync.ipc_dir")
+    return p
+
+
+def _listening(path: Path) -> bool:
+    """Whether a process accepts connections on the Unix socket ``path`` now."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(1.0)
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def check_free(cfg, port: int) -> None:
+    """SyncError if a learner of another run already listens on ``port`` (ipc file or TCP port)."""
+    if transport_kind(cfg) == "ipc":
+        p = ipc_path(cfg, port)
+        if p.exists() and _listening(p):
+            raise SyncError(f"ipc socket {p} is in use by another run (port {port}); pick other sync ports")
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((cfg.host if cfg.host not in ("*", "0.0.0.0") else "", port))
+        except OSError as e:
+            raise SyncError(f"port {port} on {cfg.host} is taken ({e.strerror}); pick other sync ports") from None
+
+
+def bind(sock: zmq.Socket, cfg, port: int) -> int:
+    """Bind ``sock`` for the channel on ``port`` (0: a free one); returns the port."""
+    if transport_kind(cfg) == "ipc":
+        rng = random.Random()
+        for _ in range(100 if port == 0 else 1):
+            p = port or rng.randrange(20000, 60000)
+            path = ipc_path(cfg, p)
+            if path.exists():
+                if _listening(path):
+                    if port == 0:
+                        continue
+                    raise SyncError(f"ipc socket {path} is in use by another run (port {port}); "
+                                    "pick other sync ports")
+                path.unlink()  # left by a learner that died
+            try:
+                sock.bind(f"ipc://{path}")
+            except zmq.ZMQError as e:
+                raise SyncError(f"sync: cannot bind ipc://{path}: {e}") from None
+            return p
+        raise SyncError(f"sync: no free ipc name in {path.parent}")
+    if port == 0:
+        return sock.bind_to_random_port(f"tcp://{cfg.host}")
+    try:
+        sock.bind(f"tcp://{cfg.host}:{port}")
+    except zmq.ZMQError as e:
+        raise SyncError(f"sync: cannot bind tcp://{cfg.host}:{port}: {e}") from None
+    return int(port)
+
+
+def connect_address(cfg, port: int) -> str:
+    if transport_kind(cfg) == "ipc":
+        return f"ipc://{ipc_path(cfg, port)}"
+    host = cfg.connect_host or cfg.host
+    return f"tcp://{'127.0.0.1' if host in ('0.0.0.0', '*') else host}:{port}"
+
+
+def connect_host(cfg) -> str:
+    host = cfg.connect_host or cfg.host
+    return "127.0.0.1" if host in ("0.0.0.0", "*") else host
+
+
+def _keys_dir(cfg) -> Path:
     if cfg.keys_dir is None:
-        raise SyncError(
-            f"sync: {why} requires CURVE authentication: set sync.keys_dir (make keys with `python -m sync.keys DIR`)"
-        )
+        raise SyncError("sync: TCP channels require CURVE authentication: set sync.keys_dir "
+                        "(make keys with `python -m sync.keys DIR`)")
     return Path(cfg.keys_dir)
 
 
-def max_bytes(cfg) -> int:
-    return int(cfg.max_message_mb) * 2**20
-
-
-def setup_server(ctx: zmq.Context, sock: zmq.Socket, cfg, require_curve: bool):
-    """Make ``sock`` a CURVE server when required; returns the started authenticator (or None)."""
-    if not curve_wanted(cfg, require_curve):
+def setup_server(ctx: zmq.Context, sock: zmq.Socket, cfg):
+    """Over TCP, make ``sock`` a CURVE server admitting only authorized client keys; returns the started
+    authenticator (None over ipc, where the directory's permissions decide who may connect)."""
+    if transport_kind(cfg) == "ipc":
         return None
-    why = "forced CURVE (require_curve=True)" if require_curve else f"binding non-loopback {cfg.host!r}"
-    pub, sec, authorized = server_keys(_keys_dir(cfg, why))
+    pub, sec, authorized = server_keys(_keys_dir(cfg))
     from zmq.auth.thread import ThreadAuthenticator
 
     auth = ThreadAuthenticator(ctx, log=logging.getLogger("sync.auth"))
@@ -72,40 +221,68 @@ def setup_server(ctx: zmq.Context, sock: zmq.Socket, cfg, require_curve: bool):
     return auth
 
 
-def setup_client(sock: zmq.Socket, cfg, require_curve: bool) -> None:
-    if not curve_wanted(cfg, require_curve):
+def setup_client(sock: zmq.Socket, cfg) -> None:
+    if transport_kind(cfg) == "ipc":
         return
-    why = "forced CURVE (require_curve=True)" if require_curve else f"a non-loopback learner {cfg.host!r}"
-    pub, sec, server_pub = client_keys(_keys_dir(cfg, why))
+    pub, sec, server_pub = client_keys(_keys_dir(cfg))
     sock.curve_secretkey = sec
     sock.curve_publickey = pub
     sock.curve_serverkey = server_pub
-
-
-def bind(sock: zmq.Socket, host: str, port: int | None) -> int:
-    """Bind to ``host:port`` (port 0: a random free port); returns the port."""
-    if port == 0:
-        return sock.bind_to_random_port(f"tcp://{host}")
-    try:
-        sock.bind(f"tcp://{host}:{port}")
-    except zmq.ZMQError as e:
-        raise SyncError(f"sync: cannot bind tcp://{host}:{port}: {e}") from None
-    return int(port)
-
-
-def connect_host(cfg) -> str:
-    host = cfg.connect_host or cfg.host
-    return "127.0.0.1" if host in ("0.0.0.0", "*") else host
 
 
 def new_incarnation() -> str:
     return uuid.uuid4().hex[:12]
 
 
+class Refusals:
+    """Counts refused input per kind and logs it rate-limited: up to ``burst`` lines per ``every_s`` window
+    are logged as they come, the rest of the window's refusals in one summary line when it ends (kinds with
+    counts, the latest reason), so a flood of garbage costs a few log lines per minute."""
+
+    def __init__(self, logger: logging.Logger, channel: str, every_s: float = 30.0, burst: int = 10):
+        self.log, self.channel, self.every_s, self.burst = logger, channel, every_s, burst
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._window = time.monotonic()
+        self._logged = 0
+        self._held: collections.Counter[str] = collections.Counter()
+        self._latest = ""
+
+    def refuse(self, kind: str, detail: str, level: int = logging.WARNING) -> None:
+        self.counts[kind] += 1
+        self.flush()
+        if self._logged < self.burst:
+            self._logged += 1
+            self.log.log(level, "%s: refused %s: %s", self.channel, kind, detail[:300])
+        else:
+            self._held[kind] += 1
+            self._latest = f"{kind}: {detail[:300]}"
+
+    def flush(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if now - self._window < self.every_s:
+            return
+        if self._held:
+            kinds = ", ".join(f"{k} x{n}" for k, n in self._held.most_common())
+            self.log.warning("%s: refused %d more in the last %.0f s (%s); latest: %s", self.channel,
+                             sum(self._held.values()), now - self._window, kinds, self._latest)
+            self._held.clear()
+        self._window, self._logged = now, 0
+
+
+_MONITOR_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                   | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_DISCONNECTED)
+_EVENT_KIND = {
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "connection (handshake failed: not ZMTP, or a broken peer)",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "connection (handshake failed: ZMTP protocol error)",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "connection (handshake failed: CURVE authentication)",
+    zmq.EVENT_DISCONNECTED: "connection (closed by a peer, or dropped for a frame over the size cap)",
+}
+
+
 class IoThread:
     """Base: a private context, a wake pair and one daemon thread polling ``self._sockets``."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, channel: str | None = None):
         self._ctx = zmq.Context()
         self._cv = threading.Condition(threading.RLock())
         self._sockets: list[zmq.Socket] = []
@@ -118,10 +295,16 @@ class IoThread:
         self._wake_tx.connect(addr)
         self._wake_lock = threading.Lock()
         self._auth = None
+        self._monitors: dict[zmq.Socket, zmq.Socket] = {}  # monitor -> the socket it watches
+        self._unlink: list[Path] = []
+        self.refusals = Refusals(log, channel or name)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     # -- called from user threads
     def _start(self) -> None:
+        for s in self._sockets:
+            mon = s.get_monitor_socket(_MONITOR_EVENTS)
+            self._monitors[mon] = s
         self._thread.start()
 
     def _wake(self) -> None:
@@ -137,6 +320,13 @@ class IoThread:
             raise SyncError(f"sync I/O thread {self._thread.name} died: {self._failed!r}")
         if self._closed:
             raise SyncError(f"{type(self).__name__} is closed")
+
+    def _bind(self, sock: zmq.Socket, cfg, port: int) -> int:
+        """Bind a listening socket of this channel; its ipc file is removed again on close."""
+        port = bind(sock, cfg, port)
+        if transport_kind(cfg) == "ipc":
+            self._unlink.append(ipc_path(cfg, port))
+        return port
 
     def close(self) -> None:  # subclasses close with their own linger and farewell messages
         self._close()
@@ -158,6 +348,12 @@ class IoThread:
                 pass
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=10)
+        for mon, s in self._monitors.items():
+            try:
+                s.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            mon.close(0)
         for s in self._sockets:
             s.close(linger=linger_ms)
         self._wake_tx.close(0)
@@ -165,12 +361,16 @@ class IoThread:
         if self._auth is not None:
             self._auth.stop()
         self._ctx.term()
+        for p in self._unlink:
+            p.unlink(missing_ok=True)
 
     # -- the I/O thread
     def _run(self) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
         poller = zmq.Poller()
         poller.register(self._wake_rx, zmq.POLLIN)
-        for s in self._sockets:
+        for s in [*self._sockets, *self._monitors]:
             poller.register(s, zmq.POLLIN)
         next_tick = 0.0
         try:
@@ -185,6 +385,13 @@ class IoThread:
                             self._wake_rx.recv(zmq.NOBLOCK)
                         except zmq.Again:
                             break
+                for mon in self._monitors:
+                    while mon in events:
+                        try:
+                            ev = recv_monitor_message(mon, zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self._on_monitor(ev)
                 for s in self._sockets:
                     if s in events:
                         for _ in range(_BATCH):
@@ -202,6 +409,7 @@ class IoThread:
                     now = time.monotonic()
                     if now >= next_tick:
                         self._on_tick(now)
+                        self.refusals.flush(now)
                         next_tick = now + _TICK_S
         except BaseException as e:  # pragma: no cover - reported to callers by _check_alive
             if not self._closed:
@@ -210,6 +418,12 @@ class IoThread:
         finally:
             with self._cv:
                 self._cv.notify_all()
+
+    def _on_monitor(self, ev: dict) -> None:
+        kind = _EVENT_KIND.get(ev["event"])
+        if kind is not None:
+            level = logging.INFO if ev["event"] == zmq.EVENT_DISCONNECTED else logging.WARNING
+            self.refusals.refuse(kind, f"{ev['endpoint'].decode(errors='replace')}", level)
 
     def _on_frames(self, sock: zmq.Socket, frames: list[zmq.Frame]) -> None:
         raise NotImplementedError

@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -15,8 +14,9 @@ import msgpack
 import zmq
 
 from sync import tensors as T
-from sync._net import IoThread, connect_host, max_bytes, new_incarnation, setup_client
+from sync._net import IoThread, connect_address, new_incarnation, pid_dir, setup_client
 from sync.interfaces import ReceivedWeights
+from sync.limits import ChannelLimits
 from sync.wire import (
     Heartbeat,
     Hello,
@@ -35,35 +35,21 @@ log = logging.getLogger("sync.endpoint")
 
 
 def _default_shm_dir(actor_id: str, base: Path | None = None) -> Path:
-    """A fresh ``tucano2-sync-p<pid>-<actor>-*`` directory on /dev/shm (else the temp dir). Directories
-    left by actors that died without cleaning up (SIGKILL) are removed first: their pid is gone."""
+    """A fresh ``tucano2-sync-p<pid>-<actor>-*`` directory on /dev/shm (else the temp dir); those of dead
+    actors (SIGKILL) are removed first."""
     if base is None:
         base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
-    for d in base.glob("tucano2-sync-p*-*"):
-        m = re.match(r"tucano2-sync-p(\d+)-", d.name)
-        if m and not _pid_alive(int(m.group(1))):
-            shutil.rmtree(d, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f"tucano2-sync-p{os.getpid()}-{actor_id}-", dir=base))
+    return pid_dir("tucano2-sync", base, actor_id)
 
 
-def _pid_alive(pid: int) -> bool:
+def _peek_update(frames) -> tuple[int | None, str]:
+    """(version, learner) of a weight message too broken to decode, for the refusal ack."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-def _peek_version(frames) -> int | None:
-    """The version field of a weight message too broken to decode, for the refusal ack."""
-    try:
-        head = msgpack.unpackb(frames[0].buffer, raw=False)
-        v = head[3]["version"]
-        return v if type(v) is int else None
+        body = msgpack.unpackb(frames[0].buffer, raw=False)[3]
+        v, learner = body["version"], body.get("learner", "")
+        return (v if type(v) is int else None), (learner if isinstance(learner, str) else "")
     except Exception:
-        return None
+        return None, ""
 
 
 class ActorEndpoint(IoThread):
@@ -71,24 +57,34 @@ class ActorEndpoint(IoThread):
 
     Socket invariants:
 
-    * The actor **connects** two DEALERs (identity = ``actor_id``) to the learner's ROUTERs at
-      ``cfg.connect_host or cfg.host`` on ``cfg.rollout_port`` / ``cfg.weight_port`` (override with
-      ``rollout_port=``/``weight_port=``), CURVE clients when the learner is a CURVE server. ZeroMQ
-      reconnects by itself when the learner restarts; the endpoint then says Hello again on the
-      next heartbeat's answer (heartbeats register an unknown actor too).
+    * The actor **connects** two DEALERs (identity = ``actor_id``) to the learner's ROUTERs on
+      ``cfg.rollout_port`` / ``cfg.weight_port`` (override with ``rollout_port=``/``weight_port=``): the
+      ipc files in the private ipc directory on one node, or TCP to ``cfg.connect_host or cfg.host`` as a
+      CURVE client across nodes (who may connect: :mod:`sync._net`). ZeroMQ reconnects by itself when the
+      learner restarts; heartbeats register the actor with the new learner.
     * A background thread sends Hello at start and a :class:`Heartbeat` on both sockets every
       ``cfg.heartbeat_s`` (the last one given to :meth:`heartbeat`, with the endpoint's own queue depth
       and in-flight counts), so a long ``generate`` call does not make the actor look dead.
-    * Weight updates are received zero-copy, refused when oversized (``cfg.max_message_mb``, also
-      ``MAXMSGSIZE`` per frame), malformed, out of order (version <= the newest accepted) or failing
-      their checksum: logged, and an ``ok=False`` ack sent where a version can be read. Accepted ones
-      are verified and written to ``shm_dir/v{version}`` (one ``writev``) by the background thread,
-      then surface from :meth:`poll` as :class:`ReceivedWeights` (only the newest if several are
-      waiting). The newest ``keep_versions`` directories are kept.
-    * Requests are held back (they stay queued, never dropped) until the actor serves the latest
-      version the learner announced in its Welcome and at least the request's ``min_version``
-      (``gate_on_weights=False`` only waits for ``min_version``). "Serves" means acked ok via
-      :meth:`send_ack`.
+    * Caps (``limits``, :mod:`sync.limits`): requests up to ``limits.request_bytes``, weight updates up to
+      ``limits.weights_bytes`` (``MAXMSGSIZE`` per socket and the decode caps); a group larger than the
+      learner's ``limits.group_bytes`` is replaced by an error group before it is sent. Refusals are
+      counted and logged rate-limited.
+    * Weight updates are received zero-copy, refused when oversized, malformed, out of order (version <=
+      the newest accepted from the same learner) or failing their checksum: logged, and an ``ok=False``
+      ack sent where a version can be read. Accepted ones are verified and written to
+      ``shm_dir/v{version}`` (one ``writev``) by the background thread, then surface from :meth:`poll` as
+      :class:`ReceivedWeights` (only the newest if several are waiting). The newest ``keep_versions``
+      directories are kept.
+    * Learner incarnations: a Welcome or an update from a new learner incarnation (restarted, or resumed
+      from an older checkpoint) starts a new version order. From then on the actor serves nothing until it
+      has loaded that learner's version, whatever version it served before; queued requests of the replaced
+      learner, and any that still arrive, are dropped and counted (``dropped_foreign``).
+    * Requests are held back (they stay queued, never dropped) until the actor serves the latest version
+      the current learner announced and at least the request's ``min_version`` (``gate_on_weights=False``
+      only waits for ``min_version``). "Serves" means acked ok via :meth:`send_ack`.
+    * A request whose id is already held (queued, or handed out and not yet answered: the learner re-sent
+      it after ``request_timeout_s``) is dropped as a duplicate (``dropped_duplicates``); its one group is
+      sent when it is done.
     * Outgoing groups and acks are queued in memory and sent by the background thread (never
       dropped; ``SNDHWM`` = ``hwm``); ``close()`` lingers up to 1 s for them to leave.
     """
@@ -102,37 +98,36 @@ class ActorEndpoint(IoThread):
         version: int = -1,
         rollout_port: int | None = None,
         weight_port: int | None = None,
-        require_curve: bool = False,
+        limits: ChannelLimits | None = None,
         gate_on_weights: bool = True,
         keep_versions: int = 3,
         hwm: int = 1000,
     ):
-        super().__init__(f"sync-actor-{actor_id}")
+        super().__init__(f"sync-actor-{actor_id}", f"endpoint {actor_id}")
         self.cfg = cfg
         self.actor_id = actor_id
         self.incarnation = new_incarnation()
-        self._max_bytes = max_bytes(cfg)
+        self.limits = limits or ChannelLimits.default(cfg.max_message_mb)
         self._own_shm = shm_dir is None
         self.shm_dir = _default_shm_dir(actor_id) if shm_dir is None else Path(shm_dir)
         self.shm_dir.mkdir(parents=True, exist_ok=True)
         self._keep = keep_versions
         self._gate = gate_on_weights
-        host = connect_host(cfg)
         socks = []
         try:
-            for port, default, limit in (
-                (rollout_port, cfg.rollout_port, self._max_bytes),
-                (weight_port, cfg.weight_port, self._max_bytes),
+            for port, default, cap in (
+                (rollout_port, cfg.rollout_port, self.limits.request_bytes),
+                (weight_port, cfg.weight_port, self.limits.weights_bytes),
             ):
                 s = self._ctx.socket(zmq.DEALER)
                 socks.append(s)
                 s.setsockopt(zmq.IDENTITY, actor_id.encode())
                 s.setsockopt(zmq.SNDHWM, hwm)
                 s.setsockopt(zmq.RCVHWM, hwm)
-                s.setsockopt(zmq.MAXMSGSIZE, limit)
+                s.setsockopt(zmq.MAXMSGSIZE, cap)
                 s.setsockopt(zmq.LINGER, 1000)
-                setup_client(s, cfg, require_curve)
-                s.connect(f"tcp://{host}:{default if port is None else port}")
+                setup_client(s, cfg)
+                s.connect(connect_address(cfg, default if port is None else port))
         except BaseException:
             for s in socks:
                 s.close(0)
@@ -142,26 +137,37 @@ class ActorEndpoint(IoThread):
         self._sockets = socks
         # state shared with the I/O thread (under self._cv)
         self._requests: collections.deque[RolloutRequest] = collections.deque()
+        self._held: set[tuple[str, str]] = set()  # (learner, request id): queued or handed out, not answered
         self._weights: list[ReceivedWeights] = []
         self._shutdown: Shutdown | None = None
         self._outbox: collections.deque[tuple[zmq.Socket, list]] = collections.deque()
-        self._served = version  # acked ok by the actor
-        self._accepted = version  # newest verified update
-        self._announced: int | None = None  # the learner's Welcome
+        self._served, self._served_learner = version, ""  # acked ok by the actor
+        self._accepted, self._accepted_learner = version, ""  # newest verified update
+        self._learner: str | None = None  # incarnation of the learner we follow
+        self._past: set[str] = set()  # learners replaced since
+        self._announced: int | None = None  # the current learner's Welcome
         self._last_ack: WeightAck | None = None
-        self._in_flight = 0
         self._tokens_per_s = 0.0
         self._hb_due = 0.0
         self._said_hello = False
-        self._learner: str | None = None  # incarnation of the learner that welcomed us
-        self._rolled_back = False
         self._prune_due = False
+        self.dropped_foreign = 0
+        self.dropped_duplicates = 0
         self._start()
 
     # ------------------------------------------------------------------ public API (actor thread)
     @property
     def version(self) -> int:
         return self._served
+
+    def _ready(self) -> bool:
+        if not self._gate:
+            return True
+        if self._announced is None:
+            return False
+        if self._served_learner == self._learner and self._served >= self._announced:
+            return True
+        return self._announced < 0 and self._served < 0  # nothing published yet: the base weights
 
     def poll(self, timeout_s: float) -> RolloutRequest | ReceivedWeights | Shutdown | None:
         deadline = time.monotonic() + max(0.0, timeout_s)
@@ -174,14 +180,10 @@ class ActorEndpoint(IoThread):
                     w = self._weights[-1]
                     self._weights.clear()
                     return w
-                ready = not self._gate or (
-                    self._announced is not None and self._served >= self._announced and not self._rolled_back
-                )
-                if ready:
+                if self._ready():
                     for i, req in enumerate(self._requests):
                         if req.min_version <= self._served:
                             del self._requests[i]
-                            self._in_flight += 1
                             return req
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -189,15 +191,28 @@ class ActorEndpoint(IoThread):
                 self._cv.wait(left)
 
     def send_group(self, group: RolloutGroup) -> None:
-        self._queue(self._rsock, encode(group))
+        """Send the group answering a request from :meth:`poll`; an empty ``learner`` is filled in from the
+        request it answers."""
+        if not group.learner:
+            with self._cv:
+                owners = [lr for lr, rid in self._held if rid == group.request_id]
+            group.learner = self._learner if self._learner in owners else (owners[0] if owners else "")
+        frames = encode(group)
+        size = sum(memoryview(f).nbytes for f in frames)
+        if size > self.limits.group_bytes:
+            log.error("endpoint %s: group %s is %.1f MiB, over the learner's %.1f MiB cap; sending an error group",
+                      self.actor_id, group.request_id, size / 2**20, self.limits.group_bytes / 2**20)
+            frames = encode(RolloutGroup(group.request_id, group.actor_id, group.version, [], {"error": 1.0}, None,
+                                         {**group.meta, "error": f"group of {size} bytes over the cap"},
+                                         group.learner))
+        self._queue(self._rsock, frames)
         with self._cv:
-            self._in_flight = max(0, self._in_flight - 1)
+            self._held.discard((group.learner, group.request_id))
 
     def send_ack(self, ack: WeightAck) -> None:
         with self._cv:
             if ack.ok:
-                self._served = ack.version
-                self._rolled_back = False
+                self._served, self._served_learner = ack.version, ack.learner
                 self._cv.notify_all()
             self._last_ack = ack
         self._queue(self._wsock, encode(ack))
@@ -245,9 +260,9 @@ class ActorEndpoint(IoThread):
             return
         first, self._said_hello = not self._said_hello, True
         self._hb_due = now + self.cfg.heartbeat_s
-        hb = Heartbeat(
-            self.actor_id, self._served, len(self._requests), self._in_flight, self._tokens_per_s, self.incarnation
-        )
+        in_flight = len(self._held) - len(self._requests)
+        hb = Heartbeat(self.actor_id, self._served, len(self._requests), in_flight, self._tokens_per_s,
+                       self.incarnation, self._served_learner)
         msgs = [encode(Hello(self.actor_id, self.incarnation, self._served))] if first else []
         msgs.append(encode(hb))
         for s in self._sockets:
@@ -258,69 +273,86 @@ class ActorEndpoint(IoThread):
                     pass  # heartbeats are dropped, not queued, when the learner is not reading
 
     def _on_frames(self, sock, frames) -> None:
-        limit = self._max_bytes
+        lim = self.limits
+        cap = lim.weights_bytes if sock is self._wsock else lim.request_bytes
         try:
-            msg = decode(frames, limit)
+            msg = decode(frames, cap, lim.max_array_len, lim.max_map_len)
         except WireError as e:
             if sock is self._wsock:
-                v = _peek_version(frames)
-                log.warning("endpoint %s: refused a weight update (v%s): %s", self.actor_id, v, e)
+                v, learner = _peek_update(frames)
+                self.refusals.refuse("weight update", f"v{v}: {e}")
                 if v is not None:
-                    self._refuse(v, str(e), "")
+                    self._refuse(v, str(e), "", learner)
             else:
-                log.warning("endpoint %s: refused a message: %s", self.actor_id, e)
+                self.refusals.refuse("message", str(e))
             return
         if isinstance(msg, RolloutRequest):
-            self._requests.append(msg)
+            self._on_request(msg)
         elif isinstance(msg, WeightUpdate):
             self._on_weights(msg)
         elif isinstance(msg, Welcome):
-            if self._learner is not None and msg.incarnation != self._learner and 0 <= msg.version < self._served:
-                log.warning(
-                    "endpoint %s: a new learner resumed at v%d, older than the v%d served; taking it next",
-                    self.actor_id,
-                    msg.version,
-                    self._served,
-                )
-                self._accepted, self._rolled_back = -1, True
-            self._learner = msg.incarnation
+            if msg.incarnation:
+                self._follow(msg.incarnation)
             self._announced = msg.version
             log.info("endpoint %s: learner's latest version is v%d", self.actor_id, msg.version)
         elif isinstance(msg, Shutdown):
             self._shutdown = msg
         else:
-            log.warning("endpoint %s: unexpected %s dropped", self.actor_id, type(msg).__name__)
+            self.refusals.refuse("message", f"unexpected {type(msg).__name__}")
             return
         self._cv.notify_all()
 
-    def _refuse(self, version: int, error: str, checksum: str) -> None:
-        ack = WeightAck(self.actor_id, version, False, 0.0, checksum, error[:500])
+    def _follow(self, learner: str) -> None:
+        """Follow ``learner`` (a new incarnation starts a new version order); drop the old one's requests."""
+        if learner == self._learner:
+            return
+        if self._learner is not None:
+            self._past.add(self._learner)
+            log.warning("endpoint %s: a new learner (%s, was %s); serving nothing until its version is loaded "
+                        "(now serving v%d of %s)", self.actor_id, learner, self._learner, self._served,
+                        self._served_learner or "base")
+        self._learner, self._announced = learner, None
+        stale = [r for r in self._requests if r.learner in self._past]
+        for r in stale:
+            self._requests.remove(r)
+            self._held.discard((r.learner, r.request_id))
+        self.dropped_foreign += len(stale)
+
+    def _on_request(self, req: RolloutRequest) -> None:
+        key = (req.learner, req.request_id)
+        if req.learner in self._past:
+            self.dropped_foreign += 1
+            self.refusals.refuse("request of a replaced learner", req.request_id, logging.INFO)
+        elif key in self._held:
+            self.dropped_duplicates += 1
+            self.refusals.refuse("duplicate request (already held; its group follows)", req.request_id,
+                                 logging.INFO)
+        else:
+            self._held.add(key)
+            self._requests.append(req)
+
+    def _refuse(self, version: int, error: str, checksum: str, learner: str) -> None:
+        ack = WeightAck(self.actor_id, version, False, 0.0, checksum, error[:500], learner)
         self._outbox.append((self._wsock, encode(ack)))
 
     def _on_weights(self, u: WeightUpdate) -> None:
-        if u.version <= self._accepted:
-            if (
-                u.version == self._accepted
-                and self._last_ack is not None
-                and self._last_ack.version == u.version
-                and self._last_ack.checksum == u.checksum
-            ):
-                self._outbox.append((self._wsock, encode(self._last_ack)))  # our ack was lost: resend
+        if u.learner in self._past:
+            self.refusals.refuse("weight update of a replaced learner", f"v{u.version}", logging.INFO)
+            return
+        if u.learner:
+            self._follow(u.learner)
+        if u.learner == self._accepted_learner and u.version <= self._accepted:
+            last = self._last_ack
+            if (u.version == self._accepted and last is not None and last.version == u.version
+                    and last.checksum == u.checksum and last.learner == u.learner):
+                self._outbox.append((self._wsock, encode(last)))  # our ack was lost: resend
                 return
-            log.warning(
-                "endpoint %s: refused out-of-order update v%d (have v%d)", self.actor_id, u.version, self._accepted
-            )
+            self.refusals.refuse("out-of-order weight update", f"v{u.version} (have v{self._accepted})")
             return
         got = T.checksum(u.tensors, u.buffer)
         if got != u.checksum:
-            log.warning(
-                "endpoint %s: refused v%d: checksum mismatch (got %s, sent %s)",
-                self.actor_id,
-                u.version,
-                got,
-                u.checksum,
-            )
-            self._refuse(u.version, f"checksum mismatch: got {got}, sent {u.checksum}", got)
+            self.refusals.refuse("weight update", f"v{u.version}: checksum mismatch (got {got}, sent {u.checksum})")
+            self._refuse(u.version, f"checksum mismatch: got {got}, sent {u.checksum}", got, u.learner)
             return
         try:
             out = T.write_adapter_dir(
@@ -332,12 +364,12 @@ class ActorEndpoint(IoThread):
             )
         except OSError as e:
             log.error("endpoint %s: cannot write v%d to %s: %s", self.actor_id, u.version, self.shm_dir, e)
-            self._refuse(u.version, f"write failed: {e}", got)
+            self._refuse(u.version, f"write failed: {e}", got, u.learner)
             return
-        self._accepted = u.version
+        self._accepted, self._accepted_learner = u.version, u.learner
         if self._announced is None or u.version > self._announced:
             self._announced = u.version
-        self._weights.append(ReceivedWeights(u.version, out, u.checksum, u.adapter_config))
+        self._weights.append(ReceivedWeights(u.version, out, u.checksum, u.adapter_config, u.learner))
         self._prune_due = True  # on the next tick: freeing tmpfs pages costs ~10 ms per 66 MB
 
     def _prune(self) -> None:
@@ -352,8 +384,8 @@ class ActorEndpoint(IoThread):
 def serve_forever(endpoint: ActorEndpoint, handle_request, load_weights, idle_s: float = 0.5) -> str:
     """A minimal serve loop (what ``python -m actor`` does around a real engine).
 
-    ``handle_request(req) -> RolloutGroup``; ``load_weights(ReceivedWeights) -> checksum loaded``.
-    Returns the shutdown reason."""
+    ``handle_request(req) -> RolloutGroup``; ``load_weights(ReceivedWeights) -> checksum loaded`` (the
+    adapter as received, so the served delta is the published one). Returns the shutdown reason."""
     while True:
         item = endpoint.poll(idle_s)
         if item is None:
@@ -371,9 +403,14 @@ def serve_forever(endpoint: ActorEndpoint, handle_request, load_weights, idle_s:
                     time.monotonic() - t0,
                     loaded,
                     None if loaded == item.checksum else "loaded checksum differs",
+                    item.learner,
+                    1.0 if loaded == item.checksum else None,  # loaded as received: the delta is served as is
                 )
             except Exception as e:  # keep serving the last good adapter
-                ack = WeightAck(endpoint.actor_id, item.version, False, time.monotonic() - t0, "", repr(e))
+                ack = WeightAck(endpoint.actor_id, item.version, False, time.monotonic() - t0, "", repr(e),
+                                item.learner)
             endpoint.send_ack(ack)
         else:
-            endpoint.send_group(handle_request(item))
+            group = handle_request(item)
+            group.learner = item.learner
+            endpoint.send_group(group)

@@ -65,7 +65,8 @@ class InprocRolloutTransport:
 
 
 class InprocWeightPublisher:
-    """``actors``: id -> ``load(version, blobs, adapter_config) -> checksum of what was loaded``."""
+    """``actors``: id -> ``load(version, blobs, adapter_config) -> checksum of what was loaded`` (or
+    ``(checksum, served-delta cosine)``)."""
 
     def __init__(
         self,
@@ -88,7 +89,8 @@ class InprocWeightPublisher:
         for aid, load in self.loaders.items():
             try:
                 got = load(version, blobs, cfg)
-                self._acks[aid] = WeightAck(aid, version, True, 0.0, got)
+                got, cos = got if isinstance(got, tuple) else (got, None)
+                self._acks[aid] = WeightAck(aid, version, True, 0.0, got, delta_cosine=cos)
             except Exception as e:
                 self._acks[aid] = WeightAck(aid, version, False, 0.0, "", repr(e))
         return checksum

@@ -30,6 +30,8 @@ class ReceivedWeights:
     adapter_dir: Path
     checksum: str
     adapter_config: dict[str, Any]
+    learner: str = ""
+    """Incarnation of the learner that published it (echoed in the ack)."""
 
 
 @runtime_checkable

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from sync._net import DEAD_AFTER_HEARTBEATS, IoThread, bind, max_bytes, setup_server
+from sync._net import DEAD_AFTER_HEARTBEATS, IoThread, new_incarnation, setup_server
 from sync.interfaces import SyncError
+from sync.limits import ChannelLimits
 from sync.wire import Heartbeat, Hello, RolloutGroup, RolloutRequest, Shutdown, WireError, decode, encode
 
 log = logging.getLogger("sync.rollout")
@@ -32,9 +33,10 @@ class ZmqRolloutTransport(IoThread):
 
     Socket invariants:
 
-    * The learner **binds** one ROUTER at ``tcp://{cfg.host}:{cfg.rollout_port}`` (``port=0``: a random
-      free port, read back from ``.port``). Actors connect DEALERs whose identity is their actor id.
-      Loopback unless CURVE is on (``cfg.keys_dir``; forced with ``require_curve=True``).
+    * The learner **binds** one ROUTER on ``cfg.rollout_port`` (``port=0``: a free one, read back from
+      ``.port``): ``p<port>.sock`` in the private ipc directory on one node, or ``tcp://{cfg.host}:<port>``
+      as a CURVE server across nodes (who may connect: :mod:`sync._net`). Actors connect DEALERs whose
+      identity is their actor id.
     * ``ROUTER_MANDATORY``: a send to an actor that is gone raises instead of vanishing, and the
       request goes back to the head of the queue. ``ROUTER_HANDOVER``: a restarted actor with the same
       id takes its identity over.
@@ -43,13 +45,18 @@ class ZmqRolloutTransport(IoThread):
       Requests wait in the learner's own queue (at most ``max_pending`` submitted-but-undelivered
       requests; ``submit`` raises SyncError beyond that) and each live actor gets the next request
       when it has the fewest in flight (ties: the longest idle).
-    * Incoming messages over ``cfg.max_message_mb`` are refused (``MAXMSGSIZE`` drops a connection
-      sending a larger frame; :func:`sync.wire.decode` refuses larger totals, logged).
+    * What comes in is capped at what a group can legitimately need (``limits.group_bytes``, derived from
+      the run's lengths, :mod:`sync.limits`): ``MAXMSGSIZE`` drops a connection sending a larger frame,
+      :func:`sync.wire.decode` refuses larger totals and forged msgpack headers; ``RCVHWM`` 64 messages per
+      actor, so at most 64 caps are queued per connection. Refusals are counted and logged rate-limited.
+    * Every request carries this transport's ``incarnation`` (``learner``); a group answering another
+      learner's request (one that died, its actor still generating) is dropped and counted
+      (``dropped_foreign``), even if its request id is one of ours.
     * Liveness: an actor is live from its Hello/heartbeat until it is silent for 5 heartbeat periods
       (``cfg.heartbeat_s``) or a new incarnation of it says Hello; then its in-flight requests are
       re-sent to other actors. A request unanswered after ``cfg.request_timeout_s`` is re-sent too,
       preferably to an actor it was not sent to before.
-    * Exactly once: a group is delivered only for a submitted, undelivered request id; later copies
+    * Exactly once: a group is delivered only for a submitted, undelivered request id of this learner; later copies
       (duplicates, answers to re-sent requests) and groups for unknown ids are dropped and logged.
       Delivered groups wait in an unbounded local queue (bounded by ``max_pending``) for ``receive``.
     * ``close()`` sends Shutdown to live actors (unless ``shutdown_actors=False``), linger 200 ms.
@@ -60,27 +67,29 @@ class ZmqRolloutTransport(IoThread):
         cfg,
         *,
         port: int | None = None,
-        require_curve: bool = False,
+        limits: ChannelLimits | None = None,
+        incarnation: str | None = None,
         hwm: int = 1000,
         max_pending: int = 10000,
         request_timeout_s: float | None = None,
     ):
-        super().__init__("sync-rollout")
+        super().__init__("sync-rollout", "rollout")
         self.cfg = cfg
+        self.limits = limits or ChannelLimits.default(cfg.max_message_mb)
+        self.incarnation = incarnation or new_incarnation()
         self._dead_after = DEAD_AFTER_HEARTBEATS * cfg.heartbeat_s
         self._request_timeout = request_timeout_s or cfg.request_timeout_s
         self._max_pending = max_pending
-        self._max_bytes = max_bytes(cfg)
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         sock.setsockopt(zmq.SNDHWM, hwm)
-        sock.setsockopt(zmq.RCVHWM, hwm)
-        sock.setsockopt(zmq.MAXMSGSIZE, self._max_bytes)
+        sock.setsockopt(zmq.RCVHWM, 64)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.limits.group_bytes)
         sock.setsockopt(zmq.LINGER, 0)
         try:
-            self._auth = setup_server(self._ctx, sock, cfg, require_curve)
-            self.port = bind(sock, cfg.host, cfg.rollout_port if port is None else port)
+            self._auth = setup_server(self._ctx, sock, cfg)
+            self.port = self._bind(sock, cfg, cfg.rollout_port if port is None else port)
         except BaseException:
             sock.close(0)
             self._close()
@@ -96,12 +105,15 @@ class ZmqRolloutTransport(IoThread):
         self._out: queue.Queue[RolloutGroup] = queue.Queue()
         self._shutdown_reason: str | None = None
         self.dropped_duplicates = 0
+        self.dropped_foreign = 0
         self.resent = 0
         self._start()
 
     # ------------------------------------------------------------------ public API (any thread)
     def submit(self, req: RolloutRequest) -> None:
         self._check_alive()
+        if not req.learner:
+            req.learner = self.incarnation
         frames = encode(req)
         with self._cv:
             rid = req.request_id
@@ -150,11 +162,11 @@ class ZmqRolloutTransport(IoThread):
 
     # ------------------------------------------------------------------ I/O thread
     def _on_frames(self, sock, frames) -> None:
-        ident = frames[0].bytes.decode("utf-8", "replace")
+        ident = frames[0].bytes.decode("utf-8", "replace")[:64]
         try:
-            msg = decode(frames[1:], self._max_bytes)
+            msg = decode(frames[1:], self.limits.group_bytes, self.limits.max_array_len, self.limits.max_map_len)
         except WireError as e:
-            log.warning("rollout: refused a message from %s: %s", ident, e)
+            self.refusals.refuse("message", f"from {ident!r}: {e}")
             return
         now = time.monotonic()
         if isinstance(msg, (Hello, Heartbeat)):
@@ -162,7 +174,7 @@ class ZmqRolloutTransport(IoThread):
         elif isinstance(msg, RolloutGroup):
             self._on_group(ident, msg, now)
         else:
-            log.warning("rollout: unexpected %s from %s; dropped", type(msg).__name__, ident)
+            self.refusals.refuse("message", f"unexpected {type(msg).__name__} from {ident!r}")
 
     def _seen(self, ident: str, msg: Hello | Heartbeat, now: float) -> None:
         a = self._actors.get(ident)
@@ -182,13 +194,19 @@ class ZmqRolloutTransport(IoThread):
         a = self._actors.get(ident)
         if a is not None:
             a.last_seen = now
+        if g.learner != self.incarnation:  # answers a request of a learner before us (it died, we resumed)
+            self.dropped_foreign += 1
+            self.refusals.refuse("group of another learner", f"{rid} from {ident} (learner {g.learner!r})",
+                                 logging.INFO)
+            return
+        if a is not None:
             a.in_flight.discard(rid)
         if rid in self._delivered:
             self.dropped_duplicates += 1
-            log.info("rollout: duplicate group %s from %s dropped", rid, ident)
+            self.refusals.refuse("duplicate group", f"{rid} from {ident}", logging.INFO)
             return
         if rid not in self._requests:
-            log.warning("rollout: group for unknown request %s from %s dropped", rid, ident)
+            self.refusals.refuse("group for an unknown request", f"{rid} from {ident}")
             return
         del self._requests[rid]
         self._tried.pop(rid, None)

@@ -192,3 +192,66 @@ def checksum_file(path: Path) -> str:
     """The wire checksum of a safetensors file's tensors (what an actor loaded)."""
     blobs, _ = read_safetensors(path)
     return checksum(blobs)
+
+
+def lora_pairs(tensors: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """PEFT state dict -> ``{module: (A, B)}`` (names up to ``.lora_A.`` / ``.lora_B.``)."""
+    pairs: dict[str, dict[str, Any]] = {}
+    for name, t in tensors.items():
+        for part in ("A", "B"):
+            key = f".lora_{part}."
+            if key in name:
+                pairs.setdefault(name.split(key)[0], {})[part] = t
+    return {m: (ab["A"], ab["B"]) for m, ab in pairs.items() if set(ab) == {"A", "B"}}
+
+
+class DeltaCosine:
+    """Accumulates the cosine between two LoRA deltas over many matrices: ``sum <D1, D2>`` over
+    ``sqrt(sum |D1|^2 * sum |D2|^2)`` (float64). 1.0 when both are zero (nothing to serve, nothing served),
+    0.0 when exactly one is."""
+
+    def __init__(self):
+        self.dot = self.n1 = self.n2 = 0.0
+
+    def add_dense(self, d1, d2) -> None:
+        """Two full delta matrices."""
+        a, b = d1.double(), d2.double()
+        self.dot += float((a * b).sum())
+        self.n1 += float((a * a).sum())
+        self.n2 += float((b * b).sum())
+
+    def add_lowrank(self, a1, b1, a2, b2) -> None:
+        """``D1 = B1 @ A1`` and ``D2 = B2 @ A2`` without forming them: ``<B1 A1, B2 A2> = sum((B1^T B2) *
+        (A1 A2^T))``, r x r products."""
+        a1, b1, a2, b2 = (t.double() for t in (a1, b1, a2, b2))
+        self.dot += float(((b1.T @ b2) * (a1 @ a2.T)).sum())
+        self.n1 += float(((b1.T @ b1) * (a1 @ a1.T)).sum())
+        self.n2 += float(((b2.T @ b2) * (a2 @ a2.T)).sum())
+
+    def merge(self, other: dict) -> None:
+        self.dot += other["dot"]
+        self.n1 += other["n1"]
+        self.n2 += other["n2"]
+
+    def as_dict(self) -> dict:
+        return {"dot": self.dot, "n1": self.n1, "n2": self.n2}
+
+    @property
+    def value(self) -> float:
+        if self.n1 <= 0.0 and self.n2 <= 0.0:
+            return 1.0
+        if self.n1 <= 0.0 or self.n2 <= 0.0:
+            return 0.0
+        return max(-1.0, min(1.0, self.dot / (self.n1 * self.n2) ** 0.5))
+
+
+def lora_delta_cosine(tensors: Mapping[str, Any], wire_dtype: str) -> float:
+    """Cosine between the LoRA delta of ``tensors`` (the learner's, any dtype) and the same adapter after the
+    cast to ``wire_dtype``: what the wire itself costs the trained delta (r x r products, cheap)."""
+    import torch
+
+    dt = getattr(torch, _TORCH_DTYPES[WIRE_DTYPES[wire_dtype]])
+    cos = DeltaCosine()
+    for a, b in lora_pairs(tensors).values():
+        cos.add_lowrank(a.to(dt), b.to(dt), a, b)
+    return cos.value

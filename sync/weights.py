@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 import zmq
 
 from sync import tensors as T
-from sync._net import DEAD_AFTER_HEARTBEATS, IoThread, bind, max_bytes, new_incarnation, setup_server
+from sync._net import DEAD_AFTER_HEARTBEATS, IoThread, new_incarnation, setup_server
 from sync.interfaces import SyncError
+from sync.limits import CONTROL_BYTES, ChannelLimits
 from sync.wire import Heartbeat, Hello, WeightAck, WeightUpdate, Welcome, WireError, decode, encode
 
 log = logging.getLogger("sync.weights")
@@ -43,8 +44,9 @@ class _Actor:
     actor_id: str
     incarnation: str
     last_seen: float
-    version: int  # what it reports serving
+    version: int  # what it reports serving (possibly a version of a learner before this one)
     sent: int = -1  # newest version sent to this incarnation (-1: none)
+    served: int = -2  # version of *this* learner it serves (-2: none yet)
     acks: dict[int, WeightAck] = field(default_factory=dict)
 
 
@@ -53,42 +55,55 @@ class ZmqWeightPublisher(IoThread):
 
     Socket invariants:
 
-    * The learner **binds** one ROUTER at ``tcp://{cfg.host}:{cfg.weight_port}`` (``port=0``: random,
-      see ``.port``); each actor connects a DEALER with its actor id as identity. CURVE as for the
-      rollout channel. ``ROUTER_MANDATORY`` and ``ROUTER_HANDOVER`` on; LINGER 0.
+    * The learner **binds** one ROUTER on ``cfg.weight_port`` (``port=0``: a free one, see ``.port``), ipc
+      or TCP + CURVE exactly as the rollout channel (who may connect: :mod:`sync._net`); each actor
+      connects a DEALER with its actor id as identity. ``ROUTER_MANDATORY`` and ``ROUTER_HANDOVER`` on;
+      LINGER 0. Only small messages come back: ``MAXMSGSIZE`` and the decode cap are
+      ``sync.limits.CONTROL_BYTES``; refusals are counted and logged rate-limited.
     * Fan-out, not PUB/SUB: the learner knows each actor (Hello, heartbeats, acks) and sends the full
       adapter of the latest version to **every** live actor whose reported version is older, once
       per actor incarnation. An actor that says Hello (started or restarted late) gets
-      ``Welcome(latest)`` and then the latest version at once, so it can serve nothing older. An actor
-      serving a version newer than the latest (this learner resumed from an older checkpoint) gets
-      the latest too, and takes it (the Welcome's learner incarnation tells it to).
+      ``Welcome(latest, incarnation)`` and then the latest version at once, so it can serve nothing older.
+    * Versions are ordered within one learner ``incarnation``, carried by every update and echoed in acks
+      and heartbeats. An actor counts as serving the latest only when it acknowledged it (or reports it)
+      for this incarnation: an actor still serving a dead learner's newer version (this learner resumed
+      from an older checkpoint) gets the latest like any other and takes it; acks of another learner's
+      versions are ignored.
     * Latest wins: only the newest version is ever (re)sent. ``SNDHWM`` is ``hwm`` messages (default
       8); a send that would block is not queued but retried on later ticks with whatever is newest
       then. Tensor frames are built once per version and sent zero-copy to every actor.
     * Acks are matched against the checksum published for that version; :meth:`wait_acks` takes an
       ok ack of the version or a later one. Actors silent for 5 heartbeat periods are dropped from
       the set whose acks are awaited.
-    * Payloads over ``cfg.max_message_mb`` are refused at :meth:`publish` (SyncError).
+    * Payloads over what the actors accept (``limits.weights_bytes``) are refused at :meth:`publish`
+      (SyncError) instead of being dropped by every actor.
     """
 
     def __init__(
-        self, cfg, *, port: int | None = None, require_curve: bool = False, hwm: int = 8, wire_dtype: str | None = None
+        self,
+        cfg,
+        *,
+        port: int | None = None,
+        limits: ChannelLimits | None = None,
+        incarnation: str | None = None,
+        hwm: int = 8,
+        wire_dtype: str | None = None,
     ):
-        super().__init__("sync-weights")
+        super().__init__("sync-weights", "weights")
         self.cfg = cfg
         self.wire_dtype = wire_dtype or getattr(cfg, "wire_dtype", "bf16")
+        self.limits = limits or ChannelLimits.default(cfg.max_message_mb)
         self._dead_after = DEAD_AFTER_HEARTBEATS * cfg.heartbeat_s
-        self._max_bytes = max_bytes(cfg)
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         sock.setsockopt(zmq.SNDHWM, hwm)
         sock.setsockopt(zmq.RCVHWM, 1000)
-        sock.setsockopt(zmq.MAXMSGSIZE, 2**20)  # only small messages come back (acks, heartbeats)
+        sock.setsockopt(zmq.MAXMSGSIZE, CONTROL_BYTES)  # only small messages come back (acks, heartbeats)
         sock.setsockopt(zmq.LINGER, 0)
         try:
-            self._auth = setup_server(self._ctx, sock, cfg, require_curve)
-            self.port = bind(sock, cfg.host, cfg.weight_port if port is None else port)
+            self._auth = setup_server(self._ctx, sock, cfg)
+            self.port = self._bind(sock, cfg, cfg.weight_port if port is None else port)
         except BaseException:
             sock.close(0)
             self._close()
@@ -100,7 +115,7 @@ class ZmqWeightPublisher(IoThread):
         self._frames: list = []  # zmq.Frames of the latest version
         self._checksums: collections.OrderedDict[int, str] = collections.OrderedDict()
         self._welcome: list[str] = []  # actors owed a Welcome
-        self.incarnation = new_incarnation()
+        self.incarnation = incarnation or new_incarnation()
         self._owner: bytearray | None = None  # packing buffer of the latest version
         self._retiring: list = []  # (tracker, buffer) of superseded versions, reused once done
         self._start()
@@ -135,11 +150,12 @@ class ZmqWeightPublisher(IoThread):
         """Publish tensors already on the wire's dtype (``buffer``: their packed name-order buffer)."""
         self._check_alive()
         checksum = checksum or T.checksum(blobs, buffer)
-        frames = encode(WeightUpdate(version, adapter_config, blobs, checksum, buffer))
+        frames = encode(WeightUpdate(version, adapter_config, blobs, checksum, buffer, self.incarnation))
         size = sum(memoryview(f).nbytes for f in frames)
-        if size > self._max_bytes:
+        if size > self.limits.weights_bytes:
             raise SyncError(
-                f"publish: v{version} is {size / 2**20:.1f} MiB, over sync.max_message_mb ({self.cfg.max_message_mb})"
+                f"publish: v{version} is {size / 2**20:.1f} MiB, over what actors accept "
+                f"({self.limits.weights_bytes / 2**20:.1f} MiB; sync.max_message_mb caps it)"
             )
         # built once, sent zero-copy to every actor; the tracker says when libzmq let go of the buffer
         zframes = [zmq.Frame(f, track=_owner is not None and i == 1) for i, f in enumerate(frames)]
@@ -161,9 +177,9 @@ class ZmqWeightPublisher(IoThread):
         return self._latest
 
     def actors(self) -> dict[str, int]:
-        """Live actors -> the version each reports serving."""
+        """Live actors -> the version of this learner each serves (-2: none of ours yet)."""
         with self._cv:
-            return {a.actor_id: a.version for a in self._actors.values()}
+            return {a.actor_id: a.served for a in self._actors.values()}
 
     def acked(self) -> dict[str, WeightAck]:
         """Live actors -> their newest ack (ok or not)."""
@@ -209,11 +225,11 @@ class ZmqWeightPublisher(IoThread):
 
     # ------------------------------------------------------------------ I/O thread
     def _on_frames(self, sock, frames) -> None:
-        ident = frames[0].bytes.decode("utf-8", "replace")
+        ident = frames[0].bytes.decode("utf-8", "replace")[:64]
         try:
-            msg = decode(frames[1:], 2**20)
+            msg = decode(frames[1:], CONTROL_BYTES, 1024, 1024)
         except WireError as e:
-            log.warning("weights: refused a message from %s: %s", ident, e)
+            self.refusals.refuse("message", f"from {ident!r}: {e}")
             return
         now = time.monotonic()
         if isinstance(msg, (Hello, Heartbeat)):
@@ -225,22 +241,27 @@ class ZmqWeightPublisher(IoThread):
             elif isinstance(msg, Hello):
                 self._welcome.append(ident)
             a.last_seen, a.version = now, msg.version
+            if isinstance(msg, Heartbeat) and msg.learner == self.incarnation:
+                a.served = msg.version
         elif isinstance(msg, WeightAck):
             a = self._actors.get(ident)
             if a is None:
-                log.warning("weights: ack from unknown actor %s dropped", ident)
+                self.refusals.refuse("ack", f"from unknown actor {ident!r}")
                 return
             a.last_seen = now
+            if msg.learner != self.incarnation:
+                self.refusals.refuse("ack of another learner", f"v{msg.version} from {ident}", logging.INFO)
+                return
             a.acks[msg.version] = msg
             for v in [v for v in a.acks if v < msg.version - 64]:
                 del a.acks[v]
             if msg.ok:
-                a.version = max(a.version, msg.version)
+                a.served = max(a.served, msg.version)
             else:
                 log.warning("weights: actor %s refused v%d: %s", ident, msg.version, msg.error)
             self._cv.notify_all()
         else:
-            log.warning("weights: unexpected %s from %s; dropped", type(msg).__name__, ident)
+            self.refusals.refuse("message", f"unexpected {type(msg).__name__} from {ident!r}")
 
     def _send(self, ident: str, frames, copy: bool = True) -> bool:
         try:
@@ -262,7 +283,7 @@ class ZmqWeightPublisher(IoThread):
         if self._latest < 0:
             return
         for a in list(self._actors.values()):
-            if a.sent != self._latest and a.version != self._latest:
+            if a.sent != self._latest and a.served != self._latest:
                 if self._send(a.actor_id, self._frames, copy=False):
                     a.sent = self._latest
 

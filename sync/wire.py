@@ -27,7 +27,7 @@ from typing import Any, Union
 import msgpack
 
 WIRE_MAGIC = "t2"
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 DEFAULT_MAX_BYTES = 1024 * 2**20
 
 # safetensors dtype names -> bytes per element
@@ -63,6 +63,9 @@ class RolloutRequest:
     the learner's first published version is 0)."""
     meta: dict = field(default_factory=dict)
     """Free-form, e.g. ``{"kind": "train"|"eval"|"probe", "step": 12}``; echoed in the group."""
+    learner: str = ""
+    """Incarnation of the learner that sent it (set by the transport); echoed in the group. An actor drops
+    requests of a learner that has been replaced, and a learner drops groups answering another one's."""
 
 
 @dataclass(slots=True)
@@ -91,6 +94,8 @@ class RolloutGroup:
     rewards: list[list[float]] | None = None
     """Per prompt, per completion, when the actor scores (``actor.score_rewards``)."""
     meta: dict = field(default_factory=dict)
+    learner: str = ""
+    """The request's ``learner``."""
 
 
 @dataclass(slots=True)
@@ -119,6 +124,9 @@ class WeightUpdate:
     buffer: Any = None
     """Optional contiguous buffer holding every tensor in name order with no gaps (what
     :func:`sync.tensors.pack` makes): sent as one frame and written to disk with one write."""
+    learner: str = ""
+    """Incarnation of the publishing learner: versions are ordered within one learner; a new one (resumed from
+    an older checkpoint) restarts the order, and the actor takes its version whatever it served before."""
 
 
 @dataclass(slots=True)
@@ -130,6 +138,11 @@ class WeightAck:
     checksum: str
     """Checksum of what was loaded (``ok``) or received (refused)."""
     error: str | None = None
+    learner: str = ""
+    """The acknowledged update's ``learner``: acks of another learner's versions are ignored."""
+    delta_cosine: float | None = None
+    """Cosine between the LoRA delta the actor serves (served weights minus base, over every targeted matrix)
+    and the published one: 1.0 when exact; merged serving in bf16 rounds small deltas away."""
 
 
 @dataclass(slots=True)
@@ -142,6 +155,8 @@ class Heartbeat:
     tokens_per_s: float
     incarnation: str = ""
     """Random id of the actor process; a new one means the actor restarted."""
+    learner: str = ""
+    """Incarnation of the learner whose ``version`` the actor serves ("" for the base weights)."""
 
 
 @dataclass(slots=True)
@@ -155,12 +170,12 @@ class Hello:
 
 @dataclass(slots=True)
 class Welcome:
-    """Learner -> actor on the weight channel: the latest published version (0: none yet)."""
+    """Learner -> actor on the weight channel: the latest published version (-1: none yet)."""
 
     version: int
     incarnation: str = ""
-    """Random id of the learner process: a new one whose version is below what the actor serves
-    means the learner resumed from an older checkpoint, and the actor takes that version next."""
+    """Random id of the learner process. A new one (a restarted or resumed learner) starts a new version
+    order: the actor serves nothing more until it has loaded that learner's version."""
 
 
 @dataclass(slots=True)
@@ -231,7 +246,8 @@ def _encode_weights(msg: WeightUpdate) -> list[bytes | memoryview]:
                 raise WireError(f"tensor {name}: {data.nbytes} bytes for {t.dtype}{list(t.shape)}")
             rows.append([name, t.dtype, list(t.shape), i, 0, t.nbytes])
             frames.append(data)
-    body = {"version": msg.version, "adapter_config": msg.adapter_config, "checksum": msg.checksum, "tensors": rows}
+    body = {"version": msg.version, "adapter_config": msg.adapter_config, "checksum": msg.checksum, "tensors": rows,
+            "learner": msg.learner}
     return [_pack([WIRE_MAGIC, WIRE_VERSION, "wu", body]), *frames]
 
 
@@ -250,8 +266,12 @@ def _refuse_ext(code, data):
     raise WireError(f"msgpack extension type {code} is not allowed")
 
 
-def decode(frames: list, max_bytes: int | None = DEFAULT_MAX_BYTES) -> Message:
-    """Frames -> message, or :class:`WireError` (one line) if they are not a valid message."""
+def decode(frames: list, max_bytes: int | None = DEFAULT_MAX_BYTES, max_array_len: int = 1 << 16,
+           max_map_len: int = 4096) -> Message:
+    """Frames -> message, or :class:`WireError` (one line) if they are not a valid message.
+
+    ``max_bytes`` caps all frames together; ``max_array_len``/``max_map_len`` cap every msgpack array/map
+    header before anything is allocated (see :mod:`sync.limits`)."""
     if not isinstance(frames, (list, tuple)) or not frames:
         raise WireError("no frames")
     bufs = [_as_buffer(f) for f in frames]
@@ -260,7 +280,8 @@ def decode(frames: list, max_bytes: int | None = DEFAULT_MAX_BYTES) -> Message:
         raise WireError(f"message of {total / 2**20:.1f} MiB exceeds the {max_bytes / 2**20:.0f} MiB limit")
     try:
         head = msgpack.unpackb(
-            bufs[0], raw=False, use_list=True, strict_map_key=True, ext_hook=_refuse_ext, timestamp=0
+            bufs[0], raw=False, use_list=True, strict_map_key=True, ext_hook=_refuse_ext, timestamp=0,
+            max_array_len=max_array_len, max_map_len=max_map_len,
         )
     except WireError:
         raise
@@ -289,6 +310,7 @@ def _decode_weights(body: dict, bufs: list[memoryview]) -> WeightUpdate:
     version = _check(body.get("version"), int, "wu.version")
     adapter_config = _check(body.get("adapter_config"), dict, "wu.adapter_config")
     checksum = _check(body.get("checksum"), str, "wu.checksum")
+    learner = _check(body.get("learner", ""), str, "wu.learner")
     rows = body.get("tensors")
     if not isinstance(rows, list):
         raise WireError("wu.tensors is not a list")
@@ -324,7 +346,7 @@ def _decode_weights(body: dict, bufs: list[memoryview]) -> WeightUpdate:
         and _contiguous(rows)
     ):
         buffer = bufs[1]
-    return WeightUpdate(version, adapter_config, tensors, checksum, buffer)
+    return WeightUpdate(version, adapter_config, tensors, checksum, buffer, learner)
 
 
 def _contiguous(rows: list) -> bool:

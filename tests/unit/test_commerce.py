@@ -189,26 +189,31 @@ def test_check_db_names_missing_tables_and_columns(tmp_path, built):
         check_db(junk)
 
 
-def test_check_pairs_mismatch(tmp_path):
+def test_check_pairs_counts_users_rows_and_refuses_malformed_ones(tmp_path):
     p = tmp_path / "p.jsonl"
     p.write_text(json.dumps({"task": "sql_qa", "prompt": [{"role": "user", "content": "x"}]}) + "\n"
-                 + json.dumps({"prompt": "x"}) + "\n")
+                 + json.dumps({"prompt": "Escreva uma notificação push curta"}) + "\n")
+    assert check_pairs(p) == {"sql_qa": 1, "push": 1}  # no reference, no task: usable (classified)
+    p.write_text(p.read_text() + json.dumps({"task": "sql", "prompt": "x"}) + "\n" + "{oops\n")
     with pytest.raises(SchemaMismatch) as e:
         check_pairs(p)
-    assert "sql_qa lacks column reference_sql" in str(e.value) and "missing column task" in str(e.value)
-    assert "\n" not in str(e.value)
+    assert str(e.value) == (f"{p}: 2 malformed rows of 4; first: {p}:3: task: unknown task 'sql' "
+                            "(one of extraction, sql_qa, insights, push, or empty to classify)")
 
 
 def test_cli_check_exit_codes(tmp_path, built):
     ok = subprocess.run([sys.executable, "-m", "commerce", "check", "--db", built["db"], "--pairs", built["eval"]],
                         capture_output=True, text=True, cwd=REPO)
-    assert ok.returncode == 0, ok.stderr
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.strip().splitlines()[-1].startswith("ready: no problems")
     bad = tmp_path / "bad.db"
     sqlite3.connect(bad).execute("CREATE TABLE orders (order_id TEXT)").connection.close()
     r = subprocess.run([sys.executable, "-m", "commerce", "check", "--db", str(bad)],
                        capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2
-    assert len(r.stderr.strip().splitlines()) == 1 and "missing tables" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "missing table orders_enriched" in r.stderr
+    none = subprocess.run([sys.executable, "-m", "commerce", "check"], capture_output=True, text=True, cwd=REPO)
+    assert none.returncode == 2 and "needs --db FILE, --pairs FILE" in none.stderr
 
 
 def test_corpus_texts(built):

@@ -52,12 +52,30 @@ def test_errors_before_start(monkeypatch, tmp_path, tiny_model):
         (data / f).write_text("")
     base = [f"model_id={tiny_model}", f"data.train_pairs={data}/pairs/train.jsonl",
             f"data.eval_pairs={data}/pairs/eval.jsonl", f"data.db_path={data}/commerce.db"]
-    with socket.socket() as s:
+    from configs.schema import SyncConfig
+    from sync._net import ipc_path
+
+    port = 29999  # another run of this user listens on the same ipc name
+    with socket.socket(socket.AF_UNIX) as s:
+        path = ipc_path(SyncConfig(), port)
+        path.unlink(missing_ok=True)
+        s.bind(str(path))
+        s.listen()
+        try:
+            with pytest.raises(LaunchError, match=f"{path} is in use by another run"):
+                cpu_plan(str(REPO / "configs" / "smoke_cpu.yaml"), [*base, f"sync.rollout_port={port}"],
+                         run_dir=str(tmp_path / "run"))
+        finally:
+            path.unlink()
+    keys = tmp_path / "k"
+    subprocess.run([sys.executable, "-m", "sync.keys", str(keys)], check=True, capture_output=True)
+    with socket.socket() as s:  # over TCP: a taken port
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
         with pytest.raises(LaunchError, match=f"port {port} on 127.0.0.1 is taken"):
-            cpu_plan(str(REPO / "configs" / "smoke_cpu.yaml"), [*base, f"sync.rollout_port={port}"],
+            cpu_plan(str(REPO / "configs" / "smoke_cpu.yaml"),
+                     [*base, f"sync.rollout_port={port}", "sync.transport=tcp", f"sync.keys_dir={keys}"],
                      run_dir=str(tmp_path / "run"))
     with pytest.raises(LaunchError, match="holds no CURVE keys"):
         cpu_plan(str(REPO / "configs" / "smoke_cpu.yaml"),

@@ -95,9 +95,11 @@ HOSTILE = {
 
 @pytest.mark.parametrize("name", sorted(HOSTILE))
 def test_hostile_input_is_fast_and_safe(name):
+    # Not a speed test: a catastrophic-backtracking parser takes minutes to hours on these inputs, a linear
+    # one well under a second; 20 s separates the two even on a loaded 2-core box.
     t0 = time.perf_counter()
     out = extract_json(HOSTILE[name])
-    assert time.perf_counter() - t0 < 1.0
+    assert time.perf_counter() - t0 < 20.0
     assert out is None or isinstance(out, dict)
     repr(out)  # printable: no pathological nesting comes back
 

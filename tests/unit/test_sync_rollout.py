@@ -29,7 +29,8 @@ def request(i: int, **kw) -> RolloutRequest:
 
 def group(req: RolloutRequest, actor: str) -> RolloutGroup:
     comps = [Completion([7, 8], [-0.5, -0.25], "ok", "stop") for _ in range(req.sampling.n)]
-    return RolloutGroup(req.request_id, actor, 0, [PromptResult(p, comps) for p in req.prompts], {"generate_s": 0.01})
+    return RolloutGroup(req.request_id, actor, 0, [PromptResult(p, comps) for p in req.prompts], {"generate_s": 0.01},
+                        learner=req.learner)
 
 
 @pytest.fixture

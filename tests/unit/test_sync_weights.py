@@ -17,7 +17,8 @@ from sync import tensors as T
 from sync.endpoint import ActorEndpoint
 from sync.interfaces import ReceivedWeights, SyncError
 from sync.weights import ZmqWeightPublisher
-from sync.wire import Shutdown, TensorBlob, WeightAck, WeightUpdate, decode, encode
+from sync._net import bind
+from sync.wire import WIRE_VERSION, Shutdown, TensorBlob, WeightAck, WeightUpdate, decode, encode
 
 CFG = SyncConfig(heartbeat_s=0.1, max_message_mb=1)
 ADAPTER = {"r": 2, "lora_alpha": 4, "target_modules": {"q_proj", "v_proj"}, "peft_type": "LORA"}
@@ -50,7 +51,7 @@ class Actor:
             if isinstance(item, ReceivedWeights):  # "load" = re-read the written file, ack its checksum
                 self.received.append(item)
                 got = self.ack_checksum or T.checksum_file(item.adapter_dir / "adapter_model.safetensors")
-                self.ep.send_ack(WeightAck(self.ep.actor_id, item.version, True, 0.0, got))
+                self.ep.send_ack(WeightAck(self.ep.actor_id, item.version, True, 0.0, got, learner=item.learner))
 
     def close(self):
         with self.ep._cv:
@@ -117,7 +118,7 @@ def test_gate_holds_requests_until_latest_served(pub, tmp_path):
     try:
         first = ep.poll(5)
         assert isinstance(first, ReceivedWeights) and first.version == 1
-        ep.send_ack(WeightAck("g", 1, True, 0.0, first.checksum))
+        ep.send_ack(WeightAck("g", 1, True, 0.0, first.checksum, learner=first.learner))
         assert pub.wait_acks(1, 5)["g"].ok
     finally:
         ep.close()
@@ -142,7 +143,7 @@ def test_wait_acks_raises_on_timeout_and_failed_load(pub, tmp_path):
         with pytest.raises(SyncError, match="timed out .* v1 from mute"):
             pub.wait_acks(1, 0.5)
         w = ep.poll(5)
-        ep.send_ack(WeightAck("mute", w.version, False, 0.0, "", "engine refused it"))
+        ep.send_ack(WeightAck("mute", w.version, False, 0.0, "", "engine refused it", w.learner))
         with pytest.raises(SyncError, match="failed to load v1: engine refused it"):
             pub.wait_acks(1, 5)
     finally:
@@ -166,7 +167,7 @@ def test_publish_refuses_old_versions_and_oversized(pub):
     pub.publish(2, state(2), ADAPTER)
     with pytest.raises(SyncError, match="not newer"):
         pub.publish(2, state(3), ADAPTER)
-    with pytest.raises(SyncError, match="over sync.max_message_mb"):
+    with pytest.raises(SyncError, match="over what actors accept"):
         pub.publish(3, {"big": torch.zeros(1024, 1024)}, ADAPTER)  # 2 MiB in bf16 > 1 MiB
 
 
@@ -180,7 +181,7 @@ class FakeLearner:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.port = bind(self.sock, CFG, 0)  # where an endpoint with CFG connects (the private ipc dir)
 
     def recv(self, want, timeout=5.0):
         deadline = time.monotonic() + timeout
@@ -241,7 +242,7 @@ def test_endpoint_refuses_bad_updates_and_keeps_serving(tmp_path, caplog):
         assert (ack.version, ack.ok) == (4, False) and "exceeds" in ack.error
 
         # malformed header: dropped with a logged reason
-        fake.send(ident, [msgpack.packb(["t2", 1, "wu", {"version": "five"}])])
+        fake.send(ident, [msgpack.packb(["t2", WIRE_VERSION, "wu", {"version": "five"}])])
 
         # out of order: an older version with another checksum is dropped, logged
         old = update(1, 99)
@@ -253,7 +254,7 @@ def test_endpoint_refuses_bad_updates_and_keeps_serving(tmp_path, caplog):
         w = ep.poll(5)
         assert isinstance(w, ReceivedWeights) and w.version == 5
         text = caplog.text
-        assert "out-of-order update v1 (have v1)" in text
+        assert "out-of-order weight update: v1 (have v1)" in text
         assert "expected int" in text
         assert not (tmp_path / "victim" / "v2").exists() and not (tmp_path / "victim" / "v3").exists()
     finally:

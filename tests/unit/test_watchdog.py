@@ -67,12 +67,22 @@ def test_grad_norm_spike_fires_once_per_spike():
     }
 
 
-def test_stop_action_state_round_trip_and_nan_ignored():
+def test_stop_action_state_round_trip_and_nan_is_a_violation():
     rule = WatchRule(name="r", metric="m", kind="above", threshold=1.0, window=3, action="stop")
     a = Watchdog([rule], 512)
     feed(a, "m", [2.0, 2.0])
     b = Watchdog([rule], 512)
     b.load_state_dict(a.state_dict())
-    assert feed(b, "m", [float("nan")], start=3) == []
-    fired = feed(b, "m", [2.0], start=4)
-    assert len(fired) == 1 and fired[0][1].action == "stop"
+    fired = feed(b, "m", [float("nan")], start=3)  # NaN > 1.0 is False in Python: it must still count
+    assert len(fired) == 1 and fired[0][1].action == "stop" and fired[0][0] == 3
+
+
+def test_nan_or_inf_fires_every_threshold_rule_and_is_never_a_best():
+    spike = Watchdog([rules_by_name()["grad_norm_spike"]], 512)
+    assert [s for s, _ in feed(spike, "train/grad_norm", [0.3, float("nan"), 0.4, float("inf")])] == [2, 4]
+    low = Watchdog([WatchRule(name="low", metric="m", kind="below", threshold=0.2)], 512)
+    assert [s for s, _ in feed(low, "m", [0.5, float("nan")])] == [2]
+    ceiling = Watchdog([WatchRule(name="c", metric="m", kind="at_ceiling", threshold=0.98)], 100)
+    assert [s for s, _ in feed(ceiling, "m", [10.0, float("nan")])] == [2]
+    flat = Watchdog([WatchRule(name="p", metric="m", kind="plateau", threshold=0.0, window=2)], 100)
+    assert [s for s, _ in feed(flat, "m", [0.5, float("nan"), float("nan")])] == [3]  # NaN: no new best

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from sync import tensors as T
 from sync.wire import (
+    WIRE_VERSION,
     Completion,
     Heartbeat,
     Hello,
@@ -107,14 +108,15 @@ def test_round_trip_weight_update_per_tensor_and_packed():
 def test_ints_widen_to_float_fields():
     frames = [
         msgpack.packb(
-            ["t2", 1, "hb", {"actor_id": "a", "version": 1, "queue_depth": 0, "in_flight": 0, "tokens_per_s": 10}]
+            ["t2", WIRE_VERSION, "hb",
+             {"actor_id": "a", "version": 1, "queue_depth": 0, "in_flight": 0, "tokens_per_s": 10}]
         )
     ]
     assert decode(frames).tokens_per_s == 10.0
 
 
 def _hdr(tag, body):
-    return msgpack.packb(["t2", 1, tag, body], use_bin_type=True)
+    return msgpack.packb(["t2", WIRE_VERSION, tag, body], use_bin_type=True)
 
 
 @pytest.mark.parametrize(
@@ -124,7 +126,7 @@ def _hdr(tag, body):
         ([b"\xc1"], "not msgpack"),
         ([_hdr("nope", {})], "unknown tag"),
         ([msgpack.packb(["t2", 99, "bye", {"reason": "x"}])], "wire version"),
-        ([msgpack.packb(["xx", 1, "bye", {"reason": "x"}])], "bad magic"),
+        ([msgpack.packb(["xx", WIRE_VERSION, "bye", {"reason": "x"}])], "bad magic"),
         ([_hdr("bye", {"reason": 5})], "expected str"),
         ([_hdr("bye", {})], "missing field"),
         ([_hdr("bye", {"reason": "x"}), b"extra"], "expected 1 frame"),
@@ -163,7 +165,7 @@ def _hdr(tag, body):
             ],
             "missing field",
         ),
-        ([msgpack.packb(["t2", 1, "bye", {"reason": "x"}]) + b"trailing"], "not msgpack"),
+        ([msgpack.packb(["t2", WIRE_VERSION, "bye", {"reason": "x"}]) + b"trailing"], "not msgpack"),
         (
             [
                 msgpack.packb(

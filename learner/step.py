@@ -1,0 +1,87 @@
+"""One optimizer step's work on one rank: micro-batched forward, loss and backward of the step's samples.
+
+Shared by the trainer and ``learner.bench``, so the bench measures the trainer's own loop.
+
+Completions whose advantage is exactly zero are not forwarded at all. With ``beta: 0`` such a completion
+adds ``-min(r * 0, clip(r) * 0) = 0`` to the loss and exactly nothing to the gradient, whatever its ratio:
+every completion of a zero-variance group (``train/frac_reward_zero_std``) and any completion whose reward
+equals its group mean. The normaliser stays the step's constant (all completions, ``loss_type`` as
+configured), so the gradient is the full computation's (tested to 1e-6, with and without
+``learner.share_prompt``, on one and two ranks) while the step costs only the informative completions.
+What changes is what the step statistics average over: ``train/clip_ratio``, ``train/ratio_mean`` and
+``train/tis_truncated_ratio`` count the forwarded tokens. TRL forwards every completion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from learner.loss import policy_loss
+from learner.rollouts import collate, pack_shared, shard
+
+
+@dataclass
+class ForwardBackward:
+    """Sums over one rank's micro-batches of a step."""
+
+    loss: float = 0.0
+    clipped: float = 0.0
+    tokens: float = 0.0
+    truncated: float = 0.0
+    ratio_sum: float = 0.0
+    learner_tokens: int = 0
+    """Tokens forwarded (padding excluded; a shared prompt counts once)."""
+    skipped: int = 0
+    """Completions of the step not forwarded because their advantage is 0 (the same on every rank)."""
+
+
+def informative(samples: list) -> list:
+    """The samples whose advantage is not exactly zero: the only ones that move the gradient (beta 0)."""
+    return [s for s in samples if s.advantage != 0.0]
+
+
+def forward_backward(policy, cfg, samples, num_tokens: float | None, skip_zero_advantage: bool = True
+                     ) -> ForwardBackward:
+    """This rank's micro-batches of the step's ``samples``: forward, loss, backward (gradients accumulate
+    until the last micro-batch; the caller steps the optimizer). ``num_tokens``: the step's real completion
+    tokens (``dapo``'s denominator; None counts them here)."""
+    world = policy.world
+    work = informative(samples) if skip_zero_advantage else list(samples)
+    out = ForwardBackward(skipped=len(samples) - len(work))
+    if work:
+        mbs, mws = shard(work, policy.rank, world, cfg.learner.micro_batch_size)
+    else:  # nothing to learn from: one zero-weight micro-batch keeps every rank's collectives in step
+        mbs, mws = [samples[:1]], [[0.0]]
+    if num_tokens is None:
+        num_tokens = float(sum(len(s.completion_ids) for s in samples))
+    pad = policy.tokenizer.pad_token_id if policy.tokenizer is not None else 0
+    for k, (mb, mw) in enumerate(zip(mbs, mws, strict=True)):
+        if cfg.learner.share_prompt:
+            batch = pack_shared(mb, pad, policy.device, weights=mw)
+            out.learner_tokens += batch.tokens
+        else:
+            batch = collate(mb, pad, policy.device, weights=mw)
+            out.learner_tokens += int(batch.attention_mask[torch.tensor(mw, dtype=torch.bool)].sum())
+        logps = policy.completion_logps(batch, cfg.temperature)
+        loss, st = policy_loss(
+            logps.float(),
+            batch.behaviour_logps,
+            batch.advantages,
+            batch.completion_mask,
+            epsilon=cfg.epsilon,
+            loss_type=cfg.loss_type,
+            max_completion_length=cfg.max_completion_length,
+            num_completions=len(samples) / world,
+            num_tokens=num_tokens / world,
+            stale=batch.stale,
+            tis_cap=cfg.learner.tis_cap,
+        )
+        policy.backward(loss, boundary=k == len(mbs) - 1)
+        out.loss += float(loss.detach())
+        out.clipped += st.clipped_tokens
+        out.tokens += st.tokens
+        out.truncated += st.truncated
+        out.ratio_sum += st.ratio_sum
+    return out
