@@ -247,8 +247,8 @@ def job_script(plan: Plan, spec: SlurmSpec) -> str:
              "#   LEARNER_NODES: the first learner node(s) of the allocation; ACTOR_NODE_i: the others, in order;",
              "#   LEARNER_ADDR: the first learner node's NodeAddr (rank 0 binds the sync sockets there).",
              *[f"#   {what}:\n#     {line}" for what, line in plan.commands or []],
-             f"# CURVE keys: {rd / KEYS_DIR} (made before any step starts). A requeued job (SLURM_RESTART_COUNT > 0)",
-             "# resumes the learner from the run directory's last checkpoint.",
+             f"# CURVE keys: {rd / KEYS_DIR} (made before any step starts). Whenever the run directory holds a",
+             "# checkpoint (a requeued start, or this script submitted again) the learner resumes from the last one.",
              "set -euo pipefail",
              "export PYTHONUNBUFFERED=1",
              f"exec {shlex.quote(spec.python)} -m launch slurm-job {shlex.quote(str(rd))}"]

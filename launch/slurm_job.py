@@ -8,8 +8,9 @@
    :mod:`launch.supervise` does on one node. (A learner started first would publish its first version
    to nobody and spend its request timeouts on engines still loading; so the driver waits, with
    ``ready_timeout_s``, and the learner's own logic stays the same on one node and on many.)
-4. Resume: the learner gets ``--resume RUN_DIR`` when the run was submitted with ``--resume``, or when the
-   job is a requeued start (``SLURM_RESTART_COUNT`` > 0) and the run directory holds a checkpoint. A
+4. Resume: the learner gets ``--resume RUN_DIR`` whenever the run directory holds a checkpoint (a requeued
+   start, ``SLURM_RESTART_COUNT`` > 0; ``sbatch RUN_DIR/job.sbatch`` again after a time limit; a submission
+   with ``--resume``), since ``launch/slurm.sh`` refuses a fresh run in a directory with checkpoints. A
    requeued start without any checkpoint starts over, with the earlier start's ``metrics.jsonl`` moved
    aside, so every step is logged once.
 5. While the learner runs, an actor step that ends (a lost node, a crashed engine) is started again on its
@@ -134,7 +135,7 @@ class Job:
 
     def resume(self) -> bool:
         have = checkpoints(self.spec.run_dir)
-        if self.spec.resume or (self.restart and have):
+        if self.spec.resume or have:  # launch/slurm.sh refuses a fresh run in a directory with checkpoints
             if have:
                 say(f"resuming from {have[-1].name}" + (f" (restart {self.restart})" if self.restart else ""))
             return True

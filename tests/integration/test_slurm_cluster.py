@@ -192,7 +192,8 @@ def test_scancel_checkpoints_and_leaves_nothing_behind(slurm_cluster, tiny_model
         job.remember_processes()
         assert len(job.pids) >= 5, job.pids  # driver, 2 srun, actor (+ EngineCore), learner
         job.slurm("scancel", job.job)
-        job.wait_until(lambda: job.state() == "CANCELLED" and job.alive() == [], 120, "the job and its processes to end")
+        job.wait_until(lambda: job.state() == "CANCELLED" and job.alive() == [], 120,
+                       "the job and its processes to end")
         out = job.output()
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir() if not p.name.startswith("."))
     m = re.search(r"^\[learner\] \(n1\) learner: stopped at step (\d+): SIGTERM$", out, re.M)

@@ -61,7 +61,7 @@ def test_dry_run_writes_the_job_script_for_scenario_a_on_two_8_gpu_nodes(tmp_pat
     assert (plan["slurm"]["actors_per_node"], plan["slurm"]["ranks_per_node"], plan["slurm"]["tp"]) == (4, 8, 2)
     config = (run / "config.yaml").read_text()
     assert "replicas: 4" in config and "tensor_parallel_size: 2" in config and "ranks: 8" in config
-    assert f"keys_dir: {run}/keys" in config
+    assert f"keys_dir: {run}/keys" in config and "transport: tcp" in config  # two nodes: TCP, with CURVE
     assert (run / "commands.sh").read_text().count("srun ") == 5
     assert not (run / "keys").exists()  # made by the job, on its nodes, before any component starts
 
@@ -122,3 +122,19 @@ def test_learner_task_ranks_come_from_slurm():
 def test_layout_errors_name_the_options():
     with pytest.raises(LaunchError, match="--gpus-per-node -1"):
         slurm_plan(A3B, [], gpus_per_node=-1, check=False)
+
+
+def test_job_output_names_component_node_and_rank(tmp_path, capfd):
+    """The driver's pump on an ``srun --label``-style process: ``K: line`` becomes ``[learner] (NODE rank K)``."""
+    from launch.plan import Component
+    from launch.supervise import Proc
+
+    code = "print('0: learner: rank 0 of 2'); print('1: learner: rank 1 of 2'); print('srun: error: n3: task 1')"
+    p = Proc(Component("learner", [sys.executable, "-c", code]), tmp_path, tag="n3",
+             rank_tags=["n3 rank 0", "n4 rank 1"])
+    assert p.popen.wait(30) == 0
+    p.stop(1)
+    out = capfd.readouterr().out.splitlines()
+    assert out == ["[learner] (n3 rank 0) learner: rank 0 of 2", "[learner] (n4 rank 1) learner: rank 1 of 2",
+                   "[learner] (n3) srun: error: n3: task 1"]
+    assert (tmp_path / "learner.log").read_text().splitlines()[1] == "(n4 rank 1) learner: rank 1 of 2"
