@@ -57,6 +57,10 @@ def parse_args(argv=None):
     p.add_argument("--tokens", type=int, default=None, help="tokens per completion (default: config's)")
     p.add_argument("--repeats", type=int, default=3, help="timed requests per contender after a warm-up")
     p.add_argument("--only", default="hf,vllm_raw,actor", help="contenders to run, comma-separated")
+    p.add_argument("--dtypes", default=None,
+                   help="engine dtypes to compare side by side, e.g. float32,bfloat16 (default: the config's)")
+    p.add_argument("--serve-modes", default=None,
+                   help="serve modes to compare side by side, e.g. merged,adapter (default: the config's)")
     return p.parse_args(argv)
 
 
@@ -304,19 +308,29 @@ def main(argv=None) -> int:
     resolved = work / "bench.yaml"   # the actor process runs on exactly the engine settings used here
     resolved.write_text(dump_config(cfg))
     config_args = ["--config", str(resolved)]
-    bar = tqdm(total=len(only) * (args.repeats + 1), desc="rollout bench", unit="req")
+    dtypes = [d.strip() for d in (args.dtypes or cfg.actor.dtype).split(",")]
+    modes = [m.strip() for m in (args.serve_modes or cfg.actor.serve_mode).split(",")]
+    grid = [(d, m) for d in dtypes for m in modes]
+    bar = tqdm(total=len(only) * len(grid) * (args.repeats + 1), desc="rollout bench", unit="req")
     results: dict[str, dict] = {}
     try:
         adapter_dir = make_adapter(cfg, work / "adapter")
-        for name in only:
-            bar.set_postfix_str(name)
-            if name == "hf":
-                results[name] = run_hf(cfg, prompts, adapter_dir, g, tokens, args.repeats, bar.update)
-            elif name == "vllm_raw":
-                results[name] = run_vllm_raw(cfg, prompts, adapter_dir, g, tokens, args.repeats, bar.update)
-            else:
-                results[name] = run_actor(cfg, config_args, prompts, adapter_dir, g, tokens, args.repeats,
-                                          bar.update, work / "actor.log")
+        for dtype, mode in grid:
+            c = cfg.model_copy(update={"actor": cfg.actor.model_copy(update={"dtype": dtype, "serve_mode": mode})})
+            tag = f" {dtype} {mode}" if len(grid) > 1 else ""
+            if len(grid) > 1:
+                resolved.write_text(dump_config(c))
+            for name in only:
+                bar.set_postfix_str(name + tag)
+                if name == "hf":
+                    r = run_hf(c, prompts, adapter_dir, g, tokens, args.repeats, bar.update)
+                elif name == "vllm_raw":
+                    r = run_vllm_raw(c, prompts, adapter_dir, g, tokens, args.repeats, bar.update)
+                else:
+                    r = run_actor(c, config_args, prompts, adapter_dir, g, tokens, args.repeats,
+                                  bar.update, work / "actor.log")
+                r["contender"] += tag
+                results[name + tag] = r
     finally:
         bar.close()
     out = {

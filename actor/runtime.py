@@ -59,13 +59,15 @@ def configure_cpu_env(threads: int | None, replica: int, tensor_parallel_size: i
 
     - ``VLLM_CPU_OMP_THREADS_BIND``: by default vLLM binds one core per rank and reserves the rest for
       its scheduler process; the actor's engine gets every core it may use (or ``threads`` of them),
-      split over tensor-parallel ranks. An explicit value in the environment wins.
+      split over tensor-parallel ranks. An explicit value in the environment wins (not one this function
+      set for an earlier engine of the same process).
     - ``LD_PRELOAD`` of the venv's ``libiomp5.so`` (vLLM warns without it; measured 1.15x on 2 cores).
     Returns the variables set.
     """
     env = os.environ if env is None else env
     changed = {}
-    if "VLLM_CPU_OMP_THREADS_BIND" not in env:
+    ours = env.get("VLLM_CPU_OMP_THREADS_BIND") == _SET_BY_US.get(id(env))  # an earlier engine of this process
+    if "VLLM_CPU_OMP_THREADS_BIND" not in env or ours:
         cores = cpu_core_list(threads, replica)
         tp = max(1, tensor_parallel_size)
         per = max(1, len(cores) // tp)
@@ -77,7 +79,12 @@ def configure_cpu_env(threads: int | None, replica: int, tensor_parallel_size: i
     if lib is not None and not any(x in preload for x in ("libiomp", "libgomp", "libomp")):
         changed["LD_PRELOAD"] = f"{lib}:{preload}" if preload else str(lib)
     env.update(changed)
+    if "VLLM_CPU_OMP_THREADS_BIND" in changed:
+        _SET_BY_US[id(env)] = changed["VLLM_CPU_OMP_THREADS_BIND"]
     return changed
+
+
+_SET_BY_US: dict[int, str] = {}  # env -> the binding this module put there (a user's own value is left alone)
 
 
 def serve_mode(mode: str, dtype: str) -> str:
@@ -90,22 +97,61 @@ def serve_mode(mode: str, dtype: str) -> str:
 
 
 def private_rpc_dir() -> Path:
-    """A private directory for vLLM's own ipc sockets (``VLLM_RPC_BASE_PATH``, default the shared /tmp, where
-    every engine leaves ~7 socket files behind); the engine removes it on close, the next actor removes
-    those of actors that were killed. Also sweeps Intel OpenMP's ``/dev/shm/__KMP_REGISTERED_LIB_<pid>_*``
-    files of dead processes."""
+    """A private directory for vLLM's own ipc sockets (``VLLM_RPC_BASE_PATH``; by default the shared /tmp,
+    where every engine leaves ~7 socket files behind). The engine removes it on close; the next actor
+    removes those of actors that were killed, and the rest of what killed engines leave
+    (:func:`sweep_engine_leftovers`)."""
     import tempfile
 
-    from sync._net import pid_alive, pid_dir
+    from sync._net import pid_dir
 
+    sweep_engine_leftovers()
     d = pid_dir("tucano2-vllm", Path(tempfile.gettempdir()))
     os.environ["VLLM_RPC_BASE_PATH"] = str(d)
-    for f in Path("/dev/shm").glob("__KMP_REGISTERED_LIB_*"):
-        parts = f.name.split("_")  # __KMP_REGISTERED_LIB_<pid>_<uid>
-        if len(parts) >= 6 and parts[5].isdigit() and not pid_alive(int(parts[5])):
+    return d
+
+
+def sweep_engine_leftovers(shm: Path = Path("/dev/shm"), min_age_s: float = 60.0) -> list[Path]:
+    """Remove, of this user's files in ``shm``, what engines killed with SIGKILL leave behind: Intel OpenMP's
+    ``__KMP_REGISTERED_LIB_<pid>_*`` of dead pids, and vLLM's shared-memory queues (``psm_*``, 160-250 MB of
+    RAM each) that no process maps any more (and older than ``min_age_s``). Returns what was removed."""
+    import time
+
+    from sync._net import pid_alive
+
+    removed: list[Path] = []
+    mapped: set[str] | None = None
+    for f in sorted(shm.glob("__KMP_REGISTERED_LIB_*")) + sorted(shm.glob("psm_*")):
+        try:
+            st = f.stat()
+        except OSError:
+            continue
+        if st.st_uid != os.getuid():
+            continue
+        if f.name.startswith("__KMP"):
+            parts = f.name.split("_")  # __KMP_REGISTERED_LIB_<pid>_<uid>
+            gone = len(parts) >= 6 and parts[5].isdigit() and not pid_alive(int(parts[5]))
+        else:
+            if mapped is None:
+                mapped = _mapped_files(str(shm.resolve()))
+            gone = time.time() - st.st_mtime > min_age_s and str(f.resolve()) not in mapped
+        if gone:
             try:
-                if f.stat().st_uid == os.getuid():
-                    f.unlink()
+                f.unlink()
+                removed.append(f)
             except OSError:
                 pass
-    return d
+    return removed
+
+
+def _mapped_files(under: str) -> set[str]:
+    """Paths under ``under`` mapped by any process we can inspect (/proc/<pid>/maps)."""
+    out: set[str] = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            for line in maps.read_text().splitlines():
+                if under + "/" in line:
+                    out.add(line.split(None, 5)[-1].removesuffix(" (deleted)"))
+        except OSError:
+            continue
+    return out

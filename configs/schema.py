@@ -209,8 +209,8 @@ class SyncConfig(Section):
     connect_host: str | None = None
     """Address actors connect to over TCP (default: ``host``)."""
     ipc_dir: Path | None = None
-    """Directory of the ipc socket files (default ``$XDG_RUNTIME_DIR/tucano2`` when set, else
-    ``/tmp/tucano2-<uid>``). Created with mode 0700; refused if another user owns it or others may enter it."""
+    """Directory of the ipc socket files (default ``/tmp/tucano2-<uid>``). Created with mode 0700; refused if
+    another user owns it or others may enter it."""
     rollout_port: int = Field(29610, ge=1024, le=65535)
     """Learner ROUTER socket for rollout requests and groups (TCP port, or the ipc file ``p<port>.sock``)."""
     weight_port: int = Field(29611, ge=1024, le=65535)

@@ -40,36 +40,47 @@ def _peak_mem_gb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def run_bench(cfg, shape: str, steps: int = 3, warmup: int = 1, prompt_len: int = 128, seed: int = 0,
-              zero_std_frac: float = 0.0, skip_zero_advantage: bool = True) -> dict:
+def build(cfg, shape: str, seed: int = 0):
+    """The policy on a random model of ``shape`` (no download), LoRA B randomised; returns (policy, build s)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from learner.engine import PolicyEngine
-    from learner.loss import group_advantages
-    from learner.rollouts import Sample
-    from learner.step import forward_backward
     from zoo.build import SHAPES, qwen3_config
 
     vocab = SHAPES[shape]["vocab_size"] or 2048
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    base = AutoModelForCausalLM.from_config(
-        qwen3_config(shape, vocab_size=vocab, eos_token_id=2, pad_token_id=0)
-    )
+    base = AutoModelForCausalLM.from_config(qwen3_config(shape, vocab_size=vocab, eos_token_id=2, pad_token_id=0))
     policy = PolicyEngine(cfg, base_model=base)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in policy.module.named_parameters():
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
-    build_s = time.perf_counter() - t0
+    return policy, time.perf_counter() - t0
+
+
+def run_bench(cfg, shape: str, steps: int = 3, warmup: int = 1, prompt_len: int = 128, seed: int = 0,
+              zero_std_frac: float = 0.0, skip_zero_advantage: bool = True, policy=None) -> dict:
+    """Time ``steps`` training steps (after ``warmup``) on random rollouts; ``zero_std_frac`` of the groups
+    get equal rewards (zero advantages). Pass ``policy`` (from :func:`build`) to reuse one engine."""
+    import torch
+
+    from learner.loss import group_advantages
+    from learner.rollouts import Sample
+    from learner.step import forward_backward
+
+    build_s = 0.0
+    if policy is None:
+        policy, build_s = build(cfg, shape, seed)
+    vocab = policy.vocab_size
+    gen = torch.Generator().manual_seed(seed + 1)  # the same rollouts for every measurement of a policy
     n_prompts, g, c_len = (
         cfg.prompts_per_step * cfg.grad_accum,
         cfg.num_generations,
         cfg.max_completion_length,
     )
-
     n_flat = round(zero_std_frac * n_prompts)  # groups whose G rewards are all equal: zero advantages
 
     def rollouts() -> list[Sample]:
@@ -106,6 +117,7 @@ def run_bench(cfg, shape: str, steps: int = 3, warmup: int = 1, prompt_len: int 
                     "opt_s": t_end - t_opt,
                     "step_s": t_end - t_fb,
                     "tokens": tokens,
+                    "skipped": fb.skipped,
                     "grad_norm": grad_norm,
                 }
             )
@@ -129,6 +141,7 @@ def run_bench(cfg, shape: str, steps: int = 3, warmup: int = 1, prompt_len: int 
         "share_prompt": cfg.learner.share_prompt,
         "zero_std_frac": n_flat / n_prompts,
         "skip_zero_advantage": skip_zero_advantage,
+        "skipped_completions": sum(r["skipped"] for r in rows) / len(rows),
         "steps": steps,
         "build_s": build_s,
         "tokens_per_step": tok / len(rows),
@@ -140,6 +153,20 @@ def run_bench(cfg, shape: str, steps: int = 3, warmup: int = 1, prompt_len: int 
         "host": platform.node(),
         "threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or None,
     }
+
+
+def skip_table(rows: list[dict]) -> str:
+    """Zero-advantage skipping against the full computation, per frac_reward_zero_std."""
+    by = {}
+    for r in rows:
+        by.setdefault(r["zero_std_frac"], {})[r["skip_zero_advantage"]] = r
+    out = ["frac_zero_std  completions skipped  full step s  skipping step s  saved"]
+    for frac, pair in sorted(by.items()):
+        full, skip = pair.get(False), pair.get(True)
+        if full and skip:
+            out.append(f"{frac:>13.2f}  {skip['skipped_completions']:>19.0f}  {full['step_s']:>11.3f}  "
+                       f"{skip['step_s']:>15.3f}  {1 - skip['step_s'] / full['step_s']:>5.0%}")
+    return "\n".join(out)
 
 
 def table(r: dict) -> str:
@@ -179,9 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--zero-std-frac", type=float, default=0.0,
-                   help="share of groups whose rewards are all equal (train/frac_reward_zero_std)")
+    p.add_argument("--zero-std-frac", default="0",
+                   help="share(s) of groups whose rewards are all equal (train/frac_reward_zero_std), e.g. 0.25,0.5")
     p.add_argument("--no-skip", action="store_true", help="forward zero-advantage completions too (the baseline)")
+    p.add_argument("--compare-skip", action="store_true",
+                   help="at each fraction, time the full computation and zero-advantage skipping side by side")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -193,16 +222,30 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"learner.bench: invalid config: {e}", file=sys.stderr)
         return 2
-    if not 0.0 <= args.zero_std_frac <= 1.0:
-        print("learner.bench: --zero-std-frac must be in [0, 1]", file=sys.stderr)
+    try:
+        fracs = [float(x) for x in args.zero_std_frac.split(",")]
+    except ValueError:
+        fracs = [-1.0]
+    if not all(0.0 <= f <= 1.0 for f in fracs):
+        print(f"learner.bench: --zero-std-frac must be fractions in [0, 1], got {args.zero_std_frac!r}",
+              file=sys.stderr)
         return 2
-    r = run_bench(cfg, args.shape, steps=args.steps, warmup=args.warmup, prompt_len=args.prompt_len,
-                  zero_std_frac=args.zero_std_frac, skip_zero_advantage=not args.no_skip)
+    modes = [False, True] if args.compare_skip else [not args.no_skip]
+    policy, build_s = build(cfg, args.shape)
+    rows = [run_bench(cfg, args.shape, steps=args.steps, warmup=args.warmup, prompt_len=args.prompt_len,
+                      zero_std_frac=f, skip_zero_advantage=skip, policy=policy) for f in fracs for skip in modes]
+    for r in rows:
+        r["build_s"] = build_s
     if int(os.environ.get("RANK", "0")) == 0:
-        print(table(r))
+        if len(rows) == 1:
+            print(table(rows[0]))
+        else:
+            print(table(rows[0]) + "\n")
+            print(skip_table(rows) if args.compare_skip else "\n".join(f"{r['zero_std_frac']:.2f} {r['step_s']:.3f}"
+                                                                       for r in rows))
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(r, indent=2))
+            args.json.write_text(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
     return 0
 
 

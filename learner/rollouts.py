@@ -341,3 +341,23 @@ def rollout_seed(seed: int, step: int, slot: int) -> int:
     4096
     """
     return ((seed * 7919 + step) * SEED_SLOTS + slot % SEED_SLOTS) * SEED_STRIDE % 2**31
+
+
+def rollout_request(cfg, kind: str, items: list[PromptItem], n: int, temperature: float, max_tokens: int,
+                    seed: int, request_id: str, min_version: int, step: int):
+    """The :class:`sync.wire.RolloutRequest` the learner sends for ``items``: chat prompts, ``n`` samples each;
+    ``actor.top_p`` for training only; with ``actor.score_rewards`` the prompts' reference columns go along
+    (``meta["columns"]``), so the actor scores exactly as the learner would."""
+    from sync.wire import RolloutRequest, SamplingSpec
+
+    top_p = cfg.actor.top_p if kind == "train" else 1.0
+    meta = {"kind": kind, "step": step}
+    if cfg.actor.score_rewards:
+        meta["columns"] = [it.columns for it in items]
+    return RolloutRequest(
+        request_id=request_id,
+        prompts=[it.messages for it in items],
+        sampling=SamplingSpec(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed),
+        min_version=max(min_version, 0),
+        meta=meta,
+    )

@@ -48,7 +48,7 @@ import torch
 from learner import checkpoint as ckpt
 from learner.data import load_items, make_reward_fn, stratified_subset
 from learner.evaluate import Broker, Interrupted, LearnerError, evaluate, probe
-from learner.rollouts import StepBatch, build_batch, rollout_seed
+from learner.rollouts import StepBatch, build_batch, rollout_request, rollout_seed
 from learner.sampler import EpochSampler
 from learner.step import forward_backward
 from learner.watchdog import Watchdog
@@ -195,32 +195,10 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------------------------ actors
-    def _request(
-        self,
-        kind: str,
-        items,
-        n: int,
-        temperature: float,
-        max_tokens: int,
-        seed: int,
-        tag: str,
-        min_version: int,
-    ):
-        from sync.wire import RolloutRequest, SamplingSpec
-
-        top_p = self.cfg.actor.top_p if kind == "train" else 1.0
-        meta = {"kind": kind, "step": self.step}
-        if self.cfg.actor.score_rewards:  # the actor scores with the same reference columns as the learner
-            meta["columns"] = [it.columns for it in items]
-        req = RolloutRequest(
-            request_id=f"{kind}-{tag}",
-            prompts=[it.messages for it in items],
-            sampling=SamplingSpec(
-                n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed
-            ),
-            min_version=max(min_version, 0),
-            meta=meta,
-        )
+    def _request(self, kind: str, items, n: int, temperature: float, max_tokens: int, seed: int, tag: str,
+                 min_version: int) -> str:
+        req = rollout_request(self.cfg, kind, items, n, temperature, max_tokens, seed, f"{kind}-{tag}",
+                              min_version, self.step)
         self.broker.submit(req, items)
         return req.request_id
 

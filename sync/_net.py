@@ -3,11 +3,10 @@
 Who may join a channel (the trust model, for every socket here):
 
 * ``ipc`` (one node, the default when ``sync.host`` is loopback): the learner binds Unix sockets
-  ``p<port>.sock`` in a private directory (``sync.ipc_dir``, default ``$XDG_RUNTIME_DIR/tucano2`` or
-  ``/tmp/tucano2-<uid>``). The directory is created 0700 and checked on every bind and connect: owned by
-  this user, not a symlink, nobody else may enter it. Another local user can neither connect nor see the
-  socket files, and cannot bind a fake learner there. Loopback TCP is never used: any local user can
-  connect to 127.0.0.1.
+  ``p<port>.sock`` in a private directory (``sync.ipc_dir``, default ``/tmp/tucano2-<uid>``). The
+  directory is created 0700 and checked on every bind and connect: owned by this user, not a symlink,
+  nobody else may enter it. Another local user can neither connect nor see the socket files, and cannot
+  bind a fake learner there. Loopback TCP is never used: any local user can connect to 127.0.0.1.
 * ``tcp`` (across nodes): the learner's sockets are CURVE servers, actors CURVE clients with the key pairs
   of ``sync.keys_dir`` (``python -m sync.keys``; files 0600). A ZAP handler admits only client keys in
   ``keys_dir/authorized``; everything on the wire is encrypted, so nobody without the keys can join, read
@@ -69,10 +68,9 @@ def transport_kind(cfg) -> str:
 
 
 def default_ipc_dir() -> Path:
-    run = os.environ.get("XDG_RUNTIME_DIR")
-    if run and Path(run).is_dir() and os.stat(run).st_uid == os.getuid():
-        return Path(run) / "tucano2"
-    return Path(tempfile.gettempdir()) / f"tucano2-{os.getuid()}"
+    """``/tmp/tucano2-<uid>``: fixed, not ``$TMPDIR`` or ``$XDG_RUNTIME_DIR``, which a batch job or a login
+    session may set differently for the learner and the actors of one run (they would never meet)."""
+    return Path("/tmp") / f"tucano2-{os.getuid()}"
 
 
 def private_dir(path: Path) -> Path:
@@ -106,10 +104,9 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def pid_dir(prefix: str, base: Path, tag: str = "") -> Path:
-    """A fresh private directory ``base/<prefix>-p<pid>-<tag>-*`` (mode 0700). Directories of the same prefix
-    left by processes of this user that died without cleaning up (SIGKILL) are removed first: their pid is
-    gone."""
+def sweep_pid_dirs(prefix: str, base: Path) -> None:
+    """Remove ``base/<prefix>-p<pid>-*`` directories of this user whose process is gone (killed before it
+    could clean up)."""
     import re
     import shutil
 
@@ -117,7 +114,24 @@ def pid_dir(prefix: str, base: Path, tag: str = "") -> Path:
         m = re.match(rf"{re.escape(prefix)}-p(\d+)-", d.name)
         if m and not pid_alive(int(m.group(1))) and os.lstat(d).st_uid == os.getuid():
             shutil.rmtree(d, ignore_errors=True)
+
+
+def pid_dir(prefix: str, base: Path, tag: str = "") -> Path:
+    """A fresh private directory ``base/<prefix>-p<pid>-<tag>-*`` (mode 0700), after sweeping the dead ones of
+    the same prefix (:func:`sweep_pid_dirs`)."""
+    sweep_pid_dirs(prefix, base)
     return Path(tempfile.mkdtemp(prefix=f"{prefix}-p{os.getpid()}-{tag + '-' if tag else ''}", dir=base))
+
+
+def sweep_stale_sockets(cfg) -> list[Path]:
+    """Remove ipc socket files in the private directory that nobody listens on (left by killed learners)."""
+    d = Path(cfg.ipc_dir) if getattr(cfg, "ipc_dir", None) else default_ipc_dir()
+    out = []
+    for p in d.glob("p*.sock") if d.is_dir() else []:
+        if not _listening(p):
+            p.unlink(missing_ok=True)
+            out.append(p)
+    return out
 
 
 def ipc_path(cfg, port: int) -> Path:

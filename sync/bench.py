@@ -5,8 +5,9 @@ Tucano2 shapes (dimensions from ``zoo.qwen3_config``; the base model is never al
 measures the latency from ``publish()`` (fp32 tensors in learner memory: bf16 conversion, packing,
 checksum, send) to the learner holding the acks of every subscriber, where each subscriber has
 received the update, verified its checksum and written it to /dev/shm as a PEFT adapter directory
-before acking. Subscribers are separate processes, each with its own endpoint and sockets, over
-loopback TCP. Also reported: the payload, the merged-weights size (bf16) and their ratio.
+before acking. Subscribers are separate processes, each with its own endpoint and sockets; with
+``--transports``: the ipc sockets of one node and TCP with CURVE (what crosses nodes), side by side. Also
+reported: the payload, the merged-weights size (bf16) and their ratio.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import multiprocessing as mp
 import statistics
 import sys
 import time
+from pathlib import Path
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -65,7 +67,7 @@ def _subscriber(cfg_json: str, actor_id: str, wport: int, ready, stop) -> None:
         while not stop.is_set():
             item = ep.poll(0.2)
             if isinstance(item, ReceivedWeights):
-                ep.send_ack(WeightAck(actor_id, item.version, True, 0.0, item.checksum))
+                ep.send_ack(WeightAck(actor_id, item.version, True, 0.0, item.checksum, learner=item.learner))
     finally:
         ep.close()
 
@@ -75,7 +77,7 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
-def bench_shape(shape: str, subscribers: int, repeats: int, r: int = 16) -> dict:
+def bench_shape(shape: str, subscribers: int, repeats: int, r: int = 16, transport: str = "ipc") -> dict:
     import torch
 
     from configs.schema import SyncConfig
@@ -84,7 +86,14 @@ def bench_shape(shape: str, subscribers: int, repeats: int, r: int = 16) -> dict
 
     torch.manual_seed(0)
     sd = {n: torch.randn(s) * 0.01 for n, s in lora_shapes(shape, r).items()}
-    cfg = SyncConfig(heartbeat_s=0.5, max_message_mb=1024)
+    keys = None
+    if transport == "tcp":  # TCP always runs CURVE: keys for this bench only
+        import tempfile
+
+        from sync.keys import make_keys
+
+        keys = make_keys(Path(tempfile.mkdtemp(prefix="sync-bench-keys-")) / "k")
+    cfg = SyncConfig(heartbeat_s=0.5, max_message_mb=1024, transport=transport, keys_dir=keys)
     pub = ZmqWeightPublisher(cfg, port=0)
     ctx = mp.get_context("spawn")
     ready = [ctx.Event() for _ in range(subscribers)]
@@ -148,13 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--shapes", default="0.5b,3.7b")
     ap.add_argument("--subscribers", default="1,4", help="subscriber counts to measure")
+    ap.add_argument("--transports", default="ipc,tcp",
+                    help="ipc (one node: Unix sockets in a private directory) and/or tcp (across nodes: CURVE)")
     args = ap.parse_args(argv)
     counts = [int(x) for x in args.subscribers.split(",")]
     results = {}
-    for shape in args.shapes.split(","):
-        res: dict = {}
+    for shape, transport in [(s, t) for s in args.shapes.split(",") for t in args.transports.split(",")]:
+        res: dict = {"shape": shape, "transport": transport if transport == "ipc" else "tcp+curve"}
         for n in counts:
-            m = bench_shape(shape, n, args.repeats)
+            m = bench_shape(shape, n, args.repeats, transport=transport)
             res.setdefault("payload_mb", round(m["payload_mb"], 2))
             res.setdefault("tensors", m["tensors"])
             res.setdefault("pack_checksum_ms_p50", round(m["pack_ms_p50"], 1))
@@ -164,19 +175,16 @@ def main(argv: list[str] | None = None) -> int:
         res["merged_bf16_mb"] = round(merged_mb(shape), 1)
         res["merged_over_adapter"] = round(res["merged_bf16_mb"] / res["payload_mb"], 1)
         res["repeats"] = args.repeats
-        results[shape] = res
+        results[f"{shape} {res['transport']}"] = res
     cols = (
         ["payload_mb", "pack_checksum_ms_p50"]
         + [f"{'transport_ms' if n == 1 else f'transport_ms_{n}sub'}_{q}" for n in counts for q in ("p50", "p95")]
         + ["merged_bf16_mb", "merged_over_adapter"]
     )
-    print(
-        "publish -> received -> checksum-verified -> written to /dev/shm -> acked (ms), loopback TCP, "
-        f"{args.repeats} repeats"
-    )
-    print(f"{'shape':<6} " + " ".join(f"{c:>22}" for c in cols))
-    for shape, res in results.items():
-        print(f"{shape:<6} " + " ".join(f"{res[c]:>22}" for c in cols))
+    print(f"publish -> received -> checksum-verified -> written to /dev/shm -> acked (ms), {args.repeats} repeats")
+    print(f"{'shape':<16} " + " ".join(f"{c:>22}" for c in cols))
+    for key, res in results.items():
+        print(f"{key:<16} " + " ".join(f"{res[c]:>22}" for c in cols))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

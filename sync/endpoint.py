@@ -193,10 +193,11 @@ class ActorEndpoint(IoThread):
     def send_group(self, group: RolloutGroup) -> None:
         """Send the group answering a request from :meth:`poll`; an empty ``learner`` is filled in from the
         request it answers."""
-        if not group.learner:
+        if not group.learner:  # the request handed out under this id (not one still queued)
             with self._cv:
-                owners = [lr for lr, rid in self._held if rid == group.request_id]
-            group.learner = self._learner if self._learner in owners else (owners[0] if owners else "")
+                queued = {(r.learner, r.request_id) for r in self._requests}
+                owners = [k[0] for k in self._held - queued if k[1] == group.request_id]
+            group.learner = owners[0] if len(owners) == 1 else (self._learner or "")
         frames = encode(group)
         size = sum(memoryview(f).nbytes for f in frames)
         if size > self.limits.group_bytes:

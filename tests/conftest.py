@@ -40,3 +40,21 @@ def smoke_config(tiny_model, commerce_data, tmp_path):
                         f"data.db_path={commerce_data / 'commerce.db'}",
                         f"data.train_pairs={commerce_data / 'pairs' / 'train.jsonl'}",
                         f"data.eval_pairs={commerce_data / 'pairs' / 'eval.jsonl'}"])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _leave_nothing_behind():
+    """Tests SIGKILL actors and learners on purpose; what those processes could not clean up (vLLM's socket
+    directories and shared-memory queues, OpenMP's registration files, sync directories, ipc socket files)
+    is removed when the session ends, the way the next actor or learner would remove it."""
+    yield
+    import tempfile
+
+    from actor.runtime import sweep_engine_leftovers
+    from configs.schema import SyncConfig
+    from sync._net import sweep_pid_dirs, sweep_stale_sockets
+
+    sweep_engine_leftovers(min_age_s=0.0)
+    sweep_pid_dirs("tucano2-vllm", Path(tempfile.gettempdir()))
+    sweep_pid_dirs("tucano2-sync", Path("/dev/shm"))
+    sweep_stale_sockets(SyncConfig())

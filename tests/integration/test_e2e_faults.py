@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 
-from learner.checkpoint import list_checkpoints
 from e2e_helpers import Launch, e2e_overrides, train_steps
+from learner.checkpoint import list_checkpoints
+from learner.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -94,3 +96,60 @@ def test_ctrl_c_on_the_launcher_leaves_no_process(tiny_model, tmp_path):
         assert la.wait(timeout=120) == 130, la.log()[-3000:]
         left = la.alive({p.pid for p in procs})
     assert left == [], f"processes left after Ctrl-C: {left}"
+
+
+def test_resumed_learner_takes_over_live_actors(tiny_model, tmp_path, actor_kit):
+    """SIGKILL the learner while its actor lives on, serving a version newer than the last checkpoint; a
+    learner started with --resume takes the actor over (it loads the older version), the dead learner's
+    groups are dropped, and the run finishes every step exactly once."""
+    import subprocess
+    import sys
+
+    from configs import dump_config, load_config
+
+    steps, every = 9, 3
+    run = tmp_path / "run"
+    over = e2e_overrides(tiny_model, tmp_path / "pairs", max_steps=steps, **SMALL,
+                         **{"learner.checkpoint_every": every, "sync.max_staleness": 1, "run_dir": run})
+    cfg_path = tmp_path / "config.yaml"
+    cfg_path.write_text(dump_config(load_config("configs/smoke_cpu.yaml", over)))
+    actor = actor_kit.ActorProc(cfg_path, [], tmp_path / "actor.log", actor_id="live")
+    env = dict(os.environ, TUCANO2_NO_PROGRESS="1", WANDB_MODE="disabled")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+
+    def learner(*extra):
+        log = open(tmp_path / f"learner{len(extra)}.log", "w")  # noqa: SIM115 - closed below
+        return subprocess.Popen([sys.executable, "-m", "learner", "--config", str(cfg_path), *extra],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True), log
+
+    try:
+        first, log1 = learner()
+        deadline = time.monotonic() + 300
+        while not (list_checkpoints(run) and last_step_of(run) >= every + 2):
+            assert first.poll() is None, (tmp_path / "learner0.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the first learner made no progress"
+            time.sleep(0.2)
+        killpg(first.pid)
+        first.wait(30)
+        log1.close()
+        resumed_from = int(list_checkpoints(run)[-1].name.split("-")[1])
+        assert resumed_from < last_step_of(run)  # the actor serves a version the checkpoint does not have
+        second, log2 = learner("--resume", str(run))
+        assert second.wait(timeout=300) == 0, (tmp_path / "learner2.log").read_text()[-4000:]
+        log2.close()
+        assert actor.proc.poll() is None  # the same actor process served both learners
+    finally:
+        actor.kill_all()
+    rows = read_metrics(run)
+    assert train_steps(rows) == list(range(1, steps + 1))
+    after = [m for m in rows if "perf/step_s" in m and m["step"] > resumed_from]
+    assert all(m["train/completions"] > 0 and m["train/refused_version"] == 0 for m in after)
+    assert [m["train/version"] for m in after] == [float(s) for s in range(resumed_from + 1, steps + 1)]
+    assert "a new learner" in actor.log()
+    assert "sync/dropped_foreign_groups" in after[-1]
+
+
+def last_step_of(run) -> int:
+    steps = train_steps(read_metrics(run))
+    return steps[-1] if steps else 0

@@ -49,6 +49,11 @@ def test_eval_reward_rises_with_the_weight_sync(learning_runs):
     assert gain(curve) > 0.3, curve
     log = (run / "logs" / "actor-0.log").read_text()
     assert f"serving v{STEPS}" in log  # the actor followed the learner to the last version
+    assert "merged mode, float32" in log
+    # every sync measured: the float32 merged engine serves the delta the learner trained
+    syncs = [r for r in read_metrics(run) if "sync/served_delta_cosine" in r]
+    assert [r["step"] for r in syncs] == list(range(0, STEPS + 1))
+    assert all(r["sync/served_delta_cosine"] > 0.999 for r in syncs), [r["sync/served_delta_cosine"] for r in syncs]
 
 
 def test_eval_reward_stays_flat_without_the_weight_sync(learning_runs):

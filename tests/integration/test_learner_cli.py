@@ -204,3 +204,21 @@ def test_bench_tiny_reports_throughput(tmp_path):
     assert res["shape"] == "tiny" and res["fwd_bwd_tokens_per_s"] > 0 and res["tokens_per_step"] > 0
     assert res["completions"] == 8 and res["completion_len"] == 48
     assert "fwd_bwd_tokens_per_s" in r.stdout
+
+
+def test_bench_compares_zero_advantage_skipping_side_by_side(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "learner.bench", "--shape", "tiny", "--steps", "1",
+                        "--set", "prompts_per_step=4", "--zero-std-frac", "0,0.5", "--compare-skip",
+                        "--json", str(tmp_path / "b.json")],
+                       cwd=REPO, env=env_for(0, 1, free_port()), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads((tmp_path / "b.json").read_text())
+    by = {(x["zero_std_frac"], x["skip_zero_advantage"]): x for x in rows}
+    assert set(by) == {(0.0, False), (0.0, True), (0.5, False), (0.5, True)}
+    assert by[(0.5, True)]["skipped_completions"] == 2 * 4  # 2 of 4 groups flat, G = 4 in smoke_cpu
+    assert by[(0.5, True)]["tokens_per_step"] < by[(0.5, False)]["tokens_per_step"]
+    assert by[(0.0, True)]["tokens_per_step"] == by[(0.0, False)]["tokens_per_step"]
+    assert "saved" in r.stdout
+    bad = subprocess.run([sys.executable, "-m", "learner.bench", "--zero-std-frac", "1.5"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--zero-std-frac" in bad.stderr

@@ -91,6 +91,9 @@ def test_one_step_changes_only_lora_parameters(tiny_model, tmp_path):
     ):
         assert key in step1, key
     assert step1["step"] == 1 and step1["train/grad_norm"] > 0 and step1["train/kl"] == 0.0
+    # the in-process actor reports the delta it serves too (read back from its PEFT model)
+    assert lines[0]["sync/served_delta_cosine"] == 1.0 and step1["sync/served_delta_cosine"] > 0.999999
+    assert step1["train/skipped_completions"] >= 0 and "sync/wire_delta_cosine" in step1
 
 
 def test_resume_gives_the_same_adapter_as_a_straight_run(tiny_model, tmp_path):
@@ -192,3 +195,18 @@ def test_lagging_actor_stale_groups_are_dropped_and_re_requested(tiny_model, tmp
     assert sum(m["train/dropped_stale"] for m in lines) > 0
     assert all(m["train/staleness"] <= 1 for m in lines)
     assert actor.version == 3  # one behind the learner, as configured
+
+
+def test_publish_every_2_with_staleness_1_never_drops_a_batch(tiny_model, tmp_path):
+    """publish_every 2 leaves every other batch generated one version behind; requesting max_staleness
+    batches ahead on top of that made half of them two versions old, dropped and regenerated. The learner
+    requests max_staleness - (publish_every - 1) ahead, so every batch is within the bound."""
+    tr, _ = make(tiny_model, tmp_path, max_steps=6, **{"learner.publish_every": 2, "sync.max_staleness": 1})
+    assert tr.depth == 0
+    res = tr.run()
+    assert res.stopped is None and res.version == 6
+    lines = [m for m in metrics(tmp_path / "run") if "train/loss" in m]
+    assert sum(m["train/dropped_stale"] for m in lines) == 0
+    assert sorted({m["train/staleness"] for m in lines}) == [0.0, 1.0]  # both: the bound is used, not exceeded
+    pub = [m["step"] for m in lines if m["perf/sync_s"] > 0]
+    assert pub == [2, 4, 6]

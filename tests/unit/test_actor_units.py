@@ -128,3 +128,27 @@ def test_actor_cli_refuses_bad_config_with_one_line(tmp_path):
                        timeout=60)
     assert p.returncode == 2
     assert len(p.stderr.strip().splitlines()) == 1 and "actor.nope" in p.stderr
+
+
+def test_sweep_removes_what_killed_engines_left(tmp_path):
+    """/dev/shm leftovers of SIGKILLed engines: OpenMP registration files of dead pids and vLLM's
+    shared-memory queues no process maps; those of live processes stay."""
+    import mmap
+    import os
+    import subprocess
+
+    from actor.runtime import sweep_engine_leftovers
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead_kmp = tmp_path / f"__KMP_REGISTERED_LIB_{gone.pid}_{os.getuid()}"
+    live_kmp = tmp_path / f"__KMP_REGISTERED_LIB_{os.getpid()}_{os.getuid()}"
+    orphan, in_use, fresh = tmp_path / "psm_dead0001", tmp_path / "psm_live0001", tmp_path / "psm_new00001"
+    for f in (dead_kmp, live_kmp, orphan, in_use, fresh):
+        f.write_bytes(b"\0" * 4096)
+    for f in (orphan, in_use):
+        os.utime(f, (0, 0))  # old enough
+    with open(in_use, "r+b") as fh, mmap.mmap(fh.fileno(), 4096):
+        removed = sweep_engine_leftovers(tmp_path)
+    assert sorted(p.name for p in removed) == sorted([dead_kmp.name, orphan.name])
+    assert live_kmp.exists() and in_use.exists() and fresh.exists()

@@ -187,3 +187,22 @@ def test_cli_missing_inputs_exit_2_with_one_line(tmp_path, tiny_model):
         assert r.returncode == 2, (what, r.stderr)
         lines = [x for x in r.stderr.splitlines() if x.strip()]
         assert len(lines) == 1 and what in lines[0], (what, r.stderr)
+
+
+def test_request_seeds_never_share_a_random_stream():
+    """vLLM seeds sample k with ``seed + k`` (prompt i of a request adds ``i * n``): every request of a run
+    -- a step's prompts, re-requests, eval chunks, the probe -- must own a range of its own."""
+    from learner.rollouts import SEED_STRIDE, rollout_seed
+
+    g, prompts_per_step, eval_chunks = 16, 8, 16
+    ranges = []
+    for step in range(300):
+        ranges += [(rollout_seed(42, step, j), g) for j in range(prompts_per_step)]
+        ranges += [(rollout_seed(42, step, 64 + 32 * a + k), g) for a in range(4) for k in range(2)]
+    ranges += [(rollout_seed(42, 0, 192 + i), 8) for i in range(eval_chunks)] + [(rollout_seed(42, 0, 255), 1)]
+    streams = [s + k for s, n in ranges for k in range(n)]
+    assert len(streams) == len(set(streams))
+    assert all(0 <= s < 2**31 for s, _ in ranges) and g * 8 <= SEED_STRIDE
+    # the old scheme (base + j per prompt) shared 15 of 16 streams between prompts 0 and 1 of a step
+    old = [{42 * 100003 + 5 * 101 + j + k for k in range(g)} for j in range(2)]
+    assert len(old[0] & old[1]) == 15

@@ -133,3 +133,22 @@ def test_loss_module_imports_without_vllm_or_deepspeed():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_stale_rows_with_underflowing_ratios_keep_loss_and_gradient_finite():
+    """A stale row whose learner logprob is far below the actor's (ratio exp(-200) = 0 in float32), next to
+    padding: ``ratio * (cap / ratio.detach())`` made a finite loss with a NaN gradient (0 * inf in backward)."""
+    logps = torch.tensor([[-210.0, -1.0, 0.0], [-0.5, -2.0, 0.0]], requires_grad=True)
+    behaviour = torch.tensor([[-10.0, -1.5, 0.0], [-0.7, -1.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])  # the last column is padding
+    loss, st = policy_loss(logps, behaviour, torch.tensor([-1.0, 1.0]), mask, max_completion_length=3,
+                           stale=torch.tensor([True, True]), tis_cap=2.0)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logps.grad).all()
+    assert logps.grad[:, 2].abs().sum() == 0  # padding gets no gradient
+    # a log-ratio of 40 is clamped to 20 before exp(): truncated at the cap, finite either way
+    huge = torch.tensor([[40.0]], requires_grad=True)
+    loss, st = policy_loss(huge, torch.tensor([[0.0]]), torch.tensor([-1.0]), torch.ones(1, 1),
+                           stale=torch.tensor([True]), tis_cap=2.0)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(huge.grad).all() and st.truncated == 1.0

@@ -303,3 +303,81 @@ def test_sync_dirs_of_dead_actors_are_swept(tmp_path):
     assert not dead.exists()
     assert alive.is_dir() and fresh.is_dir() and other.is_dir()
     assert fresh.name.startswith(f"tucano2-sync-p{os.getpid()}-C-")
+
+
+def test_a_new_learner_takes_over_an_actor_serving_a_newer_version(tmp_path):
+    """The learner dies while its actor serves v3 and holds its requests; a new learner (resumed from an
+    older checkpoint) binds the same ports with a new incarnation. The actor serves nothing until it loaded
+    the new learner's v1; the old learner's queued request is dropped, its in-flight answer is not taken by
+    the new learner even though the request id is the same, and then the new learner's requests flow."""
+    from sync.rollout import ZmqRolloutTransport
+    from sync.wire import Completion, PromptResult, RolloutGroup, RolloutRequest, SamplingSpec
+
+    def req(rid):
+        return RolloutRequest(rid, [[1, 2]], SamplingSpec(1, 1.0, 1.0, 2), 0)
+
+    t1 = ZmqRolloutTransport(CFG, port=0, incarnation="L1")
+    p1 = ZmqWeightPublisher(CFG, port=0, incarnation="L1")
+    ports = (t1.port, p1.port)
+    ep = ActorEndpoint(CFG, "a", tmp_path / "a", rollout_port=ports[0], weight_port=ports[1])
+    try:
+        for v in (0, 1, 2, 3):
+            p1.publish(v, state(v), ADAPTER)
+        w = ep.poll(5)
+        assert w.version == 3 and w.learner == "L1"
+        ep.send_ack(WeightAck("a", 3, True, 0.0, w.checksum, learner=w.learner))
+        p1.wait_acks(3, 5)
+        t1.submit(req("train-s4-p0"))
+        in_flight = ep.poll(5)
+        assert in_flight.request_id == "train-s4-p0" and in_flight.learner == "L1"
+        t1.submit(req("train-s4-p1"))
+        wait_for(lambda: len(ep._requests) == 1)  # queued at the actor, not started
+        t1.close(shutdown_actors=False)  # the learner dies (SIGKILL: no Shutdown)
+        p1.close()
+
+        t2 = ZmqRolloutTransport(CFG, port=ports[0], incarnation="L2")
+        p2 = ZmqWeightPublisher(CFG, port=ports[1], incarnation="L2")
+        try:
+            t2.submit(req("train-s4-p0"))  # the resumed learner asks for the same step again
+            wait_for(lambda: ep.dropped_foreign == 1)  # L1's queued request is gone
+            assert ep.poll(1.0) is None  # serving L1's v3, nothing from L2 loaded yet: nothing is served
+            comps = [Completion([3], [-1.0], "x", "stop")]
+            ep.send_group(RolloutGroup("train-s4-p0", "a", 3, [PromptResult([1, 2], comps)]))  # L1's answer
+            wait_for(lambda: t2.dropped_foreign == 1)
+            assert t2.receive(0.3) is None and t2.pending() == 1
+            p2.publish(1, state(11), ADAPTER)  # older than what the actor serves: taken anyway
+            w = ep.poll(5)
+            assert isinstance(w, ReceivedWeights) and (w.version, w.learner) == (1, "L2")
+            ep.send_ack(WeightAck("a", 1, True, 0.0, w.checksum, learner=w.learner))
+            assert p2.wait_acks(1, 5)["a"].ok and ep.version == 1
+            mine = ep.poll(5)
+            assert (mine.request_id, mine.learner) == ("train-s4-p0", "L2")
+            ep.send_group(RolloutGroup(mine.request_id, "a", 1, [PromptResult([1, 2], comps)]))
+            g = t2.receive(5)
+            assert (g.request_id, g.version, g.learner) == ("train-s4-p0", 1, "L2")
+            p2.publish(3, state(33), ADAPTER)  # v3 again, now the new learner's: sent, not mistaken for L1's
+            assert isinstance(ep.poll(5), ReceivedWeights)
+        finally:
+            t2.close(shutdown_actors=False)
+            p2.close()
+    finally:
+        ep.close()
+
+
+def test_a_request_already_held_is_not_taken_twice(tmp_path):
+    from sync.rollout import ZmqRolloutTransport
+    from sync.wire import RolloutRequest, SamplingSpec
+
+    t = ZmqRolloutTransport(CFG, port=0, request_timeout_s=0.2)  # one actor: re-sends go back to it
+    ep = ActorEndpoint(CFG, "solo", tmp_path / "solo", rollout_port=t.port, weight_port=1, gate_on_weights=False)
+    try:
+        wait_for(lambda: "solo" in t.actors())
+        t.submit(RolloutRequest("r", [[1]], SamplingSpec(1, 1.0, 1.0, 1)))
+        first = ep.poll(5)
+        wait_for(lambda: t.resent >= 2)  # re-sent twice while "generating"
+        wait_for(lambda: ep.dropped_duplicates >= 2)
+        assert ep.poll(0.3) is None  # the copies are not handed out again
+        assert first.request_id == "r"
+    finally:
+        ep.close()
+        t.close()
