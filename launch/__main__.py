@@ -1,7 +1,8 @@
-"""``python -m launch node|cpu --config FILE [options]``: plan, check, write and run a training run.
+"""``python -m launch node|cpu|slurm --config FILE [options]``: plan, check, write and run a training run.
 
-The shell launchers (``launch/v4_2_3b.sh``, ``launch/v4_1_05b.sh``, ``launch/cpu.sh``) are thin wrappers
-around this. ``--dry-run`` prints the plan and starts nothing.
+The shell launchers (``launch/v4_2_3b.sh``, ``launch/v4_1_05b.sh``, ``launch/cpu.sh``, ``launch/slurm.sh``) are
+thin wrappers around this. ``--dry-run`` prints the plan and starts nothing. ``slurm`` writes a batch job and
+submits it (``--dry-run``: writes and prints it); ``slurm-job RUN_DIR`` is what that job runs on its first node.
 """
 
 from __future__ import annotations
@@ -15,6 +16,15 @@ from launch.plan import LaunchError, cpu_plan, node_plan
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["slurm"]:
+        from launch.slurm import cli
+
+        return cli(argv[1:])
+    if argv[:1] == ["slurm-job"] and len(argv) == 2:
+        from launch.slurm_job import main as job_main
+
+        return job_main(argv[1])
     p = argparse.ArgumentParser(prog="python -m launch", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="mode", required=True)
     for mode in ("node", "cpu"):
@@ -32,10 +42,14 @@ def main(argv: list[str] | None = None) -> int:
                       help="tensor parallel size per actor (env TP)")
     node.add_argument("--hostfile", default=os.environ.get("HOSTFILE"),
                       help="DeepSpeed hostfile: learner ranks across nodes (env HOSTFILE)")
+    sub.add_parser("slurm", help="write RUN_DIR/job.sbatch and submit it (python -m launch slurm --help)")
+    sub.add_parser("slurm-job", help="inside that job: RUN_DIR (what job.sbatch runs)")
     cpu = sub.choices["cpu"]
     cpu.add_argument("--actor-cores", default=os.environ.get("ACTOR_CORES"), help="pin the actor (taskset list)")
     cpu.add_argument("--learner-cores", default=os.environ.get("LEARNER_CORES"), help="pin the learner")
     args = p.parse_args(argv)
+    if args.mode.startswith("slurm"):
+        p.error(f"{args.mode}: see python -m launch {args.mode} --help")
 
     try:
         if args.mode == "node":

@@ -44,6 +44,8 @@ class Plan:
     config: RunConfig
     actors: list[Component]
     learner: Component
+    extra: dict = field(default_factory=dict)             # more plan.json keys (the Slurm job's layout)
+    commands: list[tuple[str, str]] | None = None         # (comment, line) for commands.sh; default: each component
 
     def describe(self) -> str:
         c = self.config
@@ -60,9 +62,11 @@ class Plan:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(dump_config(self.config))
         comps = [asdict(c) for c in [*self.actors, self.learner]]
-        (self.run_dir / "plan.json").write_text(json.dumps({"mode": self.mode, "components": comps}, indent=2))
+        (self.run_dir / "plan.json").write_text(json.dumps({"mode": self.mode, "components": comps, **self.extra},
+                                                           indent=2))
         script = ["#!/usr/bin/env bash", "# Exact start commands of this run, one per component."]
-        script += [f"# {c.name} ({c.devices})\n{c.shell()} &" for c in [*self.actors, self.learner]]
+        lines = self.commands or [(f"{c.name} ({c.devices})", c.shell()) for c in [*self.actors, self.learner]]
+        script += [f"# {what}\n{line} &" for what, line in lines]
         (self.run_dir / "commands.sh").write_text("\n".join(script) + "\nwait\n")
 
 
@@ -147,14 +151,16 @@ def check_keys(cfg: RunConfig) -> None:
         raise LaunchError(f"sync.keys_dir {d} holds no CURVE keys; make them with `python -m sync.keys {d}`")
 
 
-def preflight(cfg: RunConfig, check_ports: bool = True) -> None:
+def preflight(cfg: RunConfig, check_ports: bool = True, keys: bool = True) -> None:
+    """Model, data, CURVE keys (``keys``: they exist already) and free ports (``check_ports``: on this host)."""
     check_model(cfg.model_id)
     for label, path in (("train pairs", cfg.data.train_pairs), ("eval pairs", cfg.data.eval_pairs),
                         ("database", cfg.data.db_path)):
         if cfg.rewards.toy_token is None or label != "database":
             if not Path(path).exists():
                 raise LaunchError(f"{label} not found: {path} (build with `python -m commerce build`)")
-    check_keys(cfg)
+    if keys:
+        check_keys(cfg)
     if check_ports:
         for port in (cfg.sync.rollout_port, cfg.sync.weight_port):
             check_port_free(cfg.sync, port)

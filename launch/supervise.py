@@ -15,6 +15,7 @@ Invariants:
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,11 +26,22 @@ from pathlib import Path
 from launch.plan import Component, LaunchError, Plan
 
 READY_MARK = "READY"
+LABEL = re.compile(r"^\s*(\d+): ")  # srun --label: the task number in front of each line
 
 
 class Proc:
-    def __init__(self, comp: Component, log_dir: Path, on_ready: threading.Event | None = None):
+    """One component's process (its own session), its output pumped to our stdout and its log file.
+
+    ``tag`` names where it runs (a Slurm node) and follows the ``[name]`` prefix: ``[actor-0] (n2) ...``;
+    the log file's lines carry it too. ``rank_tags``: the process is an ``srun --label`` step whose lines
+    start with ``K: `` (task K); such a line is tagged ``rank_tags[K]`` instead, without the label.
+    """
+
+    def __init__(self, comp: Component, log_dir: Path, on_ready: threading.Event | None = None,
+                 tag: str | None = None, rank_tags: list[str] | None = None):
         self.comp = comp
+        self.tag = tag
+        self.rank_tags = rank_tags
         self.ready = on_ready or threading.Event()
         env = {**os.environ, **comp.env, "PYTHONUNBUFFERED": "1"}
         self.log = open(log_dir / f"{comp.name}.log", "a", buffering=1)  # noqa: SIM115 - closed in wait()
@@ -38,9 +50,18 @@ class Proc:
         self.pump = threading.Thread(target=self._pump, daemon=True)
         self.pump.start()
 
+    def _tagged(self, line: str) -> str:
+        tag = self.tag
+        if self.rank_tags:
+            m = LABEL.match(line)
+            if m and int(m.group(1)) < len(self.rank_tags):
+                tag, line = self.rank_tags[int(m.group(1))], line[m.end():]
+        return f"({tag}) {line}" if tag else line
+
     def _pump(self) -> None:
         prefix = f"[{self.comp.name}] "
         for line in self.popen.stdout:  # type: ignore[union-attr]
+            line = self._tagged(line)
             self.log.write(line)
             sys.stdout.write(prefix + line)
             sys.stdout.flush()

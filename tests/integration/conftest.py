@@ -204,3 +204,71 @@ def actor_kit(tiny_model):
         ActorProc=ActorProc,
         wait_for=wait_for,
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# A real Slurm cluster for tests/integration/test_slurm*.py: tests/slurm/cluster.sh brings up munged,
+# slurmctld and two slurmd daemons (fake nodes n1, n2 on this machine) in a private directory, on free
+# ports, for the session, and takes them down afterwards.
+
+SLURM_SCRIPT = REPO / "tests" / "slurm" / "cluster.sh"
+
+
+def _slurm_unavailable() -> str | None:
+    import shutil
+
+    have = all(shutil.which(t) for t in ("slurmctld", "slurmd", "sbatch", "munged"))
+    if os.geteuid() != 0:
+        return "the Slurm test cluster runs slurmctld, slurmd and munged as root; not root here"
+    if not have and shutil.which("apt-get") is None:
+        return "Slurm is not installed and apt-get is missing (tests/slurm/cluster.sh install needs Debian's apt)"
+    return None
+
+
+def _free_port_block(n: int) -> int:
+    import random
+
+    for _ in range(200):
+        base = random.randrange(42000, 48000)
+        try:
+            for p in range(base, base + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no block of free ports for the Slurm test cluster")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """Env (``SLURM_CONF`` set) for a two-node Slurm cluster on this machine. Skipped only where root or
+    apt is missing, never in CI (``TUCANO2_CI=1``: the same reasons fail instead)."""
+    why = _slurm_unavailable()
+    if why:
+        if os.environ.get("TUCANO2_CI") == "1":
+            pytest.fail(f"Slurm tests cannot run in CI: {why}")
+        pytest.skip(why)
+    import shutil
+    import tempfile
+
+    # Not under pytest's basetemp: munged's socket lives here, and a concurrent pytest session of the same
+    # user may prune old basetemp directories while this one runs.
+    d = Path(tempfile.mkdtemp(prefix="tucano2-slurm-"))
+    env = {**os.environ, "TUCANO2_SLURM_DIR": str(d), "TUCANO2_SLURM_PORT": str(_free_port_block(3)),
+           "TUCANO2_SLURM_NODES": "2", "SLURM_CONF": str(d / "slurm.conf")}
+
+    def script(cmd: str, timeout: float) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(SLURM_SCRIPT), cmd], env=env, capture_output=True, text=True,
+                              timeout=timeout, check=False)
+
+    for cmd, timeout in (("install", 900), ("up", 120)):
+        r = script(cmd, timeout)
+        if r.returncode != 0:
+            script("down", 60)
+            pytest.fail(f"tests/slurm/cluster.sh {cmd} failed:\n{r.stdout}\n{r.stderr}")
+    try:
+        yield SimpleNamespace(env=env, dir=d, conf=d / "slurm.conf", nodes=["n1", "n2"])
+    finally:
+        script("down", 60)
+        shutil.rmtree(d, ignore_errors=True)
