@@ -21,10 +21,10 @@ from collections.abc import Mapping
 
 from .schema import TASKS
 
-__all__ = ["TASKS", "classify_task", "user_text"]
+__all__ = ["TASKS", "classify_task", "completion_text", "fold", "user_text"]
 
 
-def _fold_table() -> dict[int, str]:  # the same table as rewards.common.fold (a test checks it)
+def _fold_table() -> dict[int, str]:
     table: dict[int, str] = {}
     for cp in range(0xC0, 0x250):
         base = "".join(c for c in unicodedata.normalize("NFD", chr(cp)) if unicodedata.category(c) != "Mn")
@@ -38,24 +38,35 @@ def _fold_table() -> dict[int, str]:  # the same table as rewards.common.fold (a
 _FOLD = _fold_table()
 
 
-def _fold(text: str) -> str:
+def fold(text: str) -> str:
+    """Lowercase without accents: 'Não É' -> 'nao e' (the rewards' and the classifier's matching form).
+
+    >>> fold("Não É Açúcar")
+    'nao e acucar'
+    """
     low = text.lower()
     return low if low.isascii() else low.translate(_FOLD)
 
 
-def _text(c: Any) -> str:
-    """A completion's text (as ``rewards.common.completion_text``): assistant turns of a message list."""
+def completion_text(c: Any) -> str:
+    """The assistant text of a completion given as a string or as TRL's list of messages.
+
+    >>> completion_text([{"role": "assistant", "content": "Oi!"}])
+    'Oi!'
+    >>> completion_text(None)
+    ''
+    """
     if c is None:
         return ""
     if isinstance(c, str):
         return c
     if isinstance(c, Mapping):
-        return _text(c.get("content"))
+        return completion_text(c.get("content"))
     if isinstance(c, (list, tuple)):
         msgs = [m for m in c if isinstance(m, Mapping)]
         if msgs:
             chosen = [m for m in msgs if m.get("role") == "assistant"] or msgs
-            return "\n".join(_text(m.get("content")) for m in chosen)
+            return "\n".join(completion_text(m.get("content")) for m in chosen)
         return "".join(x for x in c if isinstance(x, str))
     if isinstance(c, (bytes, bytearray)):
         return bytes(c).decode("utf-8", "replace")
@@ -71,9 +82,9 @@ def user_text(messages: Any) -> str:
     'Escreva uma consulta SQL'
     """
     if isinstance(messages, (list, tuple)) and any(isinstance(m, Mapping) for m in messages):
-        return "\n".join(_text(m.get("content")) for m in messages
+        return "\n".join(completion_text(m.get("content")) for m in messages
                          if isinstance(m, Mapping) and m.get("role") == "user")
-    return _text(messages)
+    return completion_text(messages)
 
 _CUES = {
     "push": ((r"\bpush\b", 3), (r"notifica", 2), (r"120 caracteres", 2)),
@@ -100,7 +111,7 @@ def classify_task(text: Any) -> str:
     'extraction'
     """
     try:
-        t = _fold(_text(text)[:20000])
+        t = fold(completion_text(text)[:20000])
         scores = {task: sum(w for rx, w in cues if rx.search(t)) for task, cues in _COMPILED.items()}
         best = max(scores.values())
         if best == 0:

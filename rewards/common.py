@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import re
-import unicodedata
 from collections.abc import Mapping
 from typing import Any
+
+from commerce.classify import completion_text, fold  # noqa: F401 - re-exported: the rewards' own names
 
 from .jsonx import extract_json
 
@@ -37,31 +38,6 @@ _WORD = re.compile(r"[a-zà-öø-ÿ]+")
 _NUMBER = re.compile(r"(?<![\w])[-+]?\d+(?:[.,]\d+)*")
 
 
-def completion_text(c: Any) -> str:
-    """The assistant text of a completion given as a string or as TRL's list of messages.
-
-    >>> completion_text([{"role": "assistant", "content": "Oi!"}])
-    'Oi!'
-    >>> completion_text(None)
-    ''
-    """
-    if c is None:
-        return ""
-    if isinstance(c, str):
-        return c
-    if isinstance(c, Mapping):
-        return completion_text(c.get("content"))
-    if isinstance(c, (list, tuple)):
-        msgs = [m for m in c if isinstance(m, Mapping)]
-        if msgs:
-            chosen = [m for m in msgs if m.get("role") == "assistant"] or msgs
-            return "\n".join(completion_text(m.get("content")) for m in chosen)
-        return "".join(x for x in c if isinstance(x, str))
-    if isinstance(c, (bytes, bytearray)):
-        return bytes(c).decode("utf-8", "replace")
-    return str(c)
-
-
 def prompt_text(p: Any) -> str:
     """The user text of a prompt (a string or a list of chat messages)."""
     if isinstance(p, (list, tuple)) and any(isinstance(m, Mapping) for m in p):
@@ -81,30 +57,6 @@ def as_dict(v: Any) -> dict | None:
             out = extract_json(v)
         return out if isinstance(out, dict) else None
     return None
-
-
-def _fold_table() -> dict[int, str]:
-    table: dict[int, str] = {}
-    for cp in range(0xC0, 0x250):
-        base = "".join(c for c in unicodedata.normalize("NFD", chr(cp)) if unicodedata.category(c) != "Mn")
-        if base != chr(cp) and base:
-            table[cp] = base
-    for cp in range(0x300, 0x370):  # combining marks of already-decomposed text
-        table[cp] = ""
-    return table
-
-
-_FOLD = _fold_table()
-
-
-def fold(text: str) -> str:
-    """Lowercase without accents: 'Não É' -> 'nao e'.
-
-    >>> fold("Não É Açúcar")
-    'nao e acucar'
-    """
-    low = text.lower()
-    return low if low.isascii() else low.translate(_FOLD)
 
 
 def pt_score(text: str) -> float:

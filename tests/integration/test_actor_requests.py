@@ -21,6 +21,7 @@ START_S = 240
 @pytest.fixture(scope="module")
 def setup(actor_kit, commerce_data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("actor-requests")
+    before = leftovers()
     over = [f"model_id={actor_kit.model}", "actor.score_rewards=true", "sync.heartbeat_s=0.5",
             f"data.db_path={commerce_data / 'commerce.db'}",
             f"data.train_pairs={commerce_data / 'pairs' / 'train.jsonl'}", "actor.enforce_eager=true"]
@@ -35,11 +36,18 @@ def setup(actor_kit, commerce_data, tmp_path_factory):
         tensors, acfg = actor_kit.adapter_tensors(ad)
         publisher.publish(0, tensors, acfg)
         publisher.wait_acks(0, 120)
-        yield load_config(actor_kit.config, over), transport, actor
+        yield load_config(actor_kit.config, over), transport, actor, before
     finally:
         actor.kill_all()
         transport.close(shutdown_actors=False)
         publisher.close()
+
+
+def leftovers() -> set[str]:
+    """What lies in the shared temp directories: /tmp and /dev/shm."""
+    import glob
+
+    return set(glob.glob("/tmp/*")) | set(glob.glob("/dev/shm/*"))
 
 
 def receive(transport, timeout=120.0):
@@ -59,7 +67,7 @@ def test_actor_scores_with_the_learners_reference_columns(setup):
     from learner.rollouts import PromptItem
     from rewards.common import fold
 
-    cfg, transport, _ = setup
+    cfg, transport, _, _ = setup
     chat = [{"role": "system", "content": "Você é redator de CRM."},
             {"role": "user", "content": "Escreva uma notificação push curta para o cliente."}]
     fn = make_reward_fn(cfg)
@@ -88,7 +96,7 @@ def test_request_resent_to_the_actor_holding_it_is_answered_once(setup):
     """request_timeout_s is 1 s, the generation takes longer: the transport re-sends the request to the only
     actor, which already holds it. It must not answer the copy with an error group (delivered first, the
     real group then dropped as a duplicate); it answers once, with the completions."""
-    cfg, transport, actor = setup
+    cfg, transport, actor, _ = setup
     from sync.wire import RolloutRequest, SamplingSpec
 
     chat = [{"role": "user", "content": "Escreva uma avaliação longa sobre o pedido " * 5}]
@@ -106,3 +114,28 @@ def test_request_resent_to_the_actor_holding_it_is_answered_once(setup):
     while (hb := transport.actors()["solo"]).in_flight or hb.queue_depth:
         assert time.monotonic() < deadline, f"the actor still holds work: {hb}"
         time.sleep(0.2)
+
+
+def test_a_stopped_actor_leaves_nothing_in_tmp_or_shm(setup):
+    """vLLM's own ipc sockets (~7 per engine in /tmp), its shared-memory queues and OpenMP's files in
+    /dev/shm, our sync directory: a clean stop removes all of it (the module's actor ran two tests)."""
+    import signal
+
+    _, _, actor, before = setup
+    actor.snapshot_children()
+    actor.signal(signal.SIGTERM)
+    assert actor.wait(120) == 0, actor.log()[-2000:]
+    deadline = time.monotonic() + 10
+    while actor.alive_descendants() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    from actor.runtime import _mapped_files
+
+    pids = {actor.pid, *actor.descendants}
+    live = _mapped_files("/dev/shm")  # shared memory a running process (not ours: it stopped) still maps
+    new = leftovers() - before
+    mine = {p for p in new
+            if f"p{actor.pid}-" in p  # our vLLM socket directory, our sync directory
+            or any(p.startswith(f"/dev/shm/__KMP_REGISTERED_LIB_{pid}_") for pid in pids)
+            or (p.startswith("/dev/shm/psm_") and p not in live)
+            or (p.startswith("/tmp/") and len(p) == 41 and p.count("-") == 4)}  # vLLM's uuid4 sockets
+    assert not mine, sorted(mine)
