@@ -70,13 +70,24 @@ def group_advantages(rewards: torch.Tensor, scale_rewards: str = "none", eps: fl
     ``none``: reward minus the group mean (Dr. GRPO). ``group``: also divided by the group std (+eps),
     as the original GRPO. ``batch``: divided by the std over the whole batch (TRL's ``"batch"``).
     The std is the unbiased one, as TRL computes it.
+
+    The mean is taken in float64 around the group's first reward, ``r0 + mean(r - r0)``, so a group whose
+    rewards are all equal gets advantages of exactly 0 (a float32 mean of eight 0.1s is not 0.1: every
+    completion got -7e-9, a gradient of pure rounding noise, and could not be skipped).
+
+    >>> group_advantages(torch.tensor([[0.1] * 8])).tolist()
+    [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    >>> group_advantages(torch.tensor([[0.0, 0.5, 1.0, 0.5]])).tolist()
+    [-0.5, 0.0, 0.5, 0.0]
     """
     if scale_rewards not in SCALE_REWARDS:
         raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale_rewards!r}")
     if rewards.dim() != 2 or rewards.size(1) < 2:
         raise ValueError(f"rewards must be [groups, G>=2], got {tuple(rewards.shape)}")
+    r64 = rewards.to(torch.float64)
+    first = r64[:, :1]
+    adv = ((r64 - first) - (r64 - first).mean(dim=1, keepdim=True)).to(torch.float32)
     rewards = rewards.to(torch.float32)
-    adv = rewards - rewards.mean(dim=1, keepdim=True)
     if scale_rewards == "group":
         adv = adv / (rewards.std(dim=1, keepdim=True) + eps)
     elif scale_rewards == "batch":

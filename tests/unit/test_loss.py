@@ -152,3 +152,20 @@ def test_stale_rows_with_underflowing_ratios_keep_loss_and_gradient_finite():
                            stale=torch.tensor([True]), tis_cap=2.0)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(huge.grad).all() and st.truncated == 1.0
+
+
+def test_equal_rewards_give_exactly_zero_advantages():
+    """A float32 mean of equal rewards is often not the reward itself (eight 0.1s: -7e-9 each); the group's
+    advantages must be exactly 0 so that it moves nothing and the learner can skip it."""
+    import doctest
+
+    import learner.loss as L
+
+    g = torch.Generator().manual_seed(1)
+    for _ in range(200):
+        r = torch.rand(3, 16, generator=g)
+        r[0] = r[0, 0]
+        adv = group_advantages(r).reshape(3, 16)
+        assert (adv[0] == 0).all()
+        assert torch.allclose(adv[1:], r[1:] - r[1:].mean(1, keepdim=True), atol=1e-7)
+    assert doctest.testmod(L).failed == 0
