@@ -28,6 +28,7 @@ import gc
 import itertools
 import logging
 import math
+import os
 import shutil
 import time
 from collections import deque
@@ -86,6 +87,7 @@ class RolloutEngine:
         self.mode = serve_mode(cfg.actor.serve_mode, self.dtype)
         if not self.gpu:
             configure_cpu_env(cfg.actor.cpu_threads, replica, cfg.actor.tensor_parallel_size)
+        self._rpc_env = os.environ.get("VLLM_RPC_BASE_PATH")
         self.rpc_dir = private_rpc_dir()  # vLLM's own ipc sockets: private, and removed on close
         kwargs = dict(
             model=str(cfg.model_id),
@@ -356,6 +358,11 @@ class RolloutEngine:
             for f in Path("/dev/shm").glob(f"__KMP_REGISTERED_LIB_{pid}_*"):
                 f.unlink(missing_ok=True)
         shutil.rmtree(self.rpc_dir, ignore_errors=True)
+        if os.environ.get("VLLM_RPC_BASE_PATH") == str(self.rpc_dir):  # children started later must not inherit it
+            if self._rpc_env is None:
+                os.environ.pop("VLLM_RPC_BASE_PATH")
+            else:
+                os.environ["VLLM_RPC_BASE_PATH"] = self._rpc_env
 
 
 def adapter_delta_cosine(pairs: dict, config: dict, dtype: str) -> float:

@@ -93,7 +93,7 @@ def test_actor_scores_with_the_learners_reference_columns(setup):
 
 
 def test_request_resent_to_the_actor_holding_it_is_answered_once(setup):
-    """request_timeout_s is 1 s, the generation takes longer: the transport re-sends the request to the only
+    """request_timeout_s is 0.2 s, the generation takes longer: the transport re-sends the request to the only
     actor, which already holds it. It must not answer the copy with an error group (delivered first, the
     real group then dropped as a duplicate); it answers once, with the completions."""
     cfg, transport, actor, _ = setup
@@ -102,8 +102,13 @@ def test_request_resent_to_the_actor_holding_it_is_answered_once(setup):
     chat = [{"role": "user", "content": "Escreva uma avaliação longa sobre o pedido " * 5}]
     req = RolloutRequest("long-1", [chat], SamplingSpec(16, 1.0, 1.0, 600, 5), 0, {"ignore_eos": True})
     resent = transport.resent
-    transport.submit(req)
-    g = receive(transport, 300)
+    transport._request_timeout = 0.2  # well under the generation's time, on any machine (the fixture's 1 s was not)
+    try:
+        transport.submit(req)
+        g = receive(transport, 300)
+    finally:
+        transport._request_timeout = 1.0
+    assert g.request_id == "long-1" and "error" not in g.meta and g.results, g.meta
     assert transport.resent > resent  # it was re-sent while the actor generated it
     assert g.request_id == "long-1" and "error" not in g.meta and g.results, g.meta
     assert [len(c.token_ids) for c in g.results[0].completions] == [600] * 16

@@ -113,11 +113,39 @@ def peer_script() -> tuple[Path, Path]:
     return d, script
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
+def peak_rss_mb(pid: int) -> float | None:
+    """The process's peak resident memory (VmHWM), or None once it has exited."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    return next((int(ln.split()[1]) / 1024 for ln in lines if ln.startswith("VmHWM:")), None)
+
+
+class PeakSampler:
+    """The last peak memory of ``pid`` seen while the block ran (sampled every 0.1 s: the learner may finish
+    its run while the flood is still going)."""
+
+    def __init__(self, pid: int):
+        import threading
+
+        self.pid, self.peak, self._stop = pid, peak_rss_mb(pid), threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(0.1):
+            v = peak_rss_mb(self.pid)
+            if v is None:
+                return
+            self.peak = v
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
 
 
 def socket_paths(over: list[str]) -> list[str]:
@@ -213,10 +241,12 @@ def test_hostile_input_on_every_socket_gets_a_bounded_logged_refusal(tiny_model,
             la.wait_until(lambda: len(train_steps(la.metrics())) >= 2, 240, "two steps")
             learner = la.component_pids("learner")[0]
             before = peak_rss_mb(learner)
-            peer = subprocess.run([sys.executable, str(script), "flood", str(out), "20", ",".join(socket_paths(over))],
-                                  capture_output=True, text=True, timeout=120)
+            assert before is not None, la.log()[-4000:]
+            with PeakSampler(learner) as peak:
+                peer = subprocess.run([sys.executable, str(script), "flood", str(out), "12",
+                                       ",".join(socket_paths(over))], capture_output=True, text=True, timeout=120)
             assert peer.returncode == 0, peer.stderr[-2000:]
-            after = peak_rss_mb(learner)
+            after = peak.peak
             assert la.wait(timeout=300) == 0, la.log()[-4000:]
             log = la.log()
         rep = json.loads(out.read_text())
