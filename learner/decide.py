@@ -1,10 +1,10 @@
 """``python -m learner.decide RUN_DIR``: the handoff's V4.2 decision tree applied to a finished V4.1 run.
 
 Reads ``RUN_DIR/metrics.jsonl`` (one JSON object per line with ``step`` and metric keys; eval lines carry
-``eval/mean_reward`` and the per-task ``eval/<task>``) and prints ``Scenario A``, ``Scenario B`` or
-``Scenario C`` on the first line, then the numbers that decided it, the prescribed next step, the config
-to run next and the answers to the handoff's four questions. Exit 0; a run too short or lacking the
-metrics gives one line and exit 2.
+``eval/mean_reward`` and the per-task ``eval/<task>``) and prints ``Scenario A``, ``Scenario B``,
+``Scenario C (<task> lags)`` or ``No branch of the handoff's tree fits`` on the first line, then the
+numbers that decided it, the prescribed next step, the config to run next and the answers to the
+handoff's four questions. Exit 0; a run too short or lacking the metrics gives one line and exit 2.
 
 Where the handoff is qualitative we fix numbers, stated here so they can be argued with:
 - "reaches >= 0.55": the last eval's ``eval/mean_reward`` >= 0.55 (``TARGET``).
@@ -12,8 +12,10 @@ Where the handoff is qualitative we fix numbers, stated here so they can be argu
   the run, i.e. the final 25% of steps brought no gain.
 - "extraction still ~0.17": the last ``eval/extraction`` < 0.20 (the handoff's own "Stop if" line).
 - "one task lags": extraction < 0.25, sql_qa < 0.20, insights < 0.20 at the end (the handoff's Scenario C
-  thresholds). When several lag, the one furthest under its threshold is named. When none lags and the
-  target is missed, the weakest task with a prescribed fix is named (push has none in the handoff).
+  thresholds). When several lag, the one furthest under its threshold is named.
+- When the target is missed, B does not hold and no task with a prescribed fix lags (for example push is
+  the weakest task: the handoff prescribes nothing for it), no branch fits, and the output says so
+  instead of naming a task that is not lagging. There is then no config to run next.
 """
 
 from __future__ import annotations
@@ -82,10 +84,13 @@ def read_evals(run_dir: Path) -> list[EvalPoint]:
     return evals
 
 
+NO_BRANCH = "none"
+
+
 @dataclass
 class Decision:
-    scenario: str            # "A", "B" or "C"
-    weak_task: str | None
+    scenario: str            # "A", "B", "C" or NO_BRANCH
+    weak_task: str | None    # the lagging task of Scenario C
     final: EvalPoint
     best: EvalPoint
     plateau_step: int
@@ -93,8 +98,24 @@ class Decision:
     lines: list[str]
 
     @property
-    def next_config(self) -> str:
-        return NEXT_STEP[self.weak_task if self.scenario == "C" else self.scenario][1]
+    def title(self) -> str:
+        if self.scenario == NO_BRANCH:
+            return "No branch of the handoff's tree fits"
+        return f"Scenario {self.scenario}" + (f" ({self.weak_task} lags)" if self.scenario == "C" else "")
+
+    @property
+    def next_step(self) -> tuple[str, str | None]:
+        """(what to do, config to run next or None)."""
+        if self.scenario == NO_BRANCH:
+            weakest = min(self.final.tasks, key=self.final.tasks.get)
+            return (f"none prescribed by the handoff. The target is missed but no task with a prescribed fix "
+                    f"lags; look at the weakest task's ({weakest}) completions and reward components "
+                    f"(train/rewards/{weakest}/*) before choosing a change.", None)
+        return NEXT_STEP[self.weak_task if self.scenario == "C" else self.scenario]
+
+    @property
+    def next_config(self) -> str | None:
+        return self.next_step[1]
 
 
 def decide(evals: list[EvalPoint]) -> Decision:
@@ -111,19 +132,23 @@ def decide(evals: list[EvalPoint]) -> Decision:
     elif plateaued and extraction is not None and extraction < 0.20:
         scenario, weak = "B", None
     else:
-        scenario = "C"
         lagging = {t: final.tasks[t] - th for t, th in LAG_THRESHOLDS.items()
                    if t in final.tasks and final.tasks[t] < th}
-        pool = lagging or {t: final.tasks[t] for t in LAG_THRESHOLDS if t in final.tasks}
-        weak = min(pool, key=pool.get) if pool else weakest
+        scenario, weak = ("C", min(lagging, key=lagging.get)) if lagging else (NO_BRANCH, None)
 
     lines = [
         f"eval/mean_reward at the end (step {final.step}): {final.mean:.3f} (target {TARGET})",
         f"best eval/mean_reward: {best.mean:.3f} at step {best.step}; "
         + (f"plateaued from step {plateau_step}" if plateaued else "still improving in the last quarter"),
         f"eval/extraction at the end: {extraction:.3f}" if extraction is not None else "eval/extraction: absent",
-        f"weakest task: {weakest} ({final.tasks[weakest]:.3f})",
+        f"weakest task: {weakest} ({final.tasks[weakest]:.3f})"
+        + ("" if weakest in LAG_THRESHOLDS else " -- the handoff prescribes no fix for it"),
     ]
+    if scenario == NO_BRANCH:
+        shown = ", ".join(f"{t} {final.tasks[t]:.3f} (< {th})" for t, th in LAG_THRESHOLDS.items() if t in final.tasks)
+        lines.append(f"why no branch: target missed; not B ({'plateaued' if plateaued else 'not plateaued'}, "
+                     f"extraction {'absent' if extraction is None else f'{extraction:.3f}'} vs 0.20); "
+                     f"no task lags under Scenario C's thresholds: {shown or 'no such task evaluated'}")
     return Decision(scenario, weak, final, best, plateau_step, plateaued, lines)
 
 
@@ -161,13 +186,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"decide: {e}", file=sys.stderr)
         return 2
     d = decide(evals)
-    title = f"Scenario {d.scenario}" + (f" ({d.weak_task} lags)" if d.scenario == "C" else "")
-    step, cfg = NEXT_STEP[d.weak_task if d.scenario == "C" else d.scenario]
-    print(title)
+    step, cfg = d.next_step
+    print(d.title)
     for line in d.lines:
         print(f"  {line}")
     print(f"Next: {step}")
-    print(f"Run next: {cfg}")
+    print(f"Run next: {cfg or 'nothing prescribed'}")
     print("Questions from the handoff:")
     for line in answers(evals, d):
         print(f"  {line}")

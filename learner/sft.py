@@ -8,6 +8,10 @@ AdamW at ``cfg.sft.learning_rate`` with 3% linear warmup then constant, gradient
 ``learner.max_grad_norm``. The adapter lands at ``RUN_DIR/sft/adapter`` — where the GRPO run looks
 when ``sft.enabled`` is true.
 
+``--balance`` (used by the demo) draws every batch with the tasks in turn instead of in proportion to
+their pair counts: with the four tasks the 148 push and insights pairs otherwise get a tenth of the steps
+each and a small model leaves the warm-up writing their format badly. The number of steps is the same.
+
 A plain torch loop on one device rather than TRL's SFTTrainer: the set is ~590 short pairs, one GPU
 does it in minutes, and the loop keeps the assistant-only masking explicit (SFTTrainer's
 ``assistant_only_loss`` needs ``{% generation %}`` markers that the Tucano2 chat template lacks).
@@ -38,7 +42,37 @@ def encode_pair(tokenizer, messages: list[dict], answer: str, max_len: int) -> t
     return ids, labels
 
 
-def run_sft(cfg, out_dir: Path | None = None, log=print) -> Path:
+class BatchOrder:
+    """Indices of the SFT pairs, ``bs`` at a time: a reshuffled pass over all pairs (``balance`` false), or
+    the tasks in turn, each task drawing from its own reshuffled pass (``balance`` true)."""
+
+    def __init__(self, tasks: list[str], seed: int, balance: bool = False):
+        import torch
+
+        self.gen = torch.Generator().manual_seed(seed)
+        self.groups = ({t: [i for i, x in enumerate(tasks) if x == t] for t in dict.fromkeys(tasks)} if balance
+                       else {"all": list(range(len(tasks)))})
+        self.queues: dict[str, list[int]] = {k: [] for k in self.groups}
+        self.turn = 0
+
+    def _next(self, key: str) -> int:
+        import torch
+
+        if not self.queues[key]:
+            g = self.groups[key]
+            self.queues[key] = [g[i] for i in torch.randperm(len(g), generator=self.gen).tolist()]
+        return self.queues[key].pop(0)
+
+    def take(self, bs: int) -> list[int]:
+        keys = list(self.groups)
+        out = []
+        for _ in range(bs):
+            out.append(self._next(keys[self.turn % len(keys)]))
+            self.turn += 1
+        return out
+
+
+def run_sft(cfg, out_dir: Path | None = None, log=print, balance: bool = False) -> Path:
     import torch
 
     from learner.data import load_items
@@ -70,17 +104,14 @@ def run_sft(cfg, out_dir: Path | None = None, log=print) -> Path:
         total = min(total, cfg.sft.max_steps)
     warm = max(1, math.ceil(0.03 * total))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
-    gen = torch.Generator().manual_seed(cfg.seed)
-    order: list[int] = []
+    order = BatchOrder([it.task for it in items], cfg.seed, balance)
     metrics_path = out_dir.parent / "metrics.jsonl"
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     losses = []
     with metrics_path.open("w") as mf:
         for step in range(total):
-            if len(order) < bs:
-                order += torch.randperm(len(data), generator=gen).tolist()
-            batch, order = [data[i] for i in order[:bs]], order[bs:]
+            batch = [data[i] for i in order.take(bs)]
             width = max(len(ids) for ids, _ in batch)
             ids = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
             labels = torch.full((len(batch), width), -100, dtype=torch.long)
@@ -128,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m learner.sft", description=__doc__.split("\n\n")[0])
     add_config_args(p)
     p.add_argument("--out", type=Path, default=None, help="adapter directory (default RUN_DIR/sft/adapter)")
+    p.add_argument("--balance", action="store_true", help="draw the tasks in turn instead of by pair counts")
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
@@ -143,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"learner.sft: {problem}", file=sys.stderr)
         return 2
     try:
-        run_sft(cfg, args.out)
+        run_sft(cfg, args.out, balance=args.balance)
     except ValueError as e:
         print(f"learner.sft: {e}", file=sys.stderr)
         return 2

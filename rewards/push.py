@@ -12,8 +12,12 @@ Components (weights from ``RewardsConfig.push``, normalised to sum 1):
   "confira", ...) up, formal ones (prezado, senhor(a), informamos, atenciosamente, ...) down.
 
 Over length is penalised heavily: past 120 characters, on top of ``length`` = 0, the whole reward
-is multiplied by ``0.5 * max(0, 1 - (n - 120) / 120)`` (half at 121 characters, zero at 240).
-A leading label (``Notificação:``, ``Push:``) and surrounding quotes are not counted.
+is multiplied by ``0.5 * (120 / n) ** 2`` (half at 121 characters, an eighth at 240, 3% at 480).
+The multiplier never reaches 0, so among completions that are all too long the shorter still scores
+higher: a group of over-long pushes keeps a gradient towards the limit (a multiplier that hit 0 at 240
+characters gave such a group the same 0 everywhere, and nothing to learn from). A valid notification
+still outscores any over-long one (at most half of the reward). A leading label (``Notificação:``,
+``Push:``) and surrounding quotes are not counted.
 
 How it departs from the user's earlier reward (length, Portuguese, creativity, minus formality):
 "creativity" is replaced by ``mentions_product`` (a checkable, context-grounded property), and the
@@ -116,7 +120,7 @@ def push_parts(text: str, context: Any = None, prompt: str = "") -> tuple[dict[s
     t = clean_push(text[:20000])
     n = len(t)
     length = 0.0 if n == 0 or n > MAX_CHARS else min(1.0, n / 20)
-    mult = 1.0 if n <= MAX_CHARS else 0.5 * max(0.0, 1.0 - (n - MAX_CHARS) / MAX_CHARS)
+    mult = 1.0 if n <= MAX_CHARS else 0.5 * (MAX_CHARS / n) ** 2
     parts = {"length": length, "portuguese": pt_score(t), "mentions_product": mentions_score(t, context, prompt),
              "tone": tone_score(t) if t else 0.0}
     return parts, mult
@@ -129,6 +133,9 @@ def push_reward(text: str, context: Any = None, prompt: str = "", weights: dict[
     >>> push_reward("Oba! Seu jogo de lençol já está a caminho 🚚 Acompanhe pelo app!", ctx)
     1.0
     >>> push_reward("Oba! Seu jogo de lençol já está a caminho! " * 4, ctx) < 0.3
+    True
+    >>> 0 < push_reward("Oba! Seu jogo de lençol já está a caminho! " * 12, ctx) < push_reward(
+    ...     "Oba! Seu jogo de lençol já está a caminho! " * 6, ctx) < 0.1
     True
     """
     parts, mult = push_parts(text, context, prompt)

@@ -10,13 +10,21 @@ Components (weights from ``RewardsConfig.sql_qa``, normalised to sum 1):
   :func:`match_results`): 1.0 equal (order-insensitive unless the reference has ORDER BY, numbers
   compared at the reference's precision, at most 2 decimals), 0.8 when the right rows come in the
   wrong order or with extra columns, 0.5 when only some of the reference's columns are returned,
-  up to 0.5 for partially overlapping rows;
+  up to 0.5 for partially overlapping rows; a result that matches in none of these ways still earns
+  up to 0.25 for filtering on what the question asks: 0.25 x the share of the reference's string
+  literals (``'esporte_lazer'``, ``'DF'``: the category, state, status or month named in the question)
+  that the query compares against too (see :func:`literal_share`);
 - ``explanation`` (0.1): a short (15-300 characters) PT-BR explanation outside the SQL, counted only
   when the SQL executes (an explanation of a query that does not run explains nothing).
 
 Reference results are cached per ``reference_sql``; candidate results per statement text (GRPO's
 16 samples of a prompt often agree), both for the life of the reward function (the db is
 read-only). Without a ``reference_sql`` ``result_match`` is dropped and the rest renormalised.
+
+Why the literal credit: a small model's queries usually have the right shape and run, and then all
+score the same 0.4 whether they filter on the state the question names or on another one, so a group
+of them has no reward variance and teaches nothing; naming the asked values is a necessary step
+towards the right result, and at a quarter of ``result_match`` it never competes with a correct one.
 
 How it departs from the user's earlier reward ("SQL structure, numbers, domain coherence", scored
 on the text): a query that looks right but does not run, or runs and answers something else,
@@ -41,6 +49,8 @@ _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 _BARE = re.compile(r"(?is)\b(?:SELECT|WITH)\b.*?(?:;|\n\s*\n|\Z)")
 _STARTS = re.compile(r"(?is)^\s*(?:--[^\n]*\n\s*)*\(?\s*(?:SELECT|WITH|VALUES)\b")
 _ORDER_BY = re.compile(r"(?i)\border\s+by\b")
+_LITERAL = re.compile(r"'((?:[^']|'')*)'")
+LITERAL_CREDIT = 0.25
 
 
 def extract_sql(text: str) -> str | None:
@@ -166,6 +176,25 @@ def match_results(got: list[tuple], ref: list[tuple], ordered: bool = False) -> 
     return round(best, 4)
 
 
+def literals(sql: str) -> set[str]:
+    """The string literals of a statement, case-folded and stripped.
+
+    >>> sorted(literals("SELECT COUNT(*) FROM t WHERE uf = 'DF' AND cat = 'Esporte_Lazer'"))
+    ['df', 'esporte_lazer']
+    """
+    return {m.replace("''", "'").strip().lower() for m in _LITERAL.findall(sql or "")} - {""}
+
+
+def literal_share(sql: str, reference_sql: str) -> float | None:
+    """Share of the reference's string literals that the query uses; None when the reference has none.
+
+    >>> literal_share("SELECT AVG(price) FROM t WHERE uf = 'SP'", "SELECT COUNT(*) FROM t WHERE uf = 'SP' AND c = 'x'")
+    0.5
+    """
+    ref = literals(reference_sql)
+    return len(ref & literals(sql)) / len(ref) if ref else None
+
+
 class SqlQaScorer:
     """Scores sql_qa completions against a database through a :class:`Sandbox`."""
 
@@ -219,7 +248,10 @@ class SqlQaScorer:
         if ref_sql:
             ref = self.reference_result(ref_sql)
             if ref is not None and ref.ok:
-                parts["result_match"] = match_results(got.rows, ref.rows, bool(_ORDER_BY.search(ref_sql)))
+                match = match_results(got.rows, ref.rows, bool(_ORDER_BY.search(ref_sql)))
+                if match == 0.0:
+                    match = round(LITERAL_CREDIT * (literal_share(sql, ref_sql) or 0.0), 4)
+                parts["result_match"] = match
             else:
                 parts["result_match"] = None
         return parts

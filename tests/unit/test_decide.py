@@ -90,3 +90,34 @@ def test_cli_entry(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "learner.decide", str(run)], capture_output=True, text=True,
                           check=False)
     assert proc.returncode == 0 and proc.stdout.splitlines()[0] == "Scenario A"
+
+
+def test_no_branch_fits_when_only_push_is_low(tmp_path, capsys):
+    """The old demo's end: target missed, no plateau, nothing under Scenario C's thresholds, push weakest."""
+    run = write_run(tmp_path, lambda s: 0.42 + 0.05 * s / 600,
+                    {"extraction": 0.722, "sql_qa": 0.397, "insights": 0.672, "push": 0.0})
+    out = run_decide(run, capsys)
+    assert out[0] == "No branch of the handoff's tree fits"
+    assert not any("lags)" in line for line in out)
+    assert any("weakest task: push (0.000) -- the handoff prescribes no fix for it" in line for line in out)
+    assert any(line.strip().startswith("why no branch:") and "sql_qa 0.397 (< 0.2)" in line for line in out)
+    assert "Run next: nothing prescribed" in out
+    d = decide(read_evals(run))
+    assert (d.scenario, d.weak_task, d.next_config) == ("none", None, None)
+
+
+def test_no_branch_when_every_task_is_middling(tmp_path, capsys):
+    run = write_run(tmp_path, lambda s: 0.30 + 0.15 * s / 600,
+                    {"extraction": 0.45, "sql_qa": 0.40, "insights": 0.50, "push": 0.48})
+    out = run_decide(run, capsys)
+    assert out[0] == "No branch of the handoff's tree fits"
+    assert any(line.strip() == "weakest task: sql_qa (0.400)" for line in out)
+
+
+def test_a_lagging_task_is_named_even_when_push_is_weaker(tmp_path, capsys):
+    run = write_run(tmp_path, lambda s: 0.30 + 0.15 * s / 600,
+                    {"extraction": 0.6, "sql_qa": 0.15, "insights": 0.5, "push": 0.05})
+    out = run_decide(run, capsys)
+    assert out[0] == "Scenario C (sql_qa lags)"
+    assert "Run next: configs/v4_2_c_sql_qa.yaml" in out
+    assert any("weakest task: push (0.050) -- the handoff prescribes no fix for it" in line for line in out)

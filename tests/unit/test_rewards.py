@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import doctest
 import importlib
 import json
@@ -119,10 +121,37 @@ def test_sql_components(fn, pairs):
     s = fn.score([wrong], **cols([row]))[0]
     assert s.components["executes"] == 1.0 and s.components["result_match"] == 0.0
     assert 0.25 < s.reward < 0.45
+    # the wrong aggregate over the asked filters: no match, but credit for naming what was asked
+    lits = re.findall(r"'[^']*'", row["reference_sql"])
+    assert lits
+    asked = ("```sql\nSELECT SUM(price) FROM orders_enriched WHERE "
+             + " AND ".join(f"coalesce(product_category_name, customer_state) <> {x}" for x in lits)
+             + ";\n```\nSoma os preços.")
+    a = fn.score([asked], **cols([row]))[0]
+    assert a.components["executes"] == 1.0 and a.components["result_match"] == 0.25
+    assert s.reward < a.reward < 0.6 < good_reward(fn, row)
     broken = "```sql\nSELEC COUNT(*) FROM tabela_que_nao_existe\n```"
     assert fn([broken], **cols([row]))[0] == 0.0
     runs = "```sql\nSELECT COUNT(*) FROM nao_existe\n```\nConta os pedidos."
     assert fn([runs], **cols([row]))[0] == pytest.approx(0.1)  # has_sql only
+
+
+def good_reward(fn, row):
+    return fn([row["answer"]], **cols([row]))[0]
+
+
+def test_sql_literal_credit_only_when_the_result_is_wrong(fn, pairs):
+    """A right result is scored on the result alone; half the asked literals earn half the literal credit."""
+    from rewards.sql_qa import LITERAL_CREDIT, literal_share
+
+    row = next(r for r in pairs if r["task"] == "sql_qa" and r["reference_sql"].count("'") == 4)
+    assert fn.score([row["answer"]], **cols([row]))[0].components["result_match"] == 1.0
+    first = re.findall(r"'[^']*'", row["reference_sql"])[0]
+    half = f"```sql\nSELECT COUNT(*) FROM orders_enriched WHERE customer_city = {first};\n```\nConta."
+    s = fn.score([half], **cols([row]))[0]
+    assert literal_share(half, row["reference_sql"]) == 0.5
+    assert s.components["executes"] == 1.0 and s.components["result_match"] == LITERAL_CREDIT * 0.5  # no city
+    assert literal_share("SELECT 1", "SELECT COUNT(*) FROM t") is None
 
 
 def test_sql_reference_results_cached(fn, pairs):
@@ -185,7 +214,18 @@ def test_push_over_length_heavily_penalised():
     assert len(long) > 120
     r_ok, r_long = fn([ok, long], context=[CTX, CTX], task=["push", "push"])
     assert r_ok == 1.0 and r_long < 0.4
-    assert fn([long * 3], context=[CTX], task=["push"]) == [0.0]
+    r3, r6 = fn([long * 3, long * 6], context=[CTX, CTX], task=["push", "push"])
+    assert 0.0 < r6 < r3 < 0.05 < r_long  # never 0: shorter is better even far past the limit
+
+
+def test_push_over_length_group_keeps_a_gradient():
+    """A group of pushes that are all too long (the old multiplier gave every one 0 past 240 characters)
+    still ranks them by length, so its advantages are not all zero."""
+    base = "Oba! Seu jogo de lençol já está a caminho 🚚 Acompanhe pelo app! "
+    group = [base * k for k in (4, 5, 6, 8)]
+    assert all(len(g) > 240 for g in group)
+    rewards = make_reward(None)(group, context=[CTX] * 4, task=["push"] * 4)
+    assert rewards == sorted(rewards, reverse=True) and len(set(rewards)) == 4 and min(rewards) > 0
 
 
 # ---- make_reward API ------------------------------------------------------------------------------
