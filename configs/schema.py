@@ -274,8 +274,17 @@ class EvalConfig(Section):
     """Eval prompts per eval (a fixed, task-stratified subset of the eval pairs)."""
     temperature: float = Field(0.0, ge=0)
     """Sampling temperature at eval (0: greedy)."""
+    samples: int = Field(1, ge=1, le=64)
+    """Completions per eval prompt (their mean is the prompt's score); more than 1 only with temperature > 0:
+    a sampled eval of several completions per prompt measures the policy GRPO optimises with less noise."""
     at_start: bool = True
     """Eval once before the first update (the 'before' of the report)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalConfig:
+        if self.samples > 1 and self.temperature == 0:
+            raise ValueError("eval.samples > 1 needs eval.temperature > 0 (greedy completions are all the same)")
+        return self
 
 
 class LoggingConfig(Section):

@@ -3,8 +3,10 @@
 * :class:`Broker` (rank 0) submits requests and collects groups by request id, so train, eval and
   probe requests can be in flight together and arrive in any order.
 * :func:`evaluate`: the fixed, task-stratified eval subset goes to the actors with
-  ``min_version = current version`` (the learner publishes first), one completion per prompt at
-  ``cfg.eval.temperature``; ``eval/mean_reward`` is over all prompts, ``eval/<task>`` per task, and the
+  ``min_version = current version`` (the learner publishes first), ``cfg.eval.samples`` completions per
+  prompt at ``cfg.eval.temperature`` with a fixed seed (the same sample every eval);
+  ``eval/mean_reward`` is over all prompts, ``eval/<task>`` per task, ``eval_se/...`` their standard
+  errors over the prompts (the noise band), and the
   best mean so far with its step (the handoff's eval_best) is kept as ``eval/best_mean_reward`` /
   ``eval/best_step``. A missing completion scores 0.
 * :func:`probe`: one completion of a fixed prompt at the training temperature, scored by the learner
@@ -121,6 +123,26 @@ def probe(tr) -> dict:
     }
 
 
+def standard_errors(rewards: list[float], tasks: list[str]) -> dict[str, float]:
+    """``eval_se/<task>`` and ``eval_se/mean_reward``: the standard error of each eval mean over its prompts
+    (sample std / sqrt(n); a prompt's score is the mean of its ``eval.samples`` completions), the noise band
+    the report draws around the eval curves.
+
+    >>> standard_errors([0.0, 1.0, 0.5, 0.5], ["push", "push", "sql_qa", "sql_qa"])
+    {'eval_se/mean_reward': 0.204124, 'eval_se/push': 0.5, 'eval_se/sql_qa': 0.0}
+    """
+    def se(v: list[float]) -> float:
+        if len(v) < 2:
+            return 0.0
+        mean = sum(v) / len(v)
+        return round(math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1) / len(v)), 6)
+
+    by: dict[str, list[float]] = {}
+    for r, t in zip(rewards, tasks, strict=True):
+        by.setdefault(t or "all", []).append(r)
+    return {"eval_se/mean_reward": se(rewards), **{f"eval_se/{t}": se(v) for t, v in sorted(by.items())}}
+
+
 def evaluate(tr, chunk: int = MAX_PROMPTS_PER_REQUEST) -> dict:
     """The eval subset through the actors at the current version (rank 0)."""
     cfg = tr.cfg
@@ -131,7 +153,7 @@ def evaluate(tr, chunk: int = MAX_PROMPTS_PER_REQUEST) -> dict:
         tr._request(
             "eval",
             tr.eval_items[i : i + chunk],
-            1,
+            cfg.eval.samples,
             cfg.eval.temperature,
             cfg.max_completion_length,
             seed=rollout_seed(cfg.seed, 0, 192 + i // chunk),  # the same sample every eval: comparable
@@ -145,20 +167,23 @@ def evaluate(tr, chunk: int = MAX_PROMPTS_PER_REQUEST) -> dict:
     for grp, items in groups:
         if grp.version < version:
             tr.log.write(f"eval: actor {grp.actor_id} answered at version {grp.version} < {version}")
-        texts = [res.completions[0].text if res.completions else None for res in grp.results]
-        have = [k for k, t in enumerate(texts) if t is not None]
-        scores = [0.0] * len(items)
-        if have:
+        scores = [0.0] * len(items)  # a prompt without an answer scores 0
+        flat = [(k, c.text) for k, res in enumerate(grp.results[: len(items)]) for c in res.completions]
+        if flat:
             cols: dict[str, list] = {}
-            for k in have:
+            for k, _ in flat:
                 for key, v in items[k].columns.items():
                     cols.setdefault(key, []).append(v)
-            got = tr.reward_fn([texts[k] for k in have], prompts=[items[k].messages for k in have], **cols)
-            for k, r in zip(have, got, strict=True):
-                scores[k] = float(r) if r is not None and math.isfinite(r) else 0.0
+            got = tr.reward_fn([t for _, t in flat], prompts=[items[k].messages for k, _ in flat], **cols)
+            per: dict[int, list[float]] = {}
+            for (k, _), r in zip(flat, got, strict=True):
+                per.setdefault(k, []).append(float(r) if r is not None and math.isfinite(r) else 0.0)
+            for k, vals in per.items():
+                scores[k] = sum(vals) / cfg.eval.samples  # a missing completion counts 0
         rewards += scores
         tasks += [it.task for it in items]
     m = per_task_means(rewards, tasks, "eval")
+    m.update(standard_errors(rewards, tasks))
     m["perf/eval_s"] = waited
     mean = m.get("eval/mean_reward")
     if mean is not None and (tr.best is None or mean > tr.best[0]):

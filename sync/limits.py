@@ -47,7 +47,7 @@ class ChannelLimits:
 
     @classmethod
     def for_run(cls, cfg, model_config=None) -> ChannelLimits:
-        """From a run config (``max_seq_length``, ``max_completion_length``, ``num_generations``, ``lora_r``,
+        """From a run config (``max_seq_length``, ``max_completion_length``, ``num_generations``, ``eval.samples``, ``lora_r``,
         ``init_adapter``, ``sync.wire_dtype``, ``sync.max_message_mb``) and the model's config (its sizes
         give the adapter's; without it weight updates are capped at ``sync.max_message_mb``)."""
         weights_bytes = None
@@ -56,7 +56,8 @@ class ChannelLimits:
             weights_bytes = lora_nbytes(model_config, r, 2 if cfg.sync.wire_dtype == "bf16" else 4)
         seq, comp = int(cfg.max_seq_length), int(cfg.max_completion_length)
         prompts = MAX_PROMPTS_PER_REQUEST
-        completions = max(int(cfg.num_generations), MAX_PROMPTS_PER_REQUEST)
+        eval_samples = int(getattr(getattr(cfg, "eval", None), "samples", 1))
+        completions = max(int(cfg.num_generations), MAX_PROMPTS_PER_REQUEST * eval_samples)
         request = prompts * seq * TEXT_BYTES_PER_TOKEN + _SLACK
         group = (prompts * seq * _MSGPACK_INT
                  + completions * comp * (_MSGPACK_INT + _MSGPACK_FLOAT + TEXT_BYTES_PER_TOKEN) + _SLACK)

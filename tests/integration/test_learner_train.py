@@ -210,3 +210,23 @@ def test_publish_every_2_with_staleness_1_never_drops_a_batch(tiny_model, tmp_pa
     assert sorted({m["train/staleness"] for m in lines}) == [0.0, 1.0]  # both: the bound is used, not exceeded
     pub = [m["step"] for m in lines if m["perf/sync_s"] > 0]
     assert pub == [2, 4, 6]
+
+
+def test_eval_samples_score_every_completion_of_every_prompt(tiny_model, tmp_path):
+    """``eval.samples: 3``: each eval prompt gets three sampled completions; the eval mean is over all of them
+    (a prompt's score is their mean) and the noise band (``eval_se/...``) is logged beside it."""
+    seen: list[list[float]] = []
+
+    def reward(completions, prompts=None, **cols):
+        out = [float(len(c) % 2) for c in completions]  # varies with the sample
+        if len(completions) == 12:  # the eval: 4 prompts x 3 samples in one request (train groups are 4)
+            seen.append(out)
+        return out
+
+    tr, _ = make(tiny_model, tmp_path, reward_fn=reward, max_steps=1,
+                 **{"eval.at_start": True, "eval.samples": 3, "eval.temperature": 1.0})
+    tr.run()
+    first = metrics(tmp_path / "run")[0]
+    assert first["step"] == 0 and seen, "no eval request carried 3 completions per prompt"
+    assert first["eval/mean_reward"] == pytest.approx(sum(seen[0]) / 12)
+    assert "eval_se/mean_reward" in first and first["eval_se/mean_reward"] >= 0.0

@@ -197,3 +197,10 @@ def test_serve_mode_auto_is_merged_only_in_float32():
     assert serve_mode("auto", "float32") == "merged"
     assert serve_mode("auto", "bfloat16") == "adapter" and serve_mode("auto", "float16") == "adapter"
     assert serve_mode("merged", "bfloat16") == "merged"  # forced: the served-delta cosine then guards it
+
+
+def test_eval_samples_need_a_sampling_temperature():
+    cfg = load_config("smoke_cpu.yaml", ["eval.samples=4", "eval.temperature=1.0"])
+    assert cfg.eval.samples == 4
+    with pytest.raises(ConfigError, match="eval.samples"):
+        load_config("smoke_cpu.yaml", ["eval.samples=4", "eval.temperature=0"])

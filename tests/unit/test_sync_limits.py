@@ -72,3 +72,13 @@ def test_oversized_message_refused_before_unpacking():
 def test_default_caps_bound_everything():
     d = ChannelLimits.default()
     assert d.group_bytes < 64 * 2**20 and d.request_bytes < 8 * 2**20 and d.control_bytes == 64 * 2**10
+
+
+def test_eval_groups_of_several_samples_fit_the_caps():
+    """An eval request carries 8 prompts; with ``eval.samples`` each has that many completions."""
+    cfg = load_config("smoke_cpu.yaml", ["eval.samples=8", "eval.temperature=1.0"])
+    lim, c = ChannelLimits.for_run(cfg), cfg.max_completion_length
+    res = [PromptResult([49151] * 200, [Completion([49151] * c, [-1.2345] * c, "ãé" * c, "length")] * 8)] * 8
+    g = RolloutGroup("eval-s0-0", "a0", 0, res, {}, None, {"kind": "eval"}, "abc")
+    assert sum(len(f) for f in encode(g)) <= lim.group_bytes
+    assert lim.group_bytes > ChannelLimits.for_run(load_config("smoke_cpu.yaml")).group_bytes
