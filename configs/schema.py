@@ -41,6 +41,9 @@ class DataConfig(Section):
     """Held-out prompts for eval; never overlapping train."""
     tasks: list[Literal["extraction", "sql_qa", "insights", "push"]] = list(TASKS)
     """Tasks kept from the pair files (others are filtered out at load)."""
+    balance_tasks: bool = False
+    """Draw the training prompts with the tasks in turn (one of each per four prompts) instead of in proportion
+    to their pairs (~40/40/10/10): push and insights then get a quarter of the updates each."""
     insights_pairs: int | None = Field(default=None, ge=1)
     """Insights pairs the data build makes (``python -m commerce build --insights N``); None keeps the
     default mix (~148 train). Scenario C (insights) sets 350."""

@@ -60,6 +60,8 @@ class EpochSampler:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        if "tasks" in state:
+            raise ValueError("sampler state is of a run with data.balance_tasks, this run draws in proportion")
         if state["size"] != self.size or state["seed"] != self.seed:
             raise ValueError(
                 f"sampler state is for {state['size']} prompts with seed {state['seed']}, "
@@ -69,3 +71,43 @@ class EpochSampler:
         self._perm = self._permutation(self.epoch)
         self._seen[:] = False
         self._seen[state["seen"]] = True
+
+
+class TaskBalancedSampler:
+    """``data.balance_tasks``: the tasks in turn (``take(4)`` with four tasks draws one prompt of each), each task
+    from its own :class:`EpochSampler` over its prompts, so a task with a tenth of the pairs still gets its
+    share of the updates. The turn carries over between calls; resumable like :class:`EpochSampler`."""
+
+    def __init__(self, tasks: list[str], seed: int = 0):
+        if not tasks:
+            raise ValueError("the training set is empty")
+        self.size, self.seed = len(tasks), int(seed)
+        self.order = list(dict.fromkeys(tasks))  # first appearance
+        self.members = {t: [i for i, x in enumerate(tasks) if x == t] for t in self.order}
+        self.samplers = {t: EpochSampler(len(m), self.seed * 1000 + k) for k, (t, m) in enumerate(self.members.items())}
+        self.drawn = 0
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        for j in range(self.drawn, self.drawn + k):
+            t = self.order[j % len(self.order)]
+            out.append(self.members[t][self.samplers[t].take(1)[0]])
+        self.drawn += k
+        return out
+
+    @property
+    def coverage(self) -> float:
+        return sum(int(s._seen.sum()) for s in self.samplers.values()) / self.size
+
+    def state_dict(self) -> dict:
+        seen = sorted(self.members[t][i] for t, s in self.samplers.items() for i in np.flatnonzero(s._seen))
+        return {"size": self.size, "seed": self.seed, "drawn": self.drawn, "seen": seen,
+                "tasks": {t: s.state_dict() for t, s in self.samplers.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["size"] != self.size or state["seed"] != self.seed or set(state.get("tasks", ())) != set(self.order):
+            raise ValueError(f"sampler state is for {state['size']} prompts with seed {state['seed']} "
+                             f"(balanced: {'tasks' in state}), this run has {self.size} with seed {self.seed}, balanced")
+        for t, s in self.samplers.items():
+            s.load_state_dict(state["tasks"][t])
+        self.drawn = state["drawn"]

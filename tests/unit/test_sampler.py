@@ -46,3 +46,25 @@ def test_state_for_another_dataset_is_refused():
         EpochSampler(10, 1).load_state_dict(EpochSampler(11, 1).state_dict())
     with pytest.raises(ValueError):
         EpochSampler(0)
+
+
+def test_balanced_sampler_draws_the_tasks_in_turn_and_resumes():
+    from learner.sampler import TaskBalancedSampler
+
+    tasks = ["extraction"] * 40 + ["sql_qa"] * 40 + ["insights"] * 10 + ["push"] * 10
+    s = TaskBalancedSampler(tasks, seed=3)
+    first = s.take(6)
+    assert [tasks[i] for i in first] == ["extraction", "sql_qa", "insights", "push", "extraction", "sql_qa"]
+    drawn = first + s.take(34)  # 40 draws: 10 of each, so every insights and push prompt once
+    assert {tasks[i] for i in drawn} == set(tasks) and len(set(drawn)) == 40
+    assert sorted(i for i in drawn if tasks[i] == "push") == list(range(90, 100))
+    assert s.coverage == 0.4
+    state = s.state_dict()
+    rest = s.take(13)
+    t = TaskBalancedSampler(tasks, seed=3)
+    t.load_state_dict(state)
+    assert t.take(13) == rest and TaskBalancedSampler(tasks, seed=3).take(40) == drawn
+    with pytest.raises(ValueError, match="balance_tasks"):
+        EpochSampler(len(tasks), 3).load_state_dict(state)
+    with pytest.raises(ValueError, match="balanced"):
+        TaskBalancedSampler(tasks, seed=3).load_state_dict(EpochSampler(len(tasks), 3).state_dict())
