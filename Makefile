@@ -21,7 +21,7 @@ test: setup
 test-unit: setup
 	$(PY) -m pytest tests/unit -m "not gpu and not slow" $(PYTEST_ARGS)
 
-demo: setup data model
+demo: setup
 	bash launch/demo.sh
 
 bench: setup
@@ -34,4 +34,4 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf runs/demo models data .pytest_cache
+	rm -rf runs/demo runs/compare models data .pytest_cache

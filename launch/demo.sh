@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
 # make demo: the main job on one CPU box, end to end with real processes.
-#   1. pre-train the tiny Tucano2-shaped model on the synthetic commerce text (once; models/tiny-pt)
-#   2. SFT warm-up (LoRA, assistant turns only) so it writes task-shaped output
+#   1. the stand-in model (launch/demo_model.sh, cached): models/small (~2M parameters, Tucano2-shaped),
+#      pre-trained on the commerce text into models/small-pt
+#   2. SFT warm-up (LoRA, assistant turns only, the four tasks in turn) so it writes each task's format and stops
 #   3. GRPO: a vLLM actor process + a DeepSpeed learner process + ZeroMQ sync (launch/cpu.sh),
-#      actor and learner pinned to separate cores as stand-ins for separate GPUs
-#   4. plots + report.md in runs/demo
+#      actor and learner pinned to separate cores as stand-ins for separate GPUs; sampled evals
+#      (eval.samples per prompt, fixed seed) with their standard errors
+#   4. plots + report.md (with the noise band) in runs/demo, and the handoff's decision tree on the run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
 CONFIG="${CONFIG:-configs/demo_cpu.yaml}"
 RUN="${RUN:-runs/demo}"
 start=$(date +%s)
-if [ ! -f models/tiny-pt/zoo.json ]; then
-  "$PY" -m zoo pretrain --model models/tiny --db data/commerce.db --out models/tiny-pt --steps 300
-fi
+stamp() { echo "demo: $1 at $(( $(date +%s) - start ))s"; }
+PY="$PY" bash launch/demo_model.sh
+stamp "stand-in model ready"
 rm -rf "$RUN"
-"$PY" -m learner.sft --config "$CONFIG" --set "run_dir=$RUN"
+"$PY" -m learner.sft --config "$CONFIG" --balance --set "run_dir=$RUN"
+stamp "SFT warm-up done"
 cores=$(nproc)
 if [ "$cores" -ge 2 ]; then
   pin=(--actor-cores 0 --learner-cores 1)
@@ -23,5 +26,7 @@ else
   pin=()
 fi
 bash launch/cpu.sh "$CONFIG" --run-dir "$RUN" "${pin[@]}"
-"$PY" -m launch.report "$RUN" --title "make demo: tiny Tucano2 on CPU (SFT warm-up, then GRPO)"
+stamp "GRPO done"
+"$PY" -m launch.report "$RUN" --title "make demo: the small Tucano2 stand-in on CPU (SFT warm-up, then GRPO)"
+"$PY" -m learner.decide "$RUN" | tee "$RUN/decide.txt"
 echo "demo: done in $(( $(date +%s) - start ))s; see $RUN/report.md"

@@ -2,7 +2,8 @@
 
 Writes ``eval_rewards.png`` (eval reward per task over steps), ``train_curves.png`` (train reward,
 completion length, grad norm) and ``report.md`` (eval reward per task before and after, and the run's
-headline numbers).
+headline numbers). Evals that carry ``eval_se/*`` (their standard error over the eval prompts) get a
+band on the plot and a noise column in the table.
 """
 
 from __future__ import annotations
@@ -27,13 +28,20 @@ def plot(rows: list[dict], run_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = []
+    out, banded = [], False
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, style in [("eval/mean_reward", "k-")] + [(f"eval/{t}", "--") for t in TASKS]:
         x, y = series(rows, key)
         if x:
-            ax.plot(x, y, style, marker="o", markersize=3, label=key.split("/")[1])
-    ax.set(xlabel="step", ylabel="eval reward", title="Eval reward per task", ylim=(0, 1))
+            line = ax.plot(x, y, style, marker="o", markersize=3, label=key.split("/")[1])[0]
+            se = [r.get(key.replace("eval/", "eval_se/")) for r in rows
+                  if isinstance(r.get(key), (int, float)) and "step" in r]
+            if all(isinstance(v, (int, float)) for v in se):  # the noise band: +-1 standard error over prompts
+                banded = True
+                ax.fill_between(x, [a - b for a, b in zip(y, se)], [a + b for a, b in zip(y, se)],
+                                color=line.get_color(), alpha=0.12, linewidth=0)
+    title = "Eval reward per task" + (" (bands: +-1 s.e. over the eval prompts)" if banded else "")
+    ax.set(xlabel="step", ylabel="eval reward", title=title, ylim=(0, 1))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -66,12 +74,22 @@ def report(rows: list[dict], run_dir: Path, title: str = "Run report") -> str:
     lines = [f"# {title}", "", f"Run directory: `{run_dir}`", ""]
     if len(evals) >= 1:
         first, last = evals[0], evals[-1]
+        se = "eval_se/mean_reward" in first and "eval_se/mean_reward" in last
         lines += [f"## Eval reward per task: before (step {first['step']}) and after (step {last['step']})", "",
-                  "| task | before | after | change |", "| --- | ---: | ---: | ---: |"]
+                  "| task | before | after | change |" + (" noise (2 s.e.) |" if se else ""),
+                  "| --- | ---: | ---: | ---: |" + (" ---: |" if se else "")]
         for key in [f"eval/{t}" for t in TASKS] + ["eval/mean_reward"]:
             if key in first and key in last:
                 name = key.split("/")[1]
-                lines.append(f"| {name} | {first[key]:.3f} | {last[key]:.3f} | {last[key] - first[key]:+.3f} |")
+                row = f"| {name} | {first[key]:.3f} | {last[key]:.3f} | {last[key] - first[key]:+.3f} |"
+                k = key.replace("eval/", "eval_se/")
+                if se and k in first and k in last:  # two standard errors of the difference of two means
+                    row += f" {2 * (first[k] ** 2 + last[k] ** 2) ** 0.5:.3f} |"
+                lines.append(row)
+        if se:
+            lines += ["", "Noise: twice the standard error of the change, from each eval's standard error over its "
+                      "prompts (a prompt's score is the mean of its eval.samples completions). A change larger "
+                      "than that is not sampling luck."]
         best = max(evals, key=lambda r: r["eval/mean_reward"])
         lines += ["", f"Best eval/mean_reward: {best['eval/mean_reward']:.3f} at step {best['step']}."]
     train = [r for r in rows if "train/reward" in r]
@@ -82,6 +100,13 @@ def report(rows: list[dict], run_dir: Path, title: str = "Run report") -> str:
                   f"- train/reward first -> last: {train[0]['train/reward']:.3f} -> {train[-1]['train/reward']:.3f}"]
         if steps:
             lines.append(f"- mean step time: {sum(steps) / len(steps):.2f} s")
+        for key, what in (("train/completion_length", "tokens"), ("train/clipped_ratio", "of completions cut at "
+                                                                  "max_completion_length")):
+            vals = [r[key] for r in train if isinstance(r.get(key), (int, float))]
+            if vals:
+                k = max(1, len(vals) // 10)
+                lines.append(f"- {key}, mean of the first and the last {k} steps: {sum(vals[:k]) / k:.2f} -> "
+                             f"{sum(vals[-k:]) / k:.2f} {what}")
     lines += ["", "![eval rewards](eval_rewards.png)", "", "![train curves](train_curves.png)", ""]
     text = "\n".join(lines)
     (run_dir / "report.md").write_text(text)

@@ -24,7 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     pt.add_argument("--steps", type=int, default=300)
     pt.add_argument("--batch", type=int, default=16)
     pt.add_argument("--lr", type=float, default=3e-3)
+    pt.add_argument("--block", type=int, default=256, help="tokens per packed training sequence")
     pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--exclude-pairs", default="auto",
+                    help="pair file whose prompts and answers are left out (default: pairs/eval.jsonl beside --db; "
+                         "'none' keeps everything)")
     args = p.parse_args(argv)
 
     from zoo.build import SHAPES, build_model, count_parameters, ensure_model
@@ -32,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "pretrain":
         from zoo.pretrain import pretrain
 
-        pretrain(args.model, args.out, db_path=args.db, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)
+        exclude = None if args.exclude_pairs == "none" else args.exclude_pairs
+        pretrain(args.model, args.out, db_path=args.db, steps=args.steps, batch=args.batch, block=args.block,
+                 lr=args.lr, seed=args.seed, exclude_pairs=exclude)
         return 0
     if args.cmd == "count":
         for shape in SHAPES:

@@ -27,6 +27,9 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 SHAPES: dict[str, dict] = {
     "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
                  head_dim=64, intermediate_size=256, vocab_size=None, tokenizer_vocab=2048),
+    # the demo's stand-in (~2M): four layers to copy products, numbers and categories from the prompt
+    "small": dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=3, num_key_value_heads=1,
+                  head_dim=64, intermediate_size=512, vocab_size=None, tokenizer_vocab=2048),
     "bench": dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=2,
                   head_dim=64, intermediate_size=1536, vocab_size=8192, tokenizer_vocab=8192),
     "0.5b": dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,

@@ -6,7 +6,28 @@ minutes. So the demo first trains *all* weights of the tiny model, as a causal L
 (reviews, questions, SQL, JSON records, bullets and pushes from ``commerce.corpus_texts``, with no chat
 turns), then runs the SFT warm-up (LoRA, chat format) and GRPO on top like the real recipe.
 
-``python -m zoo pretrain --model models/tiny --db data/commerce.db --out models/tiny-pt [--steps N]``
+What the model reads (:func:`pretrain_texts`), all plain text with no chat turns, each text closed by the
+tokenizer's eos token:
+
+- ``commerce.corpus_texts`` (system prompts, the schema text, every review) minus every text of the held-out
+  eval pairs (user prompts, reference answers and records; ``DB_DIR/pairs/eval.jsonl`` by default), so the
+  eval measures prompts the model never read;
+- task documents: a prompt followed by its reference answer as one text. The train pairs
+  (``DB_DIR/pairs/train.jsonl``), then more documents of the four tasks drawn from the same database with
+  other seeds (``commerce.pairs.make_items``), up to :data:`DOC_CAPS` per task, none with an eval prompt and
+  none twice. Why: a pre-trained model carries names, numbers and places from a text into what follows it,
+  and that is the skill the tasks need (the product in a push, the state in a query, the figures in an
+  insight). Read apart from their prompts, the answers taught the templates only; read joined but twice
+  each, they were memorised, fills included (a probe on held-out prompts: 0 of 20 pushes named their
+  product, 0 of 20 queries used the asked literals). Fresh documents leave copying as the only way to
+  predict a fill;
+- the sql_qa schema text (``ENRICHED_DOC``, the same ~370 tokens in front of every sql_qa question) kept in
+  front of one question in 20 and cut from the rest: read 600 times it took 40% of the tokens and taught
+  nothing after the first few.
+
+Blocks are drawn in epochs (a fresh permutation each), so every block is read once before any twice.
+
+``python -m zoo pretrain --model models/small --db data/commerce.db --out models/small-pt [--steps N]``
 """
 
 from __future__ import annotations
@@ -17,9 +38,128 @@ import time
 from pathlib import Path
 
 
+SCHEMA_EVERY = 20  # keep the sql_qa schema text in front of one question in this many
+# task documents at most (train pairs first, then other seeds' pairs); about 630k tokens with the 2,048 tokenizer
+DOC_CAPS = {"extraction": 800, "sql_qa": 1200, "insights": 400, "push": 1000}
+EXTRA_SEEDS = range(1001, 1021)
+
+
+def read_pairs(path: str | Path | None) -> list[tuple[str, str]]:
+    """(user prompt, answer) of every row of a pair file ([] when there is none)."""
+    out: list[tuple[str, str]] = []
+    if path is None or not Path(path).is_file():
+        return out
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return out + read_pairs_rows(rows)
+
+
+def pair_strings(path: str | Path | None) -> set[str]:
+    """Every user prompt, answer and reference record of a pair file (as ``corpus_texts`` yields them)."""
+    out = {x for pair in read_pairs(path) for x in pair if x}
+    if path is not None and Path(path).is_file():
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            if line.strip() and isinstance(ref := json.loads(line).get("reference"), str):
+                out.add(ref)
+    return out
+
+
+def task_documents(db_path, train_pairs, held_out_prompts: set[str], caps: dict[str, int] | None = None,
+                   log=None) -> list[str]:
+    """Prompt + answer documents: the train pairs, then other seeds' pairs from ``db_path`` (up to ``caps``)."""
+    import sqlite3
+
+    caps = dict(DOC_CAPS if caps is None else caps)
+    docs: list[str] = []
+    seen: set[str] = set(held_out_prompts)
+    count = dict.fromkeys(caps, 0)
+
+    def add(task: str, user: str, answer: str) -> None:
+        if user in seen or count.get(task, 0) >= caps.get(task, 0):
+            return
+        seen.add(user)
+        count[task] += 1
+        docs.append(user + "\n\n" + answer)
+
+    if train_pairs is not None and Path(train_pairs).is_file():
+        for line in Path(train_pairs).read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                (user, answer), = read_pairs_rows([row])
+                add(row.get("task", ""), user, answer)
+    if db_path is not None and Path(db_path).is_file():
+        try:
+            from commerce.pairs import DEFAULT_COUNTS, make_items
+        except ImportError:
+            make_items = None
+        if make_items is not None:
+            con = sqlite3.connect(f"{Path(db_path).resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                for seed in EXTRA_SEEDS:
+                    if all(count[t] >= caps[t] for t in caps):
+                        break
+                    for task, items in make_items(con, seed, DEFAULT_COUNTS).items():
+                        for it in items:
+                            add(task, it["prompt"][-1]["content"], it["answer"])
+            finally:
+                con.close()
+    if log:
+        log(f"pretrain: task documents {count}")
+    return docs
+
+
+def read_pairs_rows(rows: list[dict]) -> list[tuple[str, str]]:
+    out = []
+    for row in rows:
+        prompt, answer = row.get("prompt"), row.get("answer")
+        user = prompt[-1].get("content", "") if isinstance(prompt, list) and prompt and isinstance(prompt[-1], dict) \
+            else prompt if isinstance(prompt, str) else ""
+        out.append((user, answer if isinstance(answer, str) else ""))
+    return out
+
+
+def pretrain_texts(db_path=None, train_pairs: str | Path | None = None, exclude_pairs: str | Path | None = None,
+                   caps: dict[str, int] | None = None, log=None) -> tuple[list[str], int]:
+    """The pre-training texts (see the module docstring) and how many corpus texts were held out as eval."""
+    from zoo.build import corpus
+
+    try:
+        from commerce.schema import ENRICHED_DOC
+    except ImportError:  # the fallback corpus has no schema text
+        ENRICHED_DOC = None
+    sql_seen = 0
+
+    def trim(t: str) -> str:
+        nonlocal sql_seen
+        if ENRICHED_DOC and t.startswith(ENRICHED_DOC) and t != ENRICHED_DOC:
+            sql_seen += 1
+            if sql_seen % SCHEMA_EVERY:
+                return t[len(ENRICHED_DOC):].lstrip()
+        return t
+
+    held_out = pair_strings(exclude_pairs)
+    pair_texts = pair_strings(train_pairs)
+    docs = task_documents(db_path, train_pairs, {u for u, _ in read_pairs(exclude_pairs)}, caps, log)
+    texts, dropped = [], 0
+    for t in corpus(db_path):
+        if t in held_out:
+            dropped += 1
+        elif t in pair_texts:
+            continue  # the train pairs come back as documents, prompt and answer together
+        else:
+            texts.append(trim(t))
+    texts += [trim(d) for d in docs]
+    return texts, dropped
+
+
 def packed_blocks(tokenizer, texts, block: int) -> list[list[int]]:
-    """Concatenate texts (each closed by the eos token) and cut into blocks of ``block`` tokens."""
-    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    """Concatenate texts (each closed by the tokenizer's eos token) and cut into blocks of ``block`` tokens.
+
+    The eos token is the one generation stops at (``<|im_end|>`` for the zoo's ChatML tokenizers), so the
+    model learns in pre-training to end a text, answers included, with the token that ends its turn: a model
+    that closed its texts with ``<|endoftext|>`` instead kept writing after a push or an insight until the
+    completion cap, the SFT warm-up's one ``<|im_end|>`` per answer notwithstanding.
+    """
+    eos = tokenizer.eos_token_id
     stream: list[int] = []
     for t in texts:
         stream += tokenizer(t, add_special_tokens=False)["input_ids"] + [eos]
@@ -27,17 +167,31 @@ def packed_blocks(tokenizer, texts, block: int) -> list[list[int]]:
 
 
 def pretrain(model_dir: str | Path, out: str | Path, db_path=None, steps: int = 300, batch: int = 16,
-             block: int = 256, lr: float = 3e-3, seed: int = 0, log=print) -> Path:
+             block: int = 256, lr: float = 3e-3, seed: int = 0, train_pairs: str | Path | None = "auto",
+             exclude_pairs: str | Path | None = "auto", log=print) -> Path:
+    """Train all weights of ``model_dir`` as a causal LM on :func:`pretrain_texts`; write ``out`` atomically.
+
+    ``train_pairs`` / ``exclude_pairs`` "auto" are ``pairs/train.jsonl`` / ``pairs/eval.jsonl`` beside
+    ``db_path`` (when there is one); None joins no pair / holds out nothing. Deterministic for (model, texts,
+    steps, batch, block, lr, seed) on a given build.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from zoo.build import atomic_dir, corpus
+    from zoo.build import atomic_dir
 
+    pairs_dir = Path(db_path).parent / "pairs" if db_path else None
+    if train_pairs == "auto":
+        train_pairs = pairs_dir / "train.jsonl" if pairs_dir else None
+    if exclude_pairs == "auto":
+        exclude_pairs = pairs_dir / "eval.jsonl" if pairs_dir else None
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    blocks = torch.tensor(packed_blocks(tok, corpus(db_path), block))
+    texts, dropped = pretrain_texts(db_path, train_pairs, exclude_pairs, log=log)
+    blocks = torch.tensor(packed_blocks(tok, texts, block))
     gen = torch.Generator().manual_seed(seed)
+    order: list[int] = []
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -45,8 +199,9 @@ def pretrain(model_dir: str | Path, out: str | Path, db_path=None, steps: int = 
     model.train()
     t0, first = time.perf_counter(), None
     for step in range(1, steps + 1):
-        idx = torch.randint(len(blocks), (batch,), generator=gen)
-        x = blocks[idx]
+        while len(order) < batch:  # epochs: every block once before any twice
+            order += torch.randperm(len(blocks), generator=gen).tolist()
+        x, order = blocks[order[:batch]], order[batch:]
         loss = model(input_ids=x, labels=x).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -62,7 +217,8 @@ def pretrain(model_dir: str | Path, out: str | Path, db_path=None, steps: int = 
         tok.save_pretrained(tmp)
         meta = json.loads((Path(model_dir) / "zoo.json").read_text()) if (Path(model_dir) / "zoo.json").exists() else {}
         meta.update(pretrain={"steps": steps, "batch": batch, "block": block, "lr": lr, "seed": seed,
-                              "blocks": len(blocks), "loss_first": first, "loss_last": loss.item()})
+                              "blocks": len(blocks), "held_out_texts": dropped,
+                              "loss_first": first, "loss_last": loss.item()})
         (tmp / "zoo.json").write_text(json.dumps(meta))
-    log(f"pretrain: {len(blocks)} blocks of {block} tokens, loss {first:.3f} -> {loss.item():.3f}; model at {out}")
+    log(f"pretrain: {len(blocks)} blocks of {block} tokens ({dropped} eval texts held out), loss {first:.3f} -> {loss.item():.3f}; model at {out}")
     return out

@@ -25,3 +25,39 @@ def test_report_and_plots(tmp_path):
     for png in ("eval_rewards.png", "train_curves.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main([str(tmp_path / "missing")]) == 2
+
+
+def test_report_carries_the_noise_band_when_evals_have_standard_errors(tmp_path):
+    rows = [{"step": 0, "train/reward": 0.1, "train/completion_length": 80.0, "train/clipped_ratio": 0.5},
+            {"step": 10, "train/reward": 0.3, "train/completion_length": 60.0, "train/clipped_ratio": 0.0}]
+    for step, v in ((0, 0.4), (10, 0.5)):
+        rows.append({"step": step, "eval/mean_reward": v, "eval/push": v, "eval_se/mean_reward": 0.03,
+                     "eval_se/push": 0.04})
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert main([str(tmp_path)]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "| push | 0.400 | 0.500 | +0.100 | 0.113 |" in md  # 2 * sqrt(0.04^2 + 0.04^2)
+    assert "| mean_reward | 0.400 | 0.500 | +0.100 | 0.085 |" in md
+    assert "train/clipped_ratio, mean of the first and the last 1 steps: 0.50 -> 0.00" in md
+
+
+def test_eval_standard_errors_are_over_prompts():
+    import doctest
+
+    import learner.evaluate as E
+
+    assert doctest.testmod(E).attempted > 0 and doctest.testmod(E).failed == 0
+    se = E.standard_errors([0.25, 0.75] * 8, ["push"] * 16)  # sample std 0.258, n 16
+    assert se["eval_se/push"] == se["eval_se/mean_reward"] == 0.064550
+
+
+def test_compare_race_arithmetic():
+    """The side-by-side's finish line: the moving average and the first time it reaches a target."""
+    import doctest
+
+    import launch.compare as C
+
+    assert doctest.testmod(C).attempted >= 2 and doctest.testmod(C).failed == 0
+    curve = C.race([{"step_s": 2.0, "reward": 0.0}, {"step_s": 1.0, "reward": 1.0}, {"step_s": 1.0, "reward": 1.0}], 2)
+    assert curve == {"clock_s": [2.0, 3.0, 4.0], "ma": [0.0, 0.5, 1.0]}
+    assert C.time_to(curve, 0.5) == 3.0 and C.time_to(curve, 1.01) is None

@@ -74,3 +74,49 @@ def test_pretrain_lowers_loss_and_writes_a_loadable_model(tiny_model, commerce_d
     assert meta["loss_last"] < meta["loss_first"] - 1.0
     AutoModelForCausalLM.from_pretrained(out)
     assert [p.name for p in tmp_path.iterdir()] == ["pt"]
+
+
+def test_small_shape_is_the_demo_stand_in():
+    """Four layers, head_dim 64 (vLLM's CPU attention), ~2M parameters with the 2,048-token tokenizer."""
+    from zoo.build import SHAPES
+
+    s = SHAPES["small"]
+    assert (s["num_hidden_layers"], s["head_dim"], s["hidden_size"] // s["num_attention_heads"]) == (4, 64, 64)
+    assert 1_500_000 < count_parameters("small") < 2_500_000
+
+
+def test_pretrain_texts_hold_out_eval_and_join_train_pairs(commerce_data):
+    from commerce.schema import ENRICHED_DOC
+    from zoo.pretrain import pretrain_texts, read_pairs
+
+    train, held = commerce_data / "pairs" / "train.jsonl", commerce_data / "pairs" / "eval.jsonl"
+    texts, _ = pretrain_texts(commerce_data / "commerce.db", train, held)
+    blob = "\n".join(texts)
+    eval_prompts = [u for u, _ in read_pairs(held)]
+    assert eval_prompts and not any(u.split("\n\n")[-1] in blob for u in eval_prompts)  # not even the question
+    docs = set(texts)
+    pairs = read_pairs(train)
+    sql = [(u, a) for u, a in pairs if u.startswith(ENRICHED_DOC)]
+    other = [(u, a) for u, a in pairs if not u.startswith(ENRICHED_DOC)]
+    assert all(f"{u}\n\n{a}" in docs for u, a in other)  # prompt and answer as one document
+    with_doc = sum(f"{u}\n\n{a}" in docs for u, a in sql)
+    without = sum(f"{u[len(ENRICHED_DOC):].lstrip()}\n\n{a}" in docs for u, a in sql)
+    assert with_doc + without == len(sql) and with_doc == len(sql) // 20  # the schema text once in 20
+    assert not any(t == a for _, a in pairs for t in texts)  # no answer alone, apart from its prompt
+
+
+def test_task_documents_add_other_seeds_up_to_the_caps_without_eval_prompts(commerce_data):
+    import json
+
+    from zoo.pretrain import read_pairs, task_documents
+
+    train, held = commerce_data / "pairs" / "train.jsonl", commerce_data / "pairs" / "eval.jsonl"
+    eval_prompts = {u for u, _ in read_pairs(held)}
+    caps = {"extraction": 300, "sql_qa": 200, "insights": 150, "push": 250}
+    docs = task_documents(commerce_data / "commerce.db", train, eval_prompts, caps)
+    prompts = [d.rsplit("\n\n", 1)[0] for d in docs]
+    assert len(prompts) == len(set(prompts)) and not eval_prompts & set(prompts)
+    n_train = {t: 0 for t in caps}
+    for line in train.read_text().splitlines():
+        n_train[json.loads(line)["task"]] += 1
+    assert len(docs) == sum(caps.values()) > sum(min(n, caps[t]) for t, n in n_train.items())

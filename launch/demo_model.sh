@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The demo's stand-in model, built once and cached (used by launch/demo.sh and python -m launch.compare):
+#   1. data/ (synthetic commerce.db + pairs) unless it is there
+#   2. models/small: the Tucano2-shaped "small" model (~2M parameters, random weights, tokenizer trained on
+#      the commerce text); rebuilt only when stale
+#   3. models/small-pt: models/small pre-trained on the commerce text (all weights; eval pairs held out)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PY:-.venv/bin/python}"
+[ -f data/pairs/train.jsonl ] || "$PY" -m commerce build --out data
+"$PY" -m zoo build --shape small --out models/small --db data/commerce.db
+if [ ! -f models/small-pt/zoo.json ]; then
+  "$PY" -u -m zoo pretrain --model models/small --db data/commerce.db --out models/small-pt --steps "${PRETRAIN_STEPS:-400}" --batch 8
+fi
