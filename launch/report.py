@@ -38,8 +38,9 @@ def plot(rows: list[dict], run_dir: Path) -> list[Path]:
                   if isinstance(r.get(key), (int, float)) and "step" in r]
             if all(isinstance(v, (int, float)) for v in se):  # the noise band: +-1 standard error over prompts
                 banded = True
-                ax.fill_between(x, [a - b for a, b in zip(y, se)], [a + b for a, b in zip(y, se)],
-                                color=line.get_color(), alpha=0.12, linewidth=0)
+                lo = [a - b for a, b in zip(y, se, strict=True)]
+                hi = [a + b for a, b in zip(y, se, strict=True)]
+                ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.12, linewidth=0)
     title = "Eval reward per task" + (" (bands: +-1 s.e. over the eval prompts)" if banded else "")
     ax.set(xlabel="step", ylabel="eval reward", title=title, ylim=(0, 1))
     ax.grid(alpha=0.3)

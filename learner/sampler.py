@@ -84,7 +84,8 @@ class TaskBalancedSampler:
         self.size, self.seed = len(tasks), int(seed)
         self.order = list(dict.fromkeys(tasks))  # first appearance
         self.members = {t: [i for i, x in enumerate(tasks) if x == t] for t in self.order}
-        self.samplers = {t: EpochSampler(len(m), self.seed * 1000 + k) for k, (t, m) in enumerate(self.members.items())}
+        self.samplers = {t: EpochSampler(len(m), self.seed * 1000 + k)
+                         for k, (t, m) in enumerate(self.members.items())}
         self.drawn = 0
 
     def take(self, k: int) -> list[int]:
@@ -106,8 +107,8 @@ class TaskBalancedSampler:
 
     def load_state_dict(self, state: dict) -> None:
         if state["size"] != self.size or state["seed"] != self.seed or set(state.get("tasks", ())) != set(self.order):
-            raise ValueError(f"sampler state is for {state['size']} prompts with seed {state['seed']} "
-                             f"(balanced: {'tasks' in state}), this run has {self.size} with seed {self.seed}, balanced")
+            raise ValueError(f"sampler state is for {state['size']} prompts with seed {state['seed']} (balanced: "
+                             f"{'tasks' in state}), this run has {self.size} with seed {self.seed}, balanced")
         for t, s in self.samplers.items():
             s.load_state_dict(state["tasks"][t])
         self.drawn = state["drawn"]

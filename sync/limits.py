@@ -47,9 +47,10 @@ class ChannelLimits:
 
     @classmethod
     def for_run(cls, cfg, model_config=None) -> ChannelLimits:
-        """From a run config (``max_seq_length``, ``max_completion_length``, ``num_generations``, ``eval.samples``, ``lora_r``,
-        ``init_adapter``, ``sync.wire_dtype``, ``sync.max_message_mb``) and the model's config (its sizes
-        give the adapter's; without it weight updates are capped at ``sync.max_message_mb``)."""
+        """From a run config (``max_seq_length``, ``max_completion_length``, ``num_generations``,
+        ``eval.samples``, ``lora_r``, ``init_adapter``, ``sync.wire_dtype``, ``sync.max_message_mb``) and the
+        model's config (its sizes give the adapter's; without it weight updates are capped at
+        ``sync.max_message_mb``)."""
         weights_bytes = None
         if model_config is not None:
             r = max(int(cfg.lora_r), adapter_rank(getattr(cfg, "init_adapter", None)))

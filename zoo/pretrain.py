@@ -220,5 +220,6 @@ def pretrain(model_dir: str | Path, out: str | Path, db_path=None, steps: int = 
                               "blocks": len(blocks), "held_out_texts": dropped,
                               "loss_first": first, "loss_last": loss.item()})
         (tmp / "zoo.json").write_text(json.dumps(meta))
-    log(f"pretrain: {len(blocks)} blocks of {block} tokens ({dropped} eval texts held out), loss {first:.3f} -> {loss.item():.3f}; model at {out}")
+    log(f"pretrain: {len(blocks)} blocks of {block} tokens ({dropped} eval texts held out), "
+        f"loss {first:.3f} -> {loss.item():.3f}; model at {out}")
     return out
