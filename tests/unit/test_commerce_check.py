@@ -22,18 +22,9 @@ import pytest
 from commerce import check as chk
 from commerce.check import check_data
 from commerce.schema import SQL_QA_COLUMNS
+from pair_files import rows_of, write
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def rows_of(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
-
-
-def write(path: Path, rows: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n"
-                            for r in rows), encoding="utf-8")
-    return path
 
 
 def edit(rows: list[dict], fn) -> list[dict]:

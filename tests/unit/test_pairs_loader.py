@@ -16,18 +16,9 @@ import pytest
 from commerce.rows import MAX_BAD_SHARE, BadRowsWarning, PairsError, read_pairs
 from learner.data import load_items, per_task_means
 from rewards import make_reward
+from pair_files import rows_of, write
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def rows_of(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
-
-
-def write(path: Path, rows: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n"
-                            for r in rows), encoding="utf-8")
-    return path
 
 
 def user_only(r: dict) -> str:
