@@ -282,6 +282,12 @@ class Refusals:
             self._held.clear()
         self._window, self._logged = now, 0
 
+    def summary(self) -> None:
+        """One line with every refusal counted since the start (logged once, at close, if there were any)."""
+        if self.counts:
+            kinds = ", ".join(f"{k} x{n}" for k, n in self.counts.most_common())
+            self.log.warning("%s: refused %d in total (%s)", self.channel, sum(self.counts.values()), kinds)
+
 
 _MONITOR_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                    | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_DISCONNECTED)
@@ -377,6 +383,7 @@ class IoThread:
         self._ctx.term()
         for p in self._unlink:
             p.unlink(missing_ok=True)
+        self.refusals.summary()
 
     # -- the I/O thread
     def _run(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -57,7 +58,22 @@ garbage = [[b"\xdd\xff\xff\xff\xff"], [b"\xdf\xff\xff\xff\xff"], [b"\xdb\xff\xff
            [os.urandom(4096)], [b"\x00" * (8 * 2**20)]]  # bombs, random, an oversized frame
 
 ctx = zmq.Context()
-socks = []
+
+
+def dealer(t):
+    d = ctx.socket(zmq.DEALER)
+    d.setsockopt(zmq.IDENTITY, b"evil-%d" % rep["opened"])
+    d.setsockopt(zmq.LINGER, 0)
+    d.setsockopt(zmq.SNDHWM, 100)
+    if mode.startswith("curve"):  # its own key pair, and the server's public key it was given
+        d.curve_publickey, d.curve_secretkey = zmq.curve_keypair()
+        d.curve_serverkey = mode.split(":", 1)[1].encode()
+    d.connect(t)
+    rep["opened"] += 1
+    return d
+
+
+rep["opened"] = 0
 for t in targets:
     if t.startswith("ipc://"):
         s = socket.socket(socket.AF_UNIX)
@@ -68,25 +84,23 @@ for t in targets:
             rep["connect"][t] = errno.errorcode.get(e.errno, str(e.errno))
         finally:
             s.close()
-    d = ctx.socket(zmq.DEALER)
-    d.setsockopt(zmq.IDENTITY, b"evil")
-    d.setsockopt(zmq.LINGER, 0)
-    d.setsockopt(zmq.SNDHWM, 100)
-    if mode.startswith("curve"):  # its own key pair, and the server's public key it was given
-        d.curve_publickey, d.curve_secretkey = zmq.curve_keypair()
-        d.curve_serverkey = mode.split(":", 1)[1].encode()
-    d.connect(t)
-    socks.append(d)
+socks = [dealer(t) for t in targets]
 end = time.time() + duration
 while time.time() < end:
-    for t, d in zip(targets, socks):
+    for i, t in enumerate(targets):
+        d = socks[i]
         batch = [hello, hb] + ([rng.choice(fake), rng.choice(garbage)] if mode == "flood" else [])
+        sent = 0
         for m in batch:
             try:
                 d.send_multipart(m, zmq.NOBLOCK)
-                rep["sent"] += 1
+                sent += 1
             except zmq.Again:
                 pass
+        rep["sent"] += sent
+        if not sent and mode == "flood":  # its queue is full (a dropped connection not yet re-made): a new one
+            d.close(0)
+            socks[i] = d = dealer(t)
         if mode == "flood" and t.startswith("ipc://"):  # non-ZMTP bytes on a raw connection
             s = socket.socket(socket.AF_UNIX)
             try:
@@ -228,7 +242,7 @@ def test_another_local_user_gets_nothing_over_tcp_curve(tmp_path):
         pub.close()
         shutil.rmtree(d, ignore_errors=True)
     assert all(r["uid"] == 65534 and r["sent"] > 0 and r["received"] == 0 for r in reps)
-    assert set(t.actors()) <= {"ours"} and "evil" not in pub.actors()
+    assert set(t.actors()) <= {"ours"} and not any("evil" in a for a in pub.actors())
     assert any("handshake failed" in k for k in t.refusals.counts)
 
 
@@ -252,9 +266,11 @@ def test_hostile_input_on_every_socket_gets_a_bounded_logged_refusal(tiny_model,
         rep = json.loads(out.read_text())
     finally:
         shutil.rmtree(d, ignore_errors=True)
-    assert rep["sent"] > 300  # bombs, oversized and random frames among them (a busy 2-core box sent ~450 in 12 s)
     assert train_steps(la.metrics()) == list(range(1, RUN["max_steps"] + 1))
     assert after - before < 150, f"the learner's peak memory grew by {after - before:.0f} MB under the flood"
     refusals = [ln for ln in log.splitlines() if "[learner]" in ln and "refused" in ln]
     assert any("message" in ln for ln in refusals) and any("handshake failed" in ln for ln in refusals), refusals
     assert len(refusals) < 60, f"{len(refusals)} refusal lines for {rep['sent']} messages: not rate-limited"
+    totals = [re.search(r"refused (\d+) in total \((.*)\)", ln) for ln in refusals if " in total " in ln]
+    messages = sum(int(n) for m in totals for n in re.findall(r"message x(\d+)", m[2]))
+    assert messages >= 100, f"the learner refused only {messages} messages in total: no flood? peer: {rep}; {refusals}"

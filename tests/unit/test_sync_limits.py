@@ -82,3 +82,32 @@ def test_eval_groups_of_several_samples_fit_the_caps():
     g = RolloutGroup("eval-s0-0", "a0", 0, res, {}, None, {"kind": "eval"}, "abc")
     assert sum(len(f) for f in encode(g)) <= lim.group_bytes
     assert lim.group_bytes > ChannelLimits.for_run(load_config("smoke_cpu.yaml")).group_bytes
+
+
+def test_refusals_are_rate_limited_and_summed_once_at_the_end(caplog):
+    import logging
+    import time
+
+    from sync._net import Refusals
+
+    r = Refusals(logging.getLogger("t2.refusals"), "rollouts", every_s=30, burst=3)
+    with caplog.at_level(logging.INFO, "t2.refusals"):
+        for i in range(10):
+            r.refuse("message", f"bad {i}")
+        r.refuse("ack", "late")
+        r.flush(time.monotonic() + 31)  # the window ends: the held ones in one line
+        r.summary()
+    lines = [rec.getMessage() for rec in caplog.records]
+    assert lines[:3] == [f"rollouts: refused message: bad {i}" for i in range(3)]
+    assert lines[3].startswith("rollouts: refused 8 more in the last") and "(message x7, ack x1)" in lines[3]
+    assert lines[4:] == ["rollouts: refused 11 in total (message x10, ack x1)"]
+
+
+def test_no_refusal_no_summary_line(caplog):
+    import logging
+
+    from sync._net import Refusals
+
+    with caplog.at_level(logging.INFO, "t2.refusals"):
+        Refusals(logging.getLogger("t2.refusals"), "weights").summary()
+    assert caplog.records == []
