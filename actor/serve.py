@@ -16,6 +16,12 @@ requests, finish those in flight within ``grace_s`` (their groups are sent), lea
 (the learner's transport re-sends a silent actor's requests to others), close the engine and check
 its processes are gone.
 
+A load that fails because the actor is going away is not acknowledged: a refusal (ok=False) tells the
+learner its weights are bad and stops the run, while an actor that leaves is a lost actor, restarted by
+its launcher. That covers a stop already requested (Slurm signals every process of a step at once, so
+EngineCore may shut down under a load in progress) and an engine that stopped or died on its own (the
+actor then exits with the error, non-zero).
+
 Rewards: with ``actor.score_rewards`` the actor scores each group after generation (pure Python,
 ``rewards.make_reward``) and sends them in ``RolloutGroup.rewards``; per-prompt reward columns come in
 ``RolloutRequest.meta["columns"]`` (one dict per prompt). Off by default: the learner scores.
@@ -82,6 +88,22 @@ def score_group(fn, req: RolloutRequest, results) -> list[list[float]]:
         kw = {k: [v] * len(texts) for k, v in (cols[i] if i < len(cols) else {}).items()}
         out.append([float(x) for x in fn(texts, prompts=[prompt] * len(texts), **kw)])
     return out
+
+
+def engine_gone(e: BaseException) -> bool:
+    """Whether ``e`` says vLLM's EngineCore is dead or shutting down (not that the adapter was bad).
+
+    >>> from vllm.v1.engine.exceptions import EngineDeadError
+    >>> engine_gone(EngineDeadError()), engine_gone(Exception("Server shutting down"))
+    (True, True)
+    >>> engine_gone(ValueError("adapter file hashes to ab12, expected cd34"))
+    False
+    """
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    # "Server shutting down": the failure EngineCore returns for a utility call (add_lora,
+    # collective_rpc, reset_prefix_cache) once its shutdown began (vllm/v1/engine/core.py).
+    return isinstance(e, EngineDeadError) or str(e) == "Server shutting down"
 
 
 class ActorServer:
@@ -195,6 +217,13 @@ class ActorServer:
             fingerprint = self.engine.load_adapter(w.version, w.adapter_dir, expect_checksum=w.checksum)
             ok, error = True, None
         except Exception as e:  # keep serving the previous version
+            if self.stop_reason is not None:
+                log.warning("actor %s: v%d not loaded, the actor is stopping (%s): %s", self.actor_id,
+                            w.version, self.stop_reason, e)
+                return
+            if engine_gone(e):
+                raise RuntimeError(f"actor {self.actor_id}: the engine stopped while loading v{w.version}: "
+                                   f"{type(e).__name__}: {e}") from e
             fingerprint, ok, error = "", False, f"{type(e).__name__}: {e}"[:500]
         load_s = time.perf_counter() - t0
         if ok:

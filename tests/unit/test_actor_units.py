@@ -152,3 +152,93 @@ def test_sweep_removes_what_killed_engines_left(tmp_path):
         removed = sweep_engine_leftovers(tmp_path)
     assert sorted(p.name for p in removed) == sorted([dead_kmp.name, orphan.name])
     assert live_kmp.exists() and in_use.exists() and fresh.exists()
+
+
+class LoadFailingEngine:
+    """A stand-in for ``actor.engine.RolloutEngine`` (no vLLM): idle, and its adapter load fails with
+    ``error``; ``during`` runs first, as a signal handler would in the middle of the load."""
+
+    in_flight, version, delta_cosine = 0, 3, 1.0
+
+    def __init__(self, error: Exception, during=None):
+        self.error, self.during = error, during
+
+    def load_adapter(self, version, adapter_dir, expect_checksum=None):
+        if self.during is not None:
+            self.during()
+        raise self.error
+
+    def step(self):
+        return []
+
+
+class RecordingEndpoint:
+    """An actor endpoint that hands out ``items`` one per turn of the serve loop (each followed by an empty
+    poll), then a Shutdown, and records what the actor sends."""
+
+    def __init__(self, items):
+        self.items, self.acks, self.heartbeats = [x for it in items for x in (it, None)], [], []
+
+    def poll(self, timeout_s):
+        from sync.wire import Shutdown
+
+        return self.items.pop(0) if self.items else Shutdown("drained")
+
+    def send_ack(self, ack):
+        self.acks.append(ack)
+
+    def heartbeat(self, hb):
+        self.heartbeats.append(hb)
+
+
+def _server(engine, items):
+    from actor.serve import ActorServer
+    from configs import load_config
+
+    ep = RecordingEndpoint(items)
+    return ActorServer(load_config("smoke_cpu.yaml"), engine, ep, "a0", grace_s=0.1, idle_poll_s=0.0), ep
+
+
+def _update(tmp_path):
+    from sync.interfaces import ReceivedWeights
+
+    return ReceivedWeights(7, tmp_path, "c0ffee", {"r": 2}, "L1")
+
+
+def test_a_load_cut_short_by_the_actors_own_stop_is_not_refused(tmp_path):
+    """Slurm signals every process of a step at once: EngineCore shuts down under a load in progress.
+    The learner must see a lost actor, not a refusal of v7 (which would stop the run)."""
+    holder = {}
+    engine = LoadFailingEngine(Exception("Server shutting down"), during=lambda: holder["s"].request_stop("SIGTERM"))
+    server, ep = _server(engine, [_update(tmp_path)])
+    holder["s"] = server
+    assert server.run() == "SIGTERM"
+    assert ep.acks == []
+
+
+def test_an_engine_that_stopped_on_its_own_ends_the_actor_without_a_refusal(tmp_path):
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    for err in (Exception("Server shutting down"), EngineDeadError()):
+        server, ep = _server(LoadFailingEngine(err), [_update(tmp_path)])
+        with pytest.raises(RuntimeError, match="a0: the engine stopped while loading v7"):
+            server.run()
+        assert ep.acks == []
+
+
+def test_a_bad_adapter_is_refused_and_the_actor_serves_on(tmp_path):
+    from actor.engine import AdapterLoadError
+
+    bad = AdapterLoadError(f"{tmp_path}: adapter file hashes to ab12, expected c0ffee")
+    server, ep = _server(LoadFailingEngine(bad), [_update(tmp_path)])
+    assert server.run() == "shutdown: drained"
+    assert [(a.version, a.ok, a.learner) for a in ep.acks] == [(7, False, "L1")]
+    assert "hashes to ab12" in ep.acks[0].error
+
+
+def test_actor_serve_doctests():
+    import doctest
+
+    import actor.serve
+
+    assert doctest.testmod(actor.serve).failed == 0
