@@ -256,6 +256,7 @@ class Refusals:
     def __init__(self, logger: logging.Logger, channel: str, every_s: float = 30.0, burst: int = 10):
         self.log, self.channel, self.every_s, self.burst = logger, channel, every_s, burst
         self.counts: collections.Counter[str] = collections.Counter()
+        self._warned: collections.Counter[str] = collections.Counter()  # those at WARNING or above
         self._window = time.monotonic()
         self._logged = 0
         self._held: collections.Counter[str] = collections.Counter()
@@ -263,6 +264,8 @@ class Refusals:
 
     def refuse(self, kind: str, detail: str, level: int = logging.WARNING) -> None:
         self.counts[kind] += 1
+        if level >= logging.WARNING:
+            self._warned[kind] += 1
         self.flush()
         if self._logged < self.burst:
             self._logged += 1
@@ -283,10 +286,11 @@ class Refusals:
         self._window, self._logged = now, 0
 
     def summary(self) -> None:
-        """One line with every refusal counted since the start (logged once, at close, if there were any)."""
-        if self.counts:
-            kinds = ", ".join(f"{k} x{n}" for k, n in self.counts.most_common())
-            self.log.warning("%s: refused %d in total (%s)", self.channel, sum(self.counts.values()), kinds)
+        """One line with every warning-level refusal since the start (logged once, at close, if there were
+        any; an ordinary disconnect or a duplicate is counted but not summed here)."""
+        if self._warned:
+            kinds = ", ".join(f"{k} x{n}" for k, n in self._warned.most_common())
+            self.log.warning("%s: refused %d in total (%s)", self.channel, sum(self._warned.values()), kinds)
 
 
 _MONITOR_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL

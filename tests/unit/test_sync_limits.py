@@ -95,11 +95,13 @@ def test_refusals_are_rate_limited_and_summed_once_at_the_end(caplog):
         for i in range(10):
             r.refuse("message", f"bad {i}")
         r.refuse("ack", "late")
+        r.refuse("connection (closed by a peer)", "ipc://x", logging.INFO)  # ordinary: not in the total
         r.flush(time.monotonic() + 31)  # the window ends: the held ones in one line
         r.summary()
     lines = [rec.getMessage() for rec in caplog.records]
     assert lines[:3] == [f"rollouts: refused message: bad {i}" for i in range(3)]
-    assert lines[3].startswith("rollouts: refused 8 more in the last") and "(message x7, ack x1)" in lines[3]
+    assert lines[3].startswith("rollouts: refused 9 more in the last")
+    assert "(message x7, ack x1, connection (closed by a peer) x1)" in lines[3]
     assert lines[4:] == ["rollouts: refused 11 in total (message x10, ack x1)"]
 
 
