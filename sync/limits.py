@@ -57,8 +57,7 @@ class ChannelLimits:
             weights_bytes = lora_nbytes(model_config, r, 2 if cfg.sync.wire_dtype == "bf16" else 4)
         seq, comp = int(cfg.max_seq_length), int(cfg.max_completion_length)
         prompts = MAX_PROMPTS_PER_REQUEST
-        eval_samples = int(getattr(getattr(cfg, "eval", None), "samples", 1))
-        completions = max(int(cfg.num_generations), MAX_PROMPTS_PER_REQUEST * eval_samples)
+        completions = max(int(cfg.num_generations), MAX_PROMPTS_PER_REQUEST * int(cfg.eval.samples))
         request = prompts * seq * TEXT_BYTES_PER_TOKEN + _SLACK
         group = (prompts * seq * _MSGPACK_INT
                  + completions * comp * (_MSGPACK_INT + _MSGPACK_FLOAT + TEXT_BYTES_PER_TOKEN) + _SLACK)

@@ -44,23 +44,28 @@ DOC_CAPS = {"extraction": 800, "sql_qa": 1200, "insights": 400, "push": 1000}
 EXTRA_SEEDS = range(1001, 1021)
 
 
+def _rows(path: str | Path | None) -> list:
+    """The accepted rows of a pair file (``commerce.rows.read_pairs``; [] when there is none)."""
+    if path is None or not Path(path).is_file():
+        return []
+    from commerce.rows import read_pairs as read_pair_file
+
+    return read_pair_file(path).rows
+
+
+def _user(row) -> str:
+    return str(row.messages[-1].get("content", "")) if row.messages else ""
+
+
 def read_pairs(path: str | Path | None) -> list[tuple[str, str]]:
     """(user prompt, answer) of every row of a pair file ([] when there is none)."""
-    out: list[tuple[str, str]] = []
-    if path is None or not Path(path).is_file():
-        return out
-    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    return out + read_pairs_rows(rows)
+    return [(_user(r), r.answer or "") for r in _rows(path)]
 
 
 def pair_strings(path: str | Path | None) -> set[str]:
     """Every user prompt, answer and reference record of a pair file (as ``corpus_texts`` yields them)."""
-    out = {x for pair in read_pairs(path) for x in pair if x}
-    if path is not None and Path(path).is_file():
-        for line in Path(path).read_text(encoding="utf-8").splitlines():
-            if line.strip() and isinstance(ref := json.loads(line).get("reference"), str):
-                out.add(ref)
-    return out
+    return {x for r in _rows(path) for x in (_user(r), r.answer, r.columns.get("reference"))
+            if isinstance(x, str) and x}
 
 
 def task_documents(db_path, train_pairs, held_out_prompts: set[str], caps: dict[str, int] | None = None,
@@ -80,12 +85,8 @@ def task_documents(db_path, train_pairs, held_out_prompts: set[str], caps: dict[
         count[task] += 1
         docs.append(user + "\n\n" + answer)
 
-    if train_pairs is not None and Path(train_pairs).is_file():
-        for line in Path(train_pairs).read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                row = json.loads(line)
-                (user, answer), = read_pairs_rows([row])
-                add(row.get("task", ""), user, answer)
+    for r in _rows(train_pairs):
+        add(r.task, _user(r), r.answer or "")
     if db_path is not None and Path(db_path).is_file():
         try:
             from commerce.pairs import DEFAULT_COUNTS, make_items
@@ -105,16 +106,6 @@ def task_documents(db_path, train_pairs, held_out_prompts: set[str], caps: dict[
     if log:
         log(f"pretrain: task documents {count}")
     return docs
-
-
-def read_pairs_rows(rows: list[dict]) -> list[tuple[str, str]]:
-    out = []
-    for row in rows:
-        prompt, answer = row.get("prompt"), row.get("answer")
-        user = prompt[-1].get("content", "") if isinstance(prompt, list) and prompt and isinstance(prompt[-1], dict) \
-            else prompt if isinstance(prompt, str) else ""
-        out.append((user, answer if isinstance(answer, str) else ""))
-    return out
 
 
 def pretrain_texts(db_path=None, train_pairs: str | Path | None = None, exclude_pairs: str | Path | None = None,
