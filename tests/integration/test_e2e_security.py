@@ -38,6 +38,10 @@ import msgpack, zmq
 
 mode, out, duration = sys.argv[1], sys.argv[2], float(sys.argv[3])
 targets = sys.argv[4].split(",")
+if len(sys.argv) > 5:  # started early, it waits (connected to nothing) for the test's go file
+    go_by = time.time() + duration
+    while not os.path.exists(sys.argv[5]) and time.time() < go_by:
+        time.sleep(0.005)
 rng = random.Random(0)
 rep = {"uid": os.getuid(), "connect": {}, "received": 0, "sent": 0}
 
@@ -251,27 +255,32 @@ def test_another_local_user_gets_nothing_over_tcp_curve(tmp_path):
 
 
 def test_hostile_input_on_every_socket_gets_a_bounded_logged_refusal(tiny_model, tmp_path):
-    over = e2e_overrides(tiny_model, tmp_path / "pairs", **RUN)
+    run = {**RUN, "max_steps": 24}
+    over = e2e_overrides(tiny_model, tmp_path / "pairs", **run)
     d, script = peer_script()
-    out = d / "report.json"
+    out, go = d / "report.json", d / "go"
+    # The peer starts with the run and floods from the moment the test sees step 2 (a run step takes ~0.3 s
+    # here: a peer started only then could meet a run that had already ended).
+    peer = subprocess.Popen([sys.executable, str(script), "flood", str(out), "240",  # until the run ends
+                             ",".join(socket_paths(over)), str(go)], stderr=subprocess.PIPE, text=True)
     try:
         with Launch(tmp_path / "run", over, tmp_path / "launch.log") as la:
-            la.wait_until(lambda: len(train_steps(la.metrics())) >= 2, 240, "two steps")
+            la.wait_until(lambda: len(train_steps(la.metrics())) >= 2, 240, "two steps", interval=0.05)
             learner = la.component_pids("learner")[0]
             before = peak_rss_mb(learner)
             assert before is not None, la.log()[-4000:]
             with PeakSampler(learner) as peak:
-                peer = subprocess.run([sys.executable, str(script), "flood", str(out), "240",  # until the run ends
-                                       ",".join(socket_paths(over))], capture_output=True, text=True, timeout=300)
-            assert peer.returncode == 0, peer.stderr[-2000:]
+                go.touch()
+                assert peer.wait(timeout=300) == 0, peer.stderr.read()[-2000:]
             after = peak.peak
             assert la.wait(timeout=300) == 0, la.log()[-4000:]
             log = la.log()
         rep = json.loads(out.read_text())
     finally:
+        peer.kill()
         shutil.rmtree(d, ignore_errors=True)
-    assert set(rep["connect"].values()) == {"ok"}, rep  # the flood began while the run listened: it met steps 3..14
-    assert train_steps(la.metrics()) == list(range(1, RUN["max_steps"] + 1))
+    assert set(rep["connect"].values()) == {"ok"}, rep  # the flood began while the run listened: it met steps 3..
+    assert train_steps(la.metrics()) == list(range(1, run["max_steps"] + 1))
     assert after - before < 150, f"the learner's peak memory grew by {after - before:.0f} MB under the flood"
     refusals = [ln for ln in log.splitlines() if "[learner]" in ln and "refused" in ln]
     assert any("message" in ln for ln in refusals) and any("handshake failed" in ln for ln in refusals), refusals
