@@ -42,7 +42,7 @@ def check(cfg) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from configs.loader import ConfigError, load_config
+    from configs.loader import ConfigError, load_config, private_run_dir
     from sync import SyncError
 
     try:
@@ -51,6 +51,7 @@ def main(argv=None) -> int:
     except (ConfigError, SyncError) as e:
         print(f"actor: {e}", file=sys.stderr)
         return 2
+    private_run_dir(None)  # the actor writes only private files (its run directory is the learner's)
     if args.replica < 0:
         print("actor: --replica must be >= 0", file=sys.stderr)
         return 2

@@ -4,7 +4,7 @@
 ``python -m configs validate FILE`` prints the resolved config. Imports only pydantic and yaml.
 """
 
-from configs.loader import ConfigError, dump_config, load_config
+from configs.loader import ConfigError, dump_config, load_config, private_run_dir
 from configs.schema import RunConfig
 
-__all__ = ["ConfigError", "RunConfig", "dump_config", "load_config"]
+__all__ = ["ConfigError", "RunConfig", "dump_config", "load_config", "private_run_dir"]

@@ -135,3 +135,19 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
 def dump_config(cfg: RunConfig) -> str:
     """The resolved config as YAML (what the launcher writes into the run directory)."""
     return yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False, allow_unicode=True)
+
+
+def private_run_dir(path) -> None:
+    """Make this process write privately: umask 077 (every file and directory it, DeepSpeed, vLLM or torch
+    creates is its user's only) and ``path`` (the run directory) created 0700, or set to 0700 when it is
+    ours. Every entry point (``python -m launch|learner|actor``) calls it before it writes anything."""
+    import os
+    from pathlib import Path
+
+    os.umask(0o077)
+    if path is None:
+        return
+    p = Path(path)
+    p.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if p.stat().st_uid == os.getuid():
+        p.chmod(0o700)

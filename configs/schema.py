@@ -217,7 +217,8 @@ class SyncConfig(Section):
     rollout_port: int = Field(29610, ge=1024, le=65535)
     """Learner ROUTER socket for rollout requests and groups (TCP port, or the ipc file ``p<port>.sock``)."""
     weight_port: int = Field(29611, ge=1024, le=65535)
-    """Learner ROUTER socket for weight updates and acknowledgements (TCP port or ipc file name)."""
+    """Learner ROUTER socket for weight updates and acknowledgements (TCP port or ipc file name). The next
+    port, ``weight_port + 1``, is the learner ranks' torch.distributed rendezvous (:attr:`master_port`)."""
     keys_dir: Path | None = None
     """Directory made by ``python -m sync.keys DIR`` (CURVE key pairs, mode 0600); required over TCP."""
     max_staleness: int = Field(1, ge=0)
@@ -259,10 +260,20 @@ class SyncConfig(Section):
             return "ipc" if self.is_loopback else "tcp"
         return self.transport
 
+    @property
+    def master_port(self) -> int:
+        """The learner ranks' torch.distributed rendezvous port (``MASTER_PORT``) on the learner node."""
+        return self.weight_port + 1
+
     @model_validator(mode="after")
     def _check(self) -> SyncConfig:
         if self.rollout_port == self.weight_port:
             raise ValueError("sync.rollout_port and sync.weight_port must differ")
+        if self.rollout_port == self.master_port:
+            raise ValueError(f"sync.rollout_port {self.rollout_port} is sync.weight_port + 1, the learner ranks' "
+                             "rendezvous port: pick another")
+        if self.master_port > 65535:
+            raise ValueError("sync.weight_port must be below 65535: the next port is the learner ranks' rendezvous")
         if self.kind == "tcp" and self.keys_dir is None:
             why = "transport tcp" if self.is_loopback else f"sync.host {self.host!r} is not loopback (transport tcp)"
             raise ValueError(f"{why}: set sync.keys_dir, TCP channels always use CURVE "

@@ -17,6 +17,9 @@ from launch.plan import LaunchError, cpu_plan, node_plan
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from configs import private_run_dir
+
+    private_run_dir(None)  # umask 077: the plan, the logs and every component it starts write privately
     if argv[:1] == ["slurm"]:
         from launch.slurm import cli
 

@@ -173,7 +173,7 @@ def slurm_plan(config: str, overrides: list[str], *, actor_nodes: int = 1, learn
             raise LaunchError(f"{rd} already holds checkpoints (last: {done[-1].name}): pass --resume to continue "
                               f"that run, or pick another --run-dir (a requeued job resumes from the last one)")
     spec = SlurmSpec(actor_nodes=actor_nodes, learner_nodes=learner_nodes, gpus_per_node=gpus_per_node, tp=tp,
-                     actors_per_node=per_node, ranks_per_node=ranks_per_node, master_port=cfg.sync.weight_port + 1,
+                     actors_per_node=per_node, ranks_per_node=ranks_per_node, master_port=cfg.sync.master_port,
                      python=sys.executable, workdir=str(Path.cwd()), run_dir=str(rd), resume=resume,
                      requeue=requeue, ready_timeout_s=ready_timeout_s)
     spec.sbatch = sbatch_options(spec, rd.resolve(), f"tucano2-{rd.name}", partition=partition, time=time,

@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"learner: invalid config: {e}", file=sys.stderr)
         return 2
+    from configs import private_run_dir
+
+    private_run_dir(cfg.run_dir or "runs/run")
     problem = preflight(cfg, args.resume)
     if problem:
         print(f"learner: {problem}", file=sys.stderr)

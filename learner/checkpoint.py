@@ -30,9 +30,9 @@ CKPT_DIR = "checkpoints"
 
 def _barrier(world: int) -> None:
     if world > 1:
-        import torch.distributed as dist
+        from learner import comm
 
-        dist.barrier()
+        comm.barrier()
 
 
 def _rng_state() -> dict:

@@ -6,7 +6,7 @@
   no weight decay: transformers' defaults), gradient clipping at ``learner.max_grad_norm``, the LR
   scheduler of :mod:`learner.schedule` stepped by DeepSpeed after every optimizer step.
 * bf16 on GPU, float32 on CPU (``learner.precision: auto``). On CPU DeepSpeed runs with its ``cpu``
-  accelerator and ``gloo``; RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT/LOCAL_RANK are set when absent.
+  accelerator and ``gloo``, on GPUs with NCCL; how ranks meet and where collectives run: :mod:`learner.comm`.
 * One optimizer step may run several micro-batches: DeepSpeed's accumulation boundary is set by hand
   (``set_gradient_accumulation_boundary``) and losses are not rescaled by it (``scale_wrt_gas=False``)
   because :func:`learner.loss.policy_loss` already divides by the step's constant.
@@ -56,21 +56,12 @@ def build_ops() -> None:
         builder.load()
 
 
-def init_distributed(cpu: bool) -> tuple[int, int]:
-    """Initialise torch.distributed through DeepSpeed once per process; return (rank, world)."""
+def init_distributed(cpu: bool, store_dir: str | os.PathLike) -> tuple[int, int]:
+    """Initialise torch.distributed through :func:`learner.comm.init` once per process; return (rank, world)."""
     extensions_dir()
-    import deepspeed
-    import torch.distributed as dist
+    from learner import comm
 
-    if not dist.is_initialized():
-        single = "RANK" not in os.environ and "WORLD_SIZE" not in os.environ
-        os.environ.setdefault("RANK", "0")
-        os.environ.setdefault("WORLD_SIZE", "1")
-        os.environ.setdefault("LOCAL_RANK", os.environ["RANK"])
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port() if single else 29500))
-        deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl", verbose=False)
-    return dist.get_rank(), dist.get_world_size()
+    return comm.init(cpu, Path(store_dir))
 
 
 def pick_device_dtype(precision: str) -> tuple[torch.device, torch.dtype]:
@@ -180,7 +171,7 @@ class PolicyEngine:
         self.cfg = cfg
         self.device, self.dtype = pick_device_dtype(cfg.learner.precision)
         self.cpu = self.device.type == "cpu"
-        self.rank, self.world = init_distributed(self.cpu)
+        self.rank, self.world = init_distributed(self.cpu, Path(cfg.run_dir) / ".dist")
         self.tokenizer = load_tokenizer(cfg.model_id) if base_model is None else None
         adapter = init_adapter if init_adapter is not None else cfg.init_adapter
         if base_model is not None:
@@ -243,11 +234,9 @@ class PolicyEngine:
     def step(self) -> StepResult:
         """Optimizer step (DeepSpeed clips, steps the optimizer and the scheduler), or a skipped one when any
         rank saw a non-finite loss or gradient since the last step (collective)."""
-        flags = torch.tensor([float(self._loss_bad), float(self._grad_bad)], dtype=torch.float32)
-        if self.world > 1:
-            import torch.distributed as dist
+        from learner import comm
 
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        flags = comm.all_reduce(torch.tensor([float(self._loss_bad), float(self._grad_bad)]), op="max")
         self._loss_bad = False
         self._grad_bad.zero_()
         loss_bad, grad_bad = bool(flags[0]), bool(flags[1])

@@ -153,7 +153,7 @@ def run_sft(cfg, out_dir: Path | None = None, log=print, balance: bool = False) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from configs import ConfigError, load_config
+    from configs import ConfigError, load_config, private_run_dir
     from configs.__main__ import add_config_args
 
     p = argparse.ArgumentParser(prog="python -m learner.sft", description=__doc__.split("\n\n")[0])
@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"learner.sft: {problem}", file=sys.stderr)
         return 2
+    private_run_dir(cfg.run_dir or "runs/run")
     try:
         run_sft(cfg, args.out, balance=args.balance)
     except ValueError as e:

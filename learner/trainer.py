@@ -153,13 +153,9 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ helpers
     def _bcast(self, obj):
-        if self.world == 1:
-            return obj
-        import torch.distributed as dist
+        from learner import comm
 
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
+        return comm.broadcast_object(obj) if self.world > 1 else obj
 
     @property
     def rollout_version(self) -> int:
@@ -340,14 +336,12 @@ class Trainer:
         fb = forward_backward(self.policy, self.cfg, samples, num_tokens)
         res = self.policy.step()
         dt = time.perf_counter() - t0
-        stats = torch.tensor(
+        from learner import comm
+
+        stats = comm.all_reduce(torch.tensor(
             [fb.loss, fb.clipped, fb.tokens, fb.truncated, fb.ratio_sum, float(fb.learner_tokens)],
             dtype=torch.float64,
-        )
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(stats)
+        ))
         loss_sum, clip, toks, trunc, ratio_sum, learner_tokens = stats.tolist()
         m = {
             "train/loss": loss_sum / self.world,

@@ -303,8 +303,29 @@ _EVENT_KIND = {
 }
 
 
+def _recv_bounded(sock: zmq.Socket, max_frames: int) -> list[zmq.Frame] | None:
+    """One message's frames (raises ``zmq.Again`` when none is waiting); None for a message of more than
+    ``max_frames`` frames, whose every frame is still read (a message's frames arrive together) and freed."""
+    frames = [sock.recv(zmq.NOBLOCK, copy=False)]
+    more, n = frames[0].more, 1
+    while more:
+        f = sock.recv(copy=False)
+        more, n = f.more, n + 1
+        if n <= max_frames:
+            frames.append(f)
+    return frames if n <= max_frames else None
+
+
 class IoThread:
-    """Base: a private context, a wake pair and one daemon thread polling ``self._sockets``."""
+    """Base: a private context, a wake pair and one daemon thread polling ``self._sockets``.
+
+    A message is read frame by frame and at most ``max_frames`` of them are kept: a longer one (more frames
+    than the protocol ever sends) is read to its end, dropped and counted as a refusal. ZeroMQ bounds each
+    frame (``MAXMSGSIZE``) and the queue by messages (HWM), not a message's frames, so this is what bounds
+    the memory one message can take: ``max_frames`` x the socket's ``MAXMSGSIZE``."""
+
+    max_frames = 2
+    """A ROUTER's: the peer's identity and one msgpack frame (:mod:`sync.wire`)."""
 
     def __init__(self, name: str, channel: str | None = None):
         self._ctx = zmq.Context()
@@ -421,9 +442,13 @@ class IoThread:
                     if s in events:
                         for _ in range(_BATCH):
                             try:
-                                frames = s.recv_multipart(zmq.NOBLOCK, copy=False)
+                                frames = _recv_bounded(s, self.max_frames)
                             except zmq.Again:
                                 break
+                            if frames is None:
+                                self.refusals.refuse("message with too many frames",
+                                                     f"more than {self.max_frames}; dropped")
+                                continue
                             try:
                                 with self._cv:
                                     self._on_frames(s, frames)

@@ -108,6 +108,9 @@ class ActorEndpoint(IoThread):
         self.actor_id = actor_id
         self.incarnation = new_incarnation()
         self.limits = limits or ChannelLimits.default(cfg.max_message_mb)
+        # A DEALER's messages have no identity frame; a weight update is its header and one frame per tensor
+        # at most (one packed buffer as the learner sends it), as many as the header's rows may list.
+        self.max_frames = 1 + self.limits.max_array_len
         self._own_shm = shm_dir is None
         self.shm_dir = _default_shm_dir(actor_id) if shm_dir is None else Path(shm_dir)
         self.shm_dir.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Every learner a test starts (in this process or a child) refuses a collective our code issues outside
+# learner.comm (learner.comm.guard), so a new direct call fails the two-rank CPU tests.
+os.environ.setdefault("TUCANO2_COMM_GUARD", "1")
 
 
 @pytest.fixture(scope="session")

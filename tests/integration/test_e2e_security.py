@@ -125,6 +125,48 @@ json.dump(rep, open(out, "w"))
 '''
 
 
+GARBAGE = r'''
+"""Random bytes at every TCP port given (gloo's pair listeners, vLLM's own) until the duration ends."""
+import json, os, random, socket, sys, time
+
+out, duration, ports = sys.argv[1], float(sys.argv[2]), [int(p) for p in sys.argv[3].split(",") if p]
+rng, rep = random.Random(1), {"uid": os.getuid(), "connected": 0, "refused": 0, "opened": []}
+end = time.time() + duration
+while time.time() < end:
+    for port in ports:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                rep["connected"] += 1
+                s.sendall(os.urandom(rng.choice([1, 8, 64, 4096, 65536])))
+        except OSError:
+            rep["refused"] += 1
+    time.sleep(0.05)
+for path in sys.argv[4:]:  # the run's files, each of which it tries to read
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+        rep["opened"].append(path)
+    except OSError:
+        pass
+json.dump(rep, open(out, "w"))
+'''
+
+
+def run_listeners(la) -> list[tuple[str, int, str]]:
+    """(address, port, process name) of every TCP socket the run's processes listen on."""
+    import psutil
+
+    out = []
+    for p in la.processes():
+        try:
+            conns = p.net_connections(kind="inet")
+            name = p.name()
+        except psutil.Error:
+            continue
+        out += [(c.laddr.ip, c.laddr.port, name) for c in conns if c.status == psutil.CONN_LISTEN]
+    return out
+
+
 def peer_script() -> tuple[Path, Path]:
     """The peer script in a directory any user can read and write (pytest's tmp_path is 0700 to root)."""
     d = Path(tempfile.mkdtemp(prefix="tucano2-peer-"))
@@ -181,28 +223,55 @@ RUN = {"max_steps": 14, "learning_rate": 1e-3, "num_generations": 4, "prompts_pe
 
 @pytest.mark.skipif(shutil.which("setpriv") is None or os.getuid() != 0, reason="needs root and setpriv")
 def test_another_local_user_can_neither_join_nor_read_nor_disturb(tiny_model, tmp_path):
-    over = e2e_overrides(tiny_model, tmp_path / "pairs", **RUN)
+    """Also: nothing listens beyond loopback, garbage at every TCP listener (gloo's, vLLM's) does no harm,
+    and no file of the run directory can be read, though its parent is open to everyone."""
+    over = e2e_overrides(tiny_model, tmp_path / "pairs", **{**RUN, "learner.checkpoint_every": 5})
     d, script = peer_script()
+    (d / "garbage.py").write_text(GARBAGE)
     out = d / "report.json"
+    run_dir = d / "run"  # under a directory every user may enter; made 0755 as a careless user would
+    run_dir.mkdir(mode=0o755)
+    run_dir.chmod(0o755)
+    nobody_env = {"PATH": os.environ["PATH"], "PYTHONPATH": ""}
     try:
-        with Launch(tmp_path / "run", over, tmp_path / "launch.log") as la:
+        with Launch(run_dir, over, tmp_path / "launch.log") as la:
             la.wait_until(lambda: train_steps(la.metrics()), 240, "the first step")
             ipc_dir = ipc_path(SyncConfig(), 1).parent
             assert stat.S_IMODE(ipc_dir.stat().st_mode) == 0o700 and ipc_dir.stat().st_uid == os.getuid()
+            listeners = run_listeners(la)
+            assert listeners and all(ip in ("127.0.0.1", "::1") for ip, _, _ in listeners), listeners
+            ports = ",".join(str(port) for _, port, _ in listeners)
+            garbage = subprocess.Popen([*NOBODY, sys.executable, str(d / "garbage.py"), str(d / "garbage.json"),
+                                        "15", ports], env=nobody_env, stderr=subprocess.PIPE, text=True)
             peer = subprocess.run([*NOBODY, sys.executable, str(script), "protocol", str(out), "20",
                                    ",".join(socket_paths(over))], capture_output=True, text=True, timeout=120,
-                                  env={"PATH": os.environ["PATH"], "PYTHONPATH": ""})
+                                  env=nobody_env)
             assert peer.returncode == 0, peer.stderr[-2000:]
+            assert garbage.wait(120) == 0, garbage.stderr.read()[-2000:]
             assert la.wait(timeout=300) == 0, la.log()[-4000:]
             log = la.log()
+        files = [f for f in run_dir.rglob("*") if f.is_file()]
+        reader = subprocess.run([*NOBODY, sys.executable, str(d / "garbage.py"), str(d / "read.json"), "0", "",
+                                 *map(str, files)], env=nobody_env, capture_output=True, text=True, timeout=120)
+        assert reader.returncode == 0, reader.stderr[-2000:]
         rep = json.loads(out.read_text())
+        flood, read = json.loads((d / "garbage.json").read_text()), json.loads((d / "read.json").read_text())
+        steps = train_steps(la.metrics())
+        # Private by their own modes too, not only behind the run directory's: a user who moves a checkpoint
+        # or opens up the run directory does not publish the adapter.
+        loose = {str(f.relative_to(run_dir)): oct(stat.S_IMODE(f.stat().st_mode))
+                 for f in [run_dir, *run_dir.rglob("*")] if stat.S_IMODE(f.stat().st_mode) & 0o077}
     finally:
         shutil.rmtree(d, ignore_errors=True)
     assert rep["uid"] == 65534 and rep["sent"] > 0
     assert set(rep["connect"].values()) == {"EACCES"}  # it cannot even reach the socket files
     assert rep["received"] == 0  # no request, no weight update, no Welcome
     assert "evil" not in log
-    assert train_steps(la.metrics()) == list(range(1, RUN["max_steps"] + 1))
+    assert steps == list(range(1, RUN["max_steps"] + 1))
+    assert flood["uid"] == 65534 and flood["connected"] > 0  # the garbage reached listeners
+    assert any("mp_rank_00_model_states.pt" in str(f) for f in files) and len(files) > 10
+    assert read["opened"] == []
+    assert not loose, loose
 
 
 @pytest.mark.skipif(shutil.which("setpriv") is None or os.getuid() != 0, reason="needs root and setpriv")

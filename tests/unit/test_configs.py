@@ -204,3 +204,12 @@ def test_eval_samples_need_a_sampling_temperature():
     assert cfg.eval.samples == 4
     with pytest.raises(ConfigError, match="eval.samples"):
         load_config("smoke_cpu.yaml", ["eval.samples=4", "eval.temperature=0"])
+
+
+@pytest.mark.parametrize("override", ["sync.rollout_port=29612", "sync.weight_port=65535"])
+def test_the_rendezvous_port_is_kept_free(override):
+    """The learner ranks meet on sync.weight_port + 1 (launch plans and Slurm jobs): it must be a port of
+    its own, or rank 0's store and the rollout socket fight over it at start."""
+    with pytest.raises(ConfigError, match="rendezvous") as e:
+        load_config(CONFIG_DIR / "v4_1.yaml", [override])
+    assert "\n" not in str(e.value)

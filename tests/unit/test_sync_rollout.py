@@ -235,3 +235,33 @@ def test_inproc_implementations_keep_the_contract():
     bad.publish(1, {"x": torch.ones(2, 2)}, {"r": 2})
     with pytest.raises(SyncError, match="checksum"):
         bad.wait_acks(1, 1)
+
+
+def test_a_message_with_more_frames_than_the_protocol_sends_is_dropped(transport, tmp_path):
+    """Each frame is under the size cap, but there are many: dropped whole and counted; the channel goes on."""
+    import zmq
+
+    from sync._net import connect_address
+    from sync.wire import Hello, encode
+
+    ctx = zmq.Context()
+    peer = ctx.socket(zmq.DEALER)
+    peer.setsockopt(zmq.IDENTITY, b"many")
+    peer.setsockopt(zmq.LINGER, 0)
+    peer.connect(connect_address(CFG, transport.port))
+    ep = endpoint(transport, "ours", tmp_path)
+    try:
+        hello = encode(Hello("many", "x", 0))
+        peer.send_multipart([*hello, *([b"\x00" * 1024] * 5000)])  # 5 MB over 5,001 frames of 1 KB
+        wait_for(lambda: transport.refusals.counts.get("message with too many frames", 0) == 1)
+        assert "many" not in transport.actors()  # its Hello was in the dropped message
+        transport.submit(request(1))
+        (got,) = drain(ep, 5.0)
+        ep.send_group(group(got, "ours"))
+        assert [g.request_id for g in receive_all(transport, 1)] == ["req-1"]
+        peer.send_multipart(hello)  # the same peer's well-formed message is read as ever
+        wait_for(lambda: "many" in transport.actors())
+    finally:
+        ep.close()
+        peer.close(0)
+        ctx.term()

@@ -1,0 +1,200 @@
+"""The learner's process group: how ranks meet, and every collective the project issues.
+
+One place decides the communication device: :func:`comm_device`, ``cuda:<current>`` when the group's
+backend is NCCL (which serves no CPU tensor: "No backend type associated with device type cpu"), ``cpu``
+for gloo. Every collective of ours goes through :func:`all_reduce`, :func:`broadcast_object` or
+:func:`barrier`, which move their tensors to that device and back. No other file of ours calls
+``torch.distributed`` or ``deepspeed.comm`` collectives: ``tests/unit/test_comm_device.py`` checks the
+source, and :func:`guard` (on whenever ``TUCANO2_COMM_GUARD=1``, which the test suite sets for every
+learner it starts) refuses at run time a collective that our code issues from anywhere else, so a new
+direct call fails the two-rank CPU tests although gloo itself would take its CPU tensor.
+
+Rendezvous (:func:`init`). torch.distributed's store is unauthenticated: whoever reaches it can join the
+group or rewrite its keys, and the gloo/NCCL data plane trusts every peer the store introduced. So:
+
+* one rank: an in-memory ``HashStore``, no listener at all;
+* every rank on this node (``MASTER_ADDR`` is a loopback address): a ``FileStore`` in ``RUN_DIR/.dist``
+  (mode 0700), no TCP listener, gloo's pair sockets on the loopback interface (``GLOO_SOCKET_IFNAME=lo``);
+* ranks across nodes: rank 0's ``TCPStore`` listens on ``MASTER_ADDR`` only (the learner node's cluster
+  address), not on every interface as torch's default does. The cluster network is then the trust
+  boundary, as it is for NCCL's own sockets.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import socket
+import sys
+from pathlib import Path
+
+import torch
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_OURS = ("actor", "commerce", "configs", "launch", "learner", "rewards", "sync", "zoo")
+
+
+def _loopback(addr: str) -> bool:
+    if addr == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return False
+
+
+def _listening_socket(addr: str, port: int) -> socket.socket:
+    """A TCP listener on ``addr:port`` only (torch's own TCPStore server binds every interface)."""
+    info = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)[0]
+    s = socket.socket(info[0], socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(info[4])
+    except OSError as e:
+        s.close()
+        raise RuntimeError(f"learner rendezvous: cannot listen on {addr}:{port} (MASTER_ADDR/MASTER_PORT): "
+                           f"{e.strerror}") from None
+    s.listen(128)
+    return s
+
+
+def make_store(rank: int, world: int, store_dir: Path, timeout_s: float = 1800.0):
+    """The rendezvous store for this group (see the module docstring); the caller keeps it alive."""
+    import torch.distributed as dist
+
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if world == 1:
+        return dist.HashStore()
+    addr = os.environ.get("MASTER_ADDR", "127.0.0.1")
+    port = int(os.environ.get("MASTER_PORT", "29500"))
+    if _loopback(addr):
+        store_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        store_dir.chmod(0o700)
+        # MASTER_PORT tells this launch's file from a crashed one's (each launch picks its own port).
+        return dist.FileStore(str(store_dir / f"store-{port}"), world)
+    if rank == 0:
+        sock = _listening_socket(addr, port)
+        store = dist.TCPStore(addr, port, world, True, timeout, master_listen_fd=sock.detach())
+    else:
+        store = dist.TCPStore(addr, port, world, False, timeout)
+    return store
+
+
+def init(cpu: bool, store_dir: Path) -> tuple[int, int]:
+    """Initialise torch.distributed (then DeepSpeed's wrapper of it) once per process; return (rank, world).
+
+    ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT`` come from the launcher (deepspeed,
+    srun through :mod:`launch.slurm_task`); a lone process is rank 0 of 1."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        os.environ.setdefault("LOCAL_RANK", os.environ["RANK"])
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        if world > 1 and _loopback(os.environ.get("MASTER_ADDR", "127.0.0.1")):
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        store = make_store(rank, world, store_dir)
+        kw = {}
+        if not cpu:
+            kw["device_id"] = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        dist.init_process_group("gloo" if cpu else "nccl", store=store, rank=rank, world_size=world, **kw)
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl", verbose=False)
+    if os.environ.get("TUCANO2_COMM_GUARD") == "1":
+        guard()
+    return dist.get_rank(), dist.get_world_size()
+
+
+def comm_device() -> torch.device:
+    """The device the group's backend serves: the current CUDA device under NCCL, else the CPU."""
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """``t`` reduced over every rank (``op``: sum or max), on ``t``'s own device; ``t`` as is at one rank."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return t
+    buf = t.to(comm_device())
+    dist.all_reduce(buf, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+    return buf.to(t.device)
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank ``src``'s ``obj`` on every rank (torch's pickle, between the group's own ranks only)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src, device=comm_device())
+    return box[0]
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        if comm_device().type == "cuda":
+            dist.barrier(device_ids=[comm_device().index])
+        else:
+            dist.barrier()
+
+
+# --------------------------------------------------------------------------------------------- the guard
+COLLECTIVES = ("all_reduce", "broadcast", "broadcast_object_list", "all_gather", "all_gather_into_tensor",
+               "all_gather_object", "reduce", "reduce_scatter", "reduce_scatter_tensor", "gather", "scatter",
+               "all_to_all", "all_to_all_single", "barrier", "gather_object", "scatter_object_list")
+
+
+class CommGuardError(RuntimeError):
+    """A collective issued by our code outside :mod:`learner.comm`."""
+
+
+def _first_caller() -> tuple[str, int] | None:
+    """(file, line) of the frame that issued this collective when it is ours and not this module's; None when
+    it came through this module or from a library (DeepSpeed's engine, torch)."""
+    f = sys._getframe(2)
+    while f is not None:
+        path = os.path.abspath(f.f_code.co_filename)
+        if path == os.path.abspath(__file__):
+            return None
+        if f"{os.sep}torch{os.sep}distributed{os.sep}" in path or f"{os.sep}deepspeed{os.sep}comm{os.sep}" in path:
+            f = f.f_back
+            continue
+        rel = os.path.relpath(path, _REPO)
+        return (rel, f.f_lineno) if rel.split(os.sep)[0] in _OURS else None
+    return None
+
+
+def guard() -> None:
+    """Wrap torch.distributed's collectives so that one our code issues from outside this module raises
+    :class:`CommGuardError` naming the file and line (DeepSpeed's own collectives pass: they run on the
+    engine's device). Idempotent."""
+    import torch.distributed as dist
+
+    if getattr(dist, "_tucano2_guarded", False):
+        return
+    for name in COLLECTIVES:
+        orig = getattr(dist, name, None)
+        if orig is None:
+            continue
+
+        def wrapped(*a, _orig=orig, _name=name, **kw):
+            caller = _first_caller()
+            if caller is not None:
+                raise CommGuardError(f"torch.distributed.{_name} called from {caller[0]}:{caller[1]}: issue "
+                                     f"collectives through learner.comm, which puts them on {comm_device()}")
+            return _orig(*a, **kw)
+
+        wrapped.__wrapped__ = orig
+        setattr(dist, name, wrapped)
+    dist._tucano2_guarded = True

@@ -1,0 +1,118 @@
+"""Every collective of ours runs on the device its backend serves, decided in one place (learner.comm).
+
+Gloo takes CPU tensors, so a CPU test cannot see a collective that NCCL would refuse. Two checks catch
+the next one instead: the source of every shipped package issues no torch.distributed / deepspeed.comm
+collective outside learner/comm.py, and at run time learner.comm.guard (on in every learner the tests
+start) refuses one our code issues from anywhere else."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+from learner import comm
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGES = ("actor", "commerce", "configs", "launch", "learner", "rewards", "sync", "zoo")
+DIST_MODULES = {"torch.distributed", "deepspeed.comm", "deepspeed"}
+
+
+def direct_collectives(path: Path) -> list[str]:
+    """``file:line name`` of each collective called on torch.distributed / deepspeed.comm in ``path``."""
+    tree = ast.parse(path.read_text(), str(path))
+    aliases: dict[str, str] = {}  # local name -> module ("torch.distributed") or "fn"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name in DIST_MODULES or a.name == "torch":
+                    aliases[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for a in node.names:
+                full = f"{node.module}.{a.name}"
+                if full in DIST_MODULES:
+                    aliases[a.asname or a.name] = full
+                elif node.module in DIST_MODULES and a.name in comm.COLLECTIVES:
+                    aliases[a.asname or a.name] = "fn"
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        if isinstance(f, ast.Name) and aliases.get(f.id) == "fn":
+            found.append(f"{path.relative_to(REPO)}:{node.lineno} {f.id}")
+        elif isinstance(f, ast.Attribute) and f.attr in comm.COLLECTIVES:
+            parts, v = [], f.value
+            while isinstance(v, ast.Attribute):
+                parts.insert(0, v.attr)
+                v = v.value
+            if isinstance(v, ast.Name) and v.id in aliases:
+                base = ".".join([aliases[v.id], *parts])
+                if base in DIST_MODULES:
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno} {base}.{f.attr}")
+    return found
+
+
+def test_no_collective_outside_learner_comm():
+    found = [hit for pkg in PACKAGES for f in sorted((REPO / pkg).rglob("*.py"))
+             if f != REPO / "learner" / "comm.py" for hit in direct_collectives(f)]
+    assert not found, f"collectives outside learner.comm (NCCL refuses CPU tensors): {found}"
+
+
+def test_the_source_check_sees_every_spelling(tmp_path):
+    (tmp_path / "x.py").write_text(
+        "import torch\nimport torch.distributed as dist\nimport deepspeed\nfrom deepspeed import comm as dc\n"
+        "from torch.distributed import all_reduce as ar\n"
+        "def f(t):\n    dist.all_reduce(t)\n    torch.distributed.broadcast(t, 0)\n    deepspeed.comm.barrier()\n"
+        "    dc.all_gather_into_tensor(t, t)\n    ar(t)\n    dist.get_rank()\n")
+    global REPO
+    old, REPO = REPO, tmp_path
+    try:
+        hits = direct_collectives(tmp_path / "x.py")
+    finally:
+        REPO = old
+    assert [h.split(" ")[1] for h in hits] == ["torch.distributed.all_reduce", "torch.distributed.broadcast",
+                                               "deepspeed.comm.barrier", "deepspeed.comm.all_gather_into_tensor",
+                                               "ar"]
+
+
+@pytest.fixture(scope="module")
+def group(tmp_path_factory):
+    """A one-rank gloo group in this process (an in-memory store, as learner.comm.init makes), guarded."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    comm.guard()
+    return dist
+
+
+def test_the_guard_refuses_a_collective_our_code_issues_elsewhere(group):
+    t = torch.ones(2)
+    fake = str(REPO / "learner" / "trainer.py")  # code compiled as if it were ours
+    code = compile("dist.all_reduce(t)\n", fake, "exec")
+    with pytest.raises(comm.CommGuardError, match=r"all_reduce called from learner/trainer.py:1"):
+        exec(code, {"dist": group, "t": t})
+    import deepspeed.comm as dc
+
+    dc.init_distributed(dist_backend="gloo", verbose=False)
+    with pytest.raises(comm.CommGuardError, match="barrier called from learner/trainer.py"):
+        exec(compile("dc.barrier()\n", fake, "exec"), {"dc": dc})
+
+
+def test_the_guard_lets_learner_comm_and_libraries_through(group):
+    t = torch.tensor([1.0, 3.0])
+    group.all_reduce(t)  # a test file is not ours: a library call path
+    exec(compile("comm.barrier(); r = comm.all_reduce(t, op='max')\n", str(REPO / "learner" / "trainer.py"), "exec"),
+         {"comm": comm, "t": t})
+    assert comm.comm_device() == torch.device("cpu")
+
+
+def test_comm_device_follows_the_backend(monkeypatch, group):
+    monkeypatch.setattr(group, "get_backend", lambda *a: "nccl")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert comm.comm_device() == torch.device("cuda", 3)
+    monkeypatch.setattr(group, "get_backend", lambda *a: "gloo")
+    assert comm.comm_device() == torch.device("cpu")
