@@ -15,6 +15,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TUCANO2_COMM_GUARD", "1")
 
 
+@pytest.fixture(autouse=True)
+def _keep_umask():
+    """Entry points called in-process (``learner.__main__.main``) set umask 077 for their run; the next test
+    gets this session's own back."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield
+    os.umask(old)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A random-weight tiny Qwen3/ChatML model directory (float32, head_dim 64), built in seconds."""

@@ -228,6 +228,7 @@ def test_another_local_user_can_neither_join_nor_read_nor_disturb(tiny_model, tm
     over = e2e_overrides(tiny_model, tmp_path / "pairs", **{**RUN, "learner.checkpoint_every": 5})
     d, script = peer_script()
     (d / "garbage.py").write_text(GARBAGE)
+    (d / "garbage.py").chmod(0o644)
     out = d / "report.json"
     run_dir = d / "run"  # under a directory every user may enter; made 0755 as a careless user would
     run_dir.mkdir(mode=0o755)
