@@ -23,7 +23,6 @@ group or rewrite its keys, and the gloo/NCCL data plane trusts every peer the st
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import os
 import socket
 import sys
@@ -31,17 +30,10 @@ from pathlib import Path
 
 import torch
 
+from sync._net import is_loopback
+
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _OURS = ("actor", "commerce", "configs", "launch", "learner", "rewards", "sync", "zoo")
-
-
-def _loopback(addr: str) -> bool:
-    if addr == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(addr).is_loopback
-    except ValueError:
-        return False
 
 
 def _listening_socket(addr: str, port: int) -> socket.socket:
@@ -68,7 +60,7 @@ def make_store(rank: int, world: int, store_dir: Path, timeout_s: float = 1800.0
         return dist.HashStore()
     addr = os.environ.get("MASTER_ADDR", "127.0.0.1")
     port = int(os.environ.get("MASTER_PORT", "29500"))
-    if _loopback(addr):
+    if is_loopback(addr):
         store_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         store_dir.chmod(0o700)
         # MASTER_PORT tells this launch's file from a crashed one's (each launch picks its own port).
@@ -93,7 +85,7 @@ def init(cpu: bool, store_dir: Path) -> tuple[int, int]:
         os.environ.setdefault("WORLD_SIZE", "1")
         os.environ.setdefault("LOCAL_RANK", os.environ["RANK"])
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        if world > 1 and _loopback(os.environ.get("MASTER_ADDR", "127.0.0.1")):
+        if world > 1 and is_loopback(os.environ.get("MASTER_ADDR", "127.0.0.1")):
             os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
         store = make_store(rank, world, store_dir)
         kw = {}
