@@ -49,7 +49,10 @@ class EngineBusy(RuntimeError):
 
 
 class AdapterLoadError(RuntimeError):
-    """An adapter was refused (unreadable, wrong shapes, wrong checksum); the served version is unchanged."""
+    """An adapter was refused (unreadable, wrong shapes, wrong checksum); the served version is unchanged.
+
+    When the refusal came out of the engine (add_lora, collective_rpc) the engine's own exception is its
+    ``__cause__``, so ``actor.serve.engine_gone`` can tell a dead EngineCore from a bad adapter."""
 
 
 def _worker_error(e: Exception) -> str:
@@ -177,7 +180,7 @@ class RolloutEngine:
                 res = self.llm.collective_rpc(
                     "merge_lora_dir", args=(None if adapter_dir is None else str(adapter_dir), expect_checksum))
             except Exception as e:
-                raise AdapterLoadError(f"v{version} from {adapter_dir}: {_worker_error(e)}") from None
+                raise AdapterLoadError(f"v{version} from {adapter_dir}: {_worker_error(e)}") from e
             fps = {r["fingerprint"] for r in res}
             if len(fps) != 1:
                 raise RuntimeError(f"workers loaded different adapters: {sorted(fps)}")
@@ -214,7 +217,7 @@ class RolloutEngine:
         try:
             added = self.llm.llm_engine.add_lora(req)
         except Exception as e:
-            raise AdapterLoadError(f"v{version} from {adapter_dir}: {_worker_error(e)}") from None
+            raise AdapterLoadError(f"v{version} from {adapter_dir}: {_worker_error(e)}") from e
         if not added:
             raise AdapterLoadError(f"vLLM refused to load adapter {adapter_dir}")
         self._next_lora_id += 1

@@ -98,12 +98,28 @@ def engine_gone(e: BaseException) -> bool:
     (True, True)
     >>> engine_gone(ValueError("adapter file hashes to ab12, expected cd34"))
     False
+    >>> from actor.engine import AdapterLoadError
+    >>> try:
+    ...     try:
+    ...         raise EngineDeadError()
+    ...     except EngineDeadError as dead:
+    ...         raise AdapterLoadError("v3 from /x: engine died") from dead
+    ... except AdapterLoadError as wrapped:
+    ...     engine_gone(wrapped)
+    True
     """
     from vllm.v1.engine.exceptions import EngineDeadError
 
-    # "Server shutting down": the failure EngineCore returns for a utility call (add_lora,
-    # collective_rpc, reset_prefix_cache) once its shutdown began (vllm/v1/engine/core.py).
-    return isinstance(e, EngineDeadError) or str(e) == "Server shutting down"
+    # The engine's error may arrive wrapped (``AdapterLoadError ... from e`` in actor.engine): walk the chain.
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        # "Server shutting down": the failure EngineCore returns for a utility call (add_lora,
+        # collective_rpc, reset_prefix_cache) once its shutdown began (vllm/v1/engine/core.py).
+        if isinstance(e, EngineDeadError) or str(e) == "Server shutting down":
+            return True
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    return False
 
 
 class ActorServer:

@@ -153,3 +153,31 @@ def test_many_seeded_prompts_over_the_token_budget(engine):
     results, stats = engine.generate(prompts, SamplingSpec(1, 0.7, 1.0, 4, 11))
     assert len(results) == 40 and all(len(r.completions[0].token_ids) > 0 for r in results)
     assert sum(len(r.prompt_token_ids) for r in results) > engine.engine_kwargs["max_num_batched_tokens"]
+
+
+def test_engine_death_during_a_load_is_engine_gone(engine, actor_kit):
+    """Last in the module: kills this mode's engine. EngineCore is killed once the load has begun (before
+    the add_lora / collective_rpc reaches it); the error must classify as engine gone, not a bad adapter."""
+    from actor.serve import engine_gone
+
+    d = adapter(engine, actor_kit, "killed", seed=31)
+    core = [psutil.Process(p) for p in engine.engine_pids if psutil.pid_exists(p)]
+    assert core, "no EngineCore process to kill"
+    target = engine.llm if engine.mode == "merged" else engine.llm.llm_engine
+    name = "collective_rpc" if engine.mode == "merged" else "add_lora"
+    real = getattr(target, name)
+
+    def killing(*a, **kw):
+        for p in core:
+            p.kill()
+        psutil.wait_procs(core, timeout=10)
+        return real(*a, **kw)
+
+    setattr(target, name, killing)
+    try:
+        with pytest.raises(Exception) as err:
+            load(engine, 99, d)
+    finally:
+        setattr(target, name, real)
+    assert engine_gone(err.value), f"{type(err.value).__name__}: {err.value} not classified as engine gone"
+    assert engine.version != 99
