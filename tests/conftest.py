@@ -25,6 +25,28 @@ def _keep_umask():
     os.umask(old)
 
 
+DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(scope="module")
+def single_process():
+    """This process as a lone one for a library that builds its own world (accelerate under TRL): no
+    torch.distributed group (an earlier in-process learner leaves its one-rank group) and no launcher
+    variables (learner.comm.init sets RANK/WORLD_SIZE/LOCAL_RANK; vLLM's CPU platform sets LOCAL_WORLD_SIZE
+    to the TP size in the process that builds an engine, which accelerate then reads as a multi-node launch)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    import deepspeed.comm.comm as dcc
+
+    dcc.cdb = None
+    with pytest.MonkeyPatch.context() as mp:
+        for k in DIST_ENV:
+            mp.delenv(k, raising=False)
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A random-weight tiny Qwen3/ChatML model directory (float32, head_dim 64), built in seconds."""

@@ -19,7 +19,7 @@ G, L, T = 4, 12, 0.7
 
 
 @pytest.fixture(scope="module")
-def trl_trainer(tiny_model, tmp_path_factory):
+def trl_trainer(tiny_model, tmp_path_factory, single_process):
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
