@@ -35,6 +35,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from configs import RunConfig
 from sync.prompts import encode_prompt
 
 from actor.runtime import configure_cpu_env, engine_dtype, lora_rank_slot, on_gpu, private_rpc_dir, serve_mode
@@ -42,6 +43,42 @@ from actor.runtime import configure_cpu_env, engine_dtype, lora_rank_slot, on_gp
 log = logging.getLogger("actor.engine")
 
 MERGE_EXTENSION = "actor.merge.LoraMergeExtension"
+
+
+def engine_kwargs(cfg: RunConfig, *, gpu: bool, dtype: str, mode: str, seed: int) -> dict:
+    """The ``vllm.LLM`` arguments of an actor's engine (a function of the config, so CPU tests check the GPU ones)."""
+    kwargs = dict(
+        model=str(cfg.model_id),
+        tokenizer=str(cfg.model_id),
+        dtype=dtype,
+        max_model_len=cfg.max_seq_length,
+        tensor_parallel_size=cfg.actor.tensor_parallel_size,
+        enable_prefix_caching=cfg.actor.enable_prefix_caching,
+        max_num_seqs=cfg.actor.max_num_seqs,
+        logprobs_mode="processed_logprobs",
+        seed=seed,
+        enforce_eager=cfg.actor.enforce_eager,
+    )
+    if cfg.actor.kv_cache_gb is not None:
+        kwargs["kv_cache_memory_bytes"] = int(cfg.actor.kv_cache_gb * 2**30)
+    if cfg.actor.kv_cache_gb is None or gpu:
+        # On a GPU vLLM's start-up check asks for gpu_memory_utilization x total to be free, also beside a fixed KV
+        # cache: on a GPU shared with the learner (launch.memory sets both) that is the actor's share, so a restarted
+        # actor starts beside a running learner. On CPU the fraction is of host memory and stays out of it.
+        kwargs["gpu_memory_utilization"] = cfg.actor.gpu_memory_utilization
+    if not gpu:
+        # Seeded requests whose prompt is prefilled in chunks crash vLLM 0.32's CPU worker ("CPU Generator
+        # does not use offset": it rewinds the generator of a partially prefilled request, which only CUDA
+        # generators support). Whole prompts only: never split a prefill across engine steps.
+        kwargs.update(enable_chunked_prefill=False,
+                      max_num_batched_tokens=max(cfg.max_seq_length, 8192))
+    if mode == "merged":
+        kwargs["worker_extension_cls"] = MERGE_EXTENSION
+    else:
+        kwargs.update(enable_lora=True, max_lora_rank=lora_rank_slot(cfg.lora_r),
+                      max_loras=cfg.actor.max_lora_versions,
+                      max_cpu_loras=cfg.actor.max_lora_versions + 1)
+    return kwargs
 
 
 class EngineBusy(RuntimeError):
@@ -92,34 +129,8 @@ class RolloutEngine:
             configure_cpu_env(cfg.actor.cpu_threads, replica, cfg.actor.tensor_parallel_size)
         self._rpc_env = os.environ.get("VLLM_RPC_BASE_PATH")
         self.rpc_dir = private_rpc_dir()  # vLLM's own ipc sockets: private, and removed on close
-        kwargs = dict(
-            model=str(cfg.model_id),
-            tokenizer=str(cfg.model_id),
-            dtype=self.dtype,
-            max_model_len=cfg.max_seq_length,
-            tensor_parallel_size=cfg.actor.tensor_parallel_size,
-            enable_prefix_caching=cfg.actor.enable_prefix_caching,
-            max_num_seqs=cfg.actor.max_num_seqs,
-            logprobs_mode="processed_logprobs",
-            seed=cfg.seed + replica if seed is None else seed,
-            enforce_eager=cfg.actor.enforce_eager,
-        )
-        if cfg.actor.kv_cache_gb is not None:
-            kwargs["kv_cache_memory_bytes"] = int(cfg.actor.kv_cache_gb * 2**30)
-        else:
-            kwargs["gpu_memory_utilization"] = cfg.actor.gpu_memory_utilization
-        if not self.gpu:
-            # Seeded requests whose prompt is prefilled in chunks crash vLLM 0.32's CPU worker ("CPU Generator
-            # does not use offset": it rewinds the generator of a partially prefilled request, which only CUDA
-            # generators support). Whole prompts only: never split a prefill across engine steps.
-            kwargs.update(enable_chunked_prefill=False,
-                          max_num_batched_tokens=max(cfg.max_seq_length, 8192))
-        if self.mode == "merged":
-            kwargs["worker_extension_cls"] = MERGE_EXTENSION
-        else:
-            kwargs.update(enable_lora=True, max_lora_rank=lora_rank_slot(cfg.lora_r),
-                          max_loras=cfg.actor.max_lora_versions,
-                          max_cpu_loras=cfg.actor.max_lora_versions + 1)
+        kwargs = engine_kwargs(cfg, gpu=self.gpu, dtype=self.dtype, mode=self.mode,
+                               seed=cfg.seed + replica if seed is None else seed)
         self.engine_kwargs = kwargs
         t0 = time.perf_counter()
         before = _child_pids()

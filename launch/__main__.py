@@ -43,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     node.add_argument("--learner-gpus", default=os.environ.get("LEARNER_GPUS"), help="e.g. 4,5,6,7 (env LEARNER_GPUS)")
     node.add_argument("--tp", type=int, default=int(os.environ["TP"]) if os.environ.get("TP") else None,
                       help="tensor parallel size per actor (env TP)")
+    node.add_argument("--gpus", default=os.environ.get("GPUS"),
+                      help="GPUs actors and learner share, e.g. 0 on a one-GPU machine (env GPUS)")
+    node.add_argument("--gpu-mem", type=float, default=float(os.environ.get("GPU_MEM") or 0) or None,
+                      metavar="GIB", help="memory per GPU in GiB for the plan when nvidia-smi cannot tell, e.g. for a "
+                                          "dry run on a laptop; an L4 has 22.5 (env GPU_MEM)")
     node.add_argument("--hostfile", default=os.environ.get("HOSTFILE"),
                       help="DeepSpeed hostfile: learner ranks across nodes (env HOSTFILE)")
     sub.add_parser("slurm", help="write RUN_DIR/job.sbatch and submit it (python -m launch slurm --help)")
@@ -57,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.mode == "node":
             plan = node_plan(args.config, args.overrides, actor_gpus=args.actor_gpus, learner_gpus=args.learner_gpus,
-                             tp=args.tp, run_dir=args.run_dir, hostfile=args.hostfile, check=not args.dry_run)
+                             tp=args.tp, run_dir=args.run_dir, hostfile=args.hostfile, check=not args.dry_run,
+                             gpus=args.gpus, gpu_mem=args.gpu_mem)
         else:
             plan = cpu_plan(args.config, args.overrides, run_dir=args.run_dir, actor_cores=args.actor_cores,
                             learner_cores=args.learner_cores, check=not args.dry_run)

@@ -45,6 +45,7 @@ class Plan:
     actors: list[Component]
     learner: Component
     extra: dict = field(default_factory=dict)             # more plan.json keys (the Slurm job's layout)
+    notes: list[str] = field(default_factory=list)        # printed under the header (the memory plan)
     commands: list[tuple[str, str]] | None = None         # (comment, line) for commands.sh; default: each component
 
     def describe(self) -> str:
@@ -52,7 +53,7 @@ class Plan:
         lines = [f"plan ({self.mode}): {len(self.actors)} actor(s), learner with {c.learner.ranks} rank(s); "
                  f"model {c.model_id}; run dir {self.run_dir}",
                  f"sync: {_channels(c.sync)}, rollout port {c.sync.rollout_port}, weight port "
-                 f"{c.sync.weight_port}, max_staleness {c.sync.max_staleness}"]
+                 f"{c.sync.weight_port}, max_staleness {c.sync.max_staleness}", *self.notes]
         for comp in [*self.actors, self.learner]:
             lines.append(f"  {comp.name:<9} {comp.devices:<18} {comp.shell()}")
         return "\n".join(lines)
@@ -94,6 +95,49 @@ def visible_gpus() -> list[int]:
     except (OSError, subprocess.TimeoutExpired):
         return []
     return [i for i, line in enumerate(ln for ln in out.splitlines() if ln.startswith("GPU"))]
+
+
+def gpu_memory(ids: list[int]) -> dict[int, tuple[float, float]]:
+    """Total and free GiB of each GPU (nvidia-smi index), or {} when nvidia-smi does not answer."""
+    if shutil.which("nvidia-smi") is None:
+        return {}
+    try:
+        query = ["nvidia-smi", "--query-gpu=index,memory.total,memory.free", "--format=csv,noheader,nounits"]
+        out = subprocess.run(query, capture_output=True, text=True, timeout=20, check=False).stdout
+        rows = {int(i): (int(t) / 1024, int(f) / 1024) for i, t, f in (ln.split(",") for ln in out.splitlines() if ln)}
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return {}
+    return {i: rows[i] for i in ids if i in rows}
+
+
+def memory_plan(cfg: RunConfig, ids: list[int], gpu_mem: float | None, *, shared: bool,
+                check: bool) -> tuple[RunConfig, list[str]]:
+    """Fit the run to its GPUs' memory (:mod:`launch.memory`): on a shared GPU, vLLM's fraction and KV cache.
+    Memory comes from ``gpu_mem`` (GiB) or nvidia-smi; with neither, a dedicated layout is not checked and a
+    shared one is refused. A real launch also checks that the plan fits in what other processes left free."""
+    from launch.memory import fit
+
+    seen = gpu_memory(ids) if check or gpu_mem is None else {}
+    if gpu_mem is None and not seen:
+        if shared:
+            raise LaunchError("GPUs shared by actors and learner need a memory plan: pass --gpu-mem GiB "
+                              "(nvidia-smi gave no memory figures)")
+        return cfg, []
+    total = gpu_mem if gpu_mem is not None else min(t for t, _ in seen.values())
+    try:
+        cfg, mem = fit(cfg, total, shared=shared)
+    except ValueError as e:
+        raise LaunchError(str(e)) from None
+    need = mem.need if shared else mem.learner.total
+    for i, (t, free) in sorted(seen.items()):
+        if check and free + 0.25 < min(need, t):
+            raise LaunchError(f"GPU {i} has {free:.1f} GiB free of {t:.1f} (other processes hold the rest; see "
+                              f"nvidia-smi); this plan needs {need:.1f} GiB on it")
+    if shared:
+        mem.notes.append(f"generation and training take turns on a shared GPU (two processes' kernels time-slice): "
+                         f"a step is about generation + training; max_staleness {cfg.sync.max_staleness} overlaps "
+                         "each side's host work with the other's kernels (BENCHMARKS.md, One GPU)")
+    return cfg, mem.describe()
 
 
 def hostfile_slots(path: str) -> int:
@@ -175,26 +219,31 @@ def resolve(config: str, overrides: list[str], run_dir: str | None) -> RunConfig
 
 
 def _with(cfg: RunConfig, **updates) -> RunConfig:
-    """A copy of cfg with dotted-path updates, re-validated."""
-    data = cfg.model_dump(mode="json", by_alias=True)
-    for key, value in updates.items():
-        node = data
-        *parents, last = key.split("__")
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    return RunConfig.model_validate(data)
+    """A copy of cfg with updates (``actor__replicas=2`` for ``actor.replicas``), re-validated."""
+    from launch.memory import with_updates
+
+    return with_updates(cfg, {k.replace("__", "."): v for k, v in updates.items()})
 
 
 def node_plan(config: str, overrides: list[str], *, actor_gpus: str | None, learner_gpus: str | None,
-              tp: int | None, run_dir: str | None, hostfile: str | None = None, check: bool = True) -> Plan:
-    """Split a node's GPUs: actors get groups of ``tp`` GPUs (one replica each), the learner the rest."""
+              tp: int | None, run_dir: str | None, hostfile: str | None = None, check: bool = True,
+              gpus: str | None = None, gpu_mem: float | None = None) -> Plan:
+    """Split a node's GPUs: actors get groups of ``tp`` GPUs (one replica each), the learner the rest; or
+    share ``gpus`` (the same list for both): each GPU then holds a learner rank and its share of an actor, and
+    the memory plan sets vLLM's fraction. ``gpu_mem``: GiB per GPU when nvidia-smi cannot tell (a dry run)."""
     cfg = resolve(config, overrides, run_dir)
-    gpus = visible_gpus()
+    shared_ids = parse_ids(gpus)
+    if shared_ids and (actor_gpus or learner_gpus or hostfile):
+        raise LaunchError("--gpus gives the same GPUs to actors and learner; "
+                          "drop --actor-gpus/--learner-gpus/--hostfile")
+    gpus = visible_gpus()  # from here on: the GPUs this node has
     note = ""
     if not gpus and not check:
         gpus, note = list(range(8)), "; dry run, no GPU visible: planned for an 8-GPU node"
-    a_ids, l_ids = parse_ids(actor_gpus), parse_ids(learner_gpus)
+    a_ids, l_ids = (shared_ids, shared_ids) if shared_ids else (parse_ids(actor_gpus), parse_ids(learner_gpus))
+    shared = bool(a_ids) and set(a_ids) == set(l_ids)
+    if shared and note:
+        note = f"; dry run, no GPU visible: planned for GPUs {','.join(map(str, a_ids))}"
     tp = tp or cfg.actor.tensor_parallel_size
     if not a_ids and not l_ids:
         if not gpus:
@@ -209,8 +258,9 @@ def node_plan(config: str, overrides: list[str], *, actor_gpus: str | None, lear
         missing = sorted(set(a_ids + l_ids) - set(gpus))
         if missing:
             raise LaunchError(f"asked for GPUs {missing} but only {len(gpus)} are visible: {gpus}")
-    if set(a_ids) & set(l_ids):
-        raise LaunchError(f"GPUs {sorted(set(a_ids) & set(l_ids))} are given to both actors and learner")
+    if set(a_ids) & set(l_ids) and not shared:
+        raise LaunchError(f"GPUs {sorted(set(a_ids) & set(l_ids))} are given to both actors and learner; to share "
+                          "GPUs give both the same list (--gpus 0)")
     if not a_ids or len(a_ids) % tp:
         raise LaunchError(f"{len(a_ids)} actor GPU(s) do not split into groups of tensor parallel size {tp}")
     if not l_ids and hostfile is None:
@@ -218,6 +268,9 @@ def node_plan(config: str, overrides: list[str], *, actor_gpus: str | None, lear
     groups = [a_ids[i:i + tp] for i in range(0, len(a_ids), tp)]
     ranks = hostfile_slots(hostfile) if hostfile else len(l_ids)
     cfg = _with(cfg, actor__replicas=len(groups), actor__tensor_parallel_size=tp, learner__ranks=ranks)
+    if check:
+        check_model(cfg.model_id)  # before the memory plan reads its shape
+    cfg, notes = memory_plan(cfg, sorted(set(a_ids + l_ids)), gpu_mem, shared=shared, check=check)
     if check:
         preflight(cfg)
     rd = Path(cfg.run_dir)
@@ -230,10 +283,16 @@ def node_plan(config: str, overrides: list[str], *, actor_gpus: str | None, lear
         ds += ["--hostfile", hostfile]
     else:
         ds += ["--include", f"localhost:{','.join(map(str, l_ids))}"]
-    ds += ["--master_port", str(cfg.sync.weight_port + 1), "--module", "learner", "--config", conf]
-    learner = Component(name="learner", argv=ds, devices=f"GPU {','.join(map(str, l_ids))}" if l_ids else "hostfile",
-                        ports=[cfg.sync.rollout_port, cfg.sync.weight_port, cfg.sync.weight_port + 1])
-    return Plan("node" + note, rd, cfg, actors, learner)
+    ds += ["--master_port", str(cfg.sync.master_port), "--module", "learner", "--config", conf]
+    # a shared GPU: the learner starts after the actors are READY (launch.supervise), so vLLM's start-up check
+    # sees the GPU free; expandable segments keep the learner's varying batch shapes from fragmenting the rest
+    env = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"} if shared else {}
+    learner = Component(name="learner", argv=ds, env=env,
+                        devices=f"GPU {','.join(map(str, l_ids))}" + (" (shared)" if shared else "") if l_ids
+                        else "hostfile",
+                        ports=[cfg.sync.rollout_port, cfg.sync.weight_port, cfg.sync.master_port])
+    return Plan("node" + (" (actors and learner share the GPUs)" if shared else "") + note, rd, cfg, actors, learner,
+                notes=notes)
 
 
 def cpu_plan(config: str, overrides: list[str], *, run_dir: str | None, actor_cores: str | None = None,
@@ -262,4 +321,6 @@ def cpu_plan(config: str, overrides: list[str], *, run_dir: str | None, actor_co
     learner = Component(name="learner", argv=pinned(learner_cores) + py + ["learner", "--config", conf],
                         devices=f"CPU cores {learner_cores}" if learner_cores else "CPU",
                         ports=[cfg.sync.rollout_port, cfg.sync.weight_port])
-    return Plan("cpu", rd, cfg, actors, learner)
+    same = actor_cores and learner_cores and set(parse_ids(actor_cores)) == set(parse_ids(learner_cores))
+    notes = [f"actor and learner share CPU cores {actor_cores}: they take turns, as on one shared GPU"] if same else []
+    return Plan("cpu", rd, cfg, actors, learner, notes=notes)

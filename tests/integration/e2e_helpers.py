@@ -151,7 +151,7 @@ class Launch:
             argv += ["--set", o]
         # Not the torch.distributed variables an in-process learner test may have set in this process:
         # the launched learner would join that (finished) group's store instead of starting its own.
-        dist_vars = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
+        dist_vars = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
         env = {k: v for k, v in os.environ.items() if k not in dist_vars}
         env.update(PY=sys.executable, TUCANO2_NO_PROGRESS="1", WANDB_MODE="disabled")
         self._log = open(self.log_path, "a")  # noqa: SIM115 - closed in wait()/kill_all()

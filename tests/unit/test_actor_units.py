@@ -242,3 +242,23 @@ def test_actor_serve_doctests():
     import actor.serve
 
     assert doctest.testmod(actor.serve).failed == 0
+
+
+def test_engine_kwargs_on_a_gpu_keep_the_fraction_beside_a_fixed_kv_cache():
+    """The GPU branch of the engine's arguments, checked here: on a shared GPU launch.memory sets both the
+    fraction (vLLM's start-up check asks for that much to be free) and the KV cache; on CPU the fraction is
+    of host memory and is left out beside a fixed cache."""
+    from actor.engine import engine_kwargs
+    from configs import RunConfig
+
+    cfg = RunConfig(model_id="m", max_steps=1, learning_rate=1e-5,
+                    actor={"gpu_memory_utilization": 0.19, "kv_cache_gb": 2.08})
+    gpu = engine_kwargs(cfg, gpu=True, dtype="bfloat16", mode="adapter", seed=1)
+    assert gpu["gpu_memory_utilization"] == 0.19 and gpu["kv_cache_memory_bytes"] == int(2.08 * 2**30)
+    assert "enable_chunked_prefill" not in gpu and gpu["enable_lora"] and gpu["max_loras"] == 2
+    cpu = engine_kwargs(cfg, gpu=False, dtype="float32", mode="merged", seed=1)
+    assert "gpu_memory_utilization" not in cpu and cpu["enable_chunked_prefill"] is False
+    assert "enable_lora" not in cpu and cpu["worker_extension_cls"].endswith("LoraMergeExtension")
+    plain = engine_kwargs(RunConfig(model_id="m", max_steps=1, learning_rate=1e-5), gpu=True, dtype="bfloat16",
+                          mode="adapter", seed=1)
+    assert plain["gpu_memory_utilization"] == 0.85 and "kv_cache_memory_bytes" not in plain

@@ -111,3 +111,82 @@ def test_shell_launchers_dry_run_on_cpu():
     assert any("deepspeed --include localhost:4,5,6,7" in line for line in lines)
     bad = subprocess.run(["bash", str(REPO / "launch" / "cpu.sh")], capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "usage" in bad.stderr
+
+
+V41 = str(REPO / "configs" / "v4_1.yaml")
+
+
+def fake_nvidia_smi(bin_dir: Path, total_mib: int, free_mib: int, n: int = 1) -> None:
+    """A stand-in for the GPU driver's nvidia-smi (named as such: we ship no GPU): ``-L`` and the memory query."""
+    bin_dir.mkdir(exist_ok=True)
+    rows = "\\n".join(f"{i}, {total_mib}, {free_mib}" for i in range(n))
+    gpus = "\\n".join(f"GPU {i}: NVIDIA L4 (UUID: GPU-fake-{i})" for i in range(n))
+    exe = bin_dir / "nvidia-smi"
+    exe.write_text(f'#!/bin/sh\ncase "$1" in -L) printf "{gpus}\\n";; *) printf "{rows}\\n";; esac\n')
+    exe.chmod(0o755)
+
+
+def test_one_gpu_shared_by_actor_and_learner(monkeypatch, tmp_path):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    plan = node_plan(V41, [], actor_gpus=None, learner_gpus=None, tp=None, run_dir=str(tmp_path), check=False,
+                     gpus="0", gpu_mem=22.5)
+    assert [a.env["CUDA_VISIBLE_DEVICES"] for a in plan.actors] == ["0"]
+    assert "localhost:0" in plan.learner.argv and plan.learner.env["PYTORCH_CUDA_ALLOC_CONF"]
+    c = plan.config
+    assert (c.actor.replicas, c.learner.ranks) == (1, 1)
+    assert 0 < c.actor.gpu_memory_utilization < 0.3 and c.actor.kv_cache_gb > 2
+    assert c.learner.gradient_checkpointing  # turned on to fit, and said so
+    text = plan.describe()
+    assert "share the GPUs" in text and "gpu_memory_utilization" in text and "gradient_checkpointing turned on" in text
+    assert plan.learner.argv[plan.learner.argv.index("--master_port") + 1] == str(c.sync.master_port)
+    # the same list to both sides is the same layout
+    same = node_plan(V41, [], actor_gpus="0", learner_gpus="0", tp=None, run_dir=str(tmp_path), check=False,
+                     gpu_mem=22.5)
+    assert same.config.actor.gpu_memory_utilization == c.actor.gpu_memory_utilization
+    # two GPUs shared: an actor replica and a learner rank on each
+    two = node_plan(V41, [], actor_gpus=None, learner_gpus=None, tp=None, run_dir=str(tmp_path), check=False,
+                    gpus="0,1", gpu_mem=40)
+    assert [a.env["CUDA_VISIBLE_DEVICES"] for a in two.actors] == ["0", "1"] and two.config.learner.ranks == 2
+
+
+def test_shared_gpu_errors(monkeypatch, tmp_path):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    kw = dict(tp=None, run_dir=str(tmp_path), check=False)
+    with pytest.raises(LaunchError, match="to share GPUs give both the same list"):
+        node_plan(V41, [], actor_gpus="0,1", learner_gpus="1,2", **kw)
+    with pytest.raises(LaunchError, match="drop --actor-gpus"):
+        node_plan(V41, [], actor_gpus="0", learner_gpus=None, gpus="0", **kw)
+    with pytest.raises(LaunchError, match="pass --gpu-mem"):
+        node_plan(V41, [], actor_gpus=None, learner_gpus=None, gpus="0", **kw)
+    with pytest.raises(LaunchError, match="does not fit on one 16 GiB GPU"):
+        node_plan(A3B, [], actor_gpus=None, learner_gpus=None, gpus="0", gpu_mem=16, **kw)
+
+
+def test_a_real_launch_reads_gpu_memory_and_refuses_what_others_hold(monkeypatch, tmp_path):
+    fake_nvidia_smi(tmp_path / "bin", total_mib=23034, free_mib=3000)  # an L4 with 20 GiB held elsewhere
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.raises(LaunchError, match=r"GPU 0 has 2\.9 GiB free of 22\.5 .* needs 10\.\d GiB"):
+        node_plan(V41, [], actor_gpus=None, learner_gpus=None, tp=None, run_dir=str(tmp_path), gpus="0")
+    fake_nvidia_smi(tmp_path / "bin", total_mib=23034, free_mib=22500)
+    # memory is fine now; the next check (no pairs there) is what stops this one
+    with pytest.raises(LaunchError, match="train pairs not found: /nonexistent"):
+        node_plan(V41, ["data.train_pairs=/nonexistent/train.jsonl"], actor_gpus=None, learner_gpus=None, tp=None,
+                  run_dir=str(tmp_path), gpus="0")
+    # a dry run with the figures from nvidia-smi (no --gpu-mem)
+    plan = node_plan(V41, [], actor_gpus=None, learner_gpus=None, tp=None, run_dir=str(tmp_path), gpus="0",
+                     check=False)
+    assert "memory per GPU (22.5 GiB" in plan.describe()
+
+
+def test_one_gpu_shell_launchers_dry_run():
+    env = {"PATH": "/usr/bin:/bin", "PY": sys.executable}
+    ok = subprocess.run(["bash", str(REPO / "launch" / "v4_1_05b.sh"), "--gpus", "0", "--gpu-mem", "24", "--dry-run"],
+                        capture_output=True, text=True, check=False, env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert "shared by an actor and a learner rank" in ok.stdout and "GPU 0 (shared)" in ok.stdout
+    no = subprocess.run(["bash", str(REPO / "launch" / "v4_2_3b.sh"), "--gpus", "0", "--gpu-mem", "16", "--dry-run"],
+                        capture_output=True, text=True, check=False, env=env)
+    assert no.returncode == 2 and no.stdout == ""
+    assert len(no.stderr.strip().splitlines()) == 1 and "would fit: a second GPU" in no.stderr
