@@ -42,7 +42,7 @@ from actor.runtime import configure_cpu_env, engine_dtype, lora_rank_slot, on_gp
 
 log = logging.getLogger("actor.engine")
 
-MERGE_EXTENSION = "actor.merge.LoraMergeExtension"
+WORKER_EXTENSION = "actor.readback.ActorWorkerExtension"  # merged serving and the readback, every worker
 
 
 def engine_kwargs(cfg: RunConfig, *, gpu: bool, dtype: str, mode: str, seed: int) -> dict:
@@ -72,9 +72,8 @@ def engine_kwargs(cfg: RunConfig, *, gpu: bool, dtype: str, mode: str, seed: int
         # generators support). Whole prompts only: never split a prefill across engine steps.
         kwargs.update(enable_chunked_prefill=False,
                       max_num_batched_tokens=max(cfg.max_seq_length, 8192))
-    if mode == "merged":
-        kwargs["worker_extension_cls"] = MERGE_EXTENSION
-    else:
+    kwargs["worker_extension_cls"] = WORKER_EXTENSION
+    if mode == "adapter":
         kwargs.update(enable_lora=True, max_lora_rank=lora_rank_slot(cfg.lora_r),
                       max_loras=cfg.actor.max_lora_versions,
                       max_cpu_loras=cfg.actor.max_lora_versions + 1)
@@ -141,7 +140,9 @@ class RolloutEngine:
         self._version = -1  # the base weights; the learner's first version is 0
         self._fingerprint = "base"
         self._delta_cosine = 1.0
+        self.readback: dict = {}               # the last load's readback (actor.readback.combine)
         self._lora = None                       # LoRARequest of the served version (adapter mode)
+        self._stale = None                      # the previous one, under the test fault STALE_FAULT_ENV
         self._loaded: deque = deque()           # (version, lora_int_id, dir) kept loaded (adapter mode)
         self._next_lora_id = 1
         self._merged_dir: Path | None = None
@@ -165,7 +166,8 @@ class RolloutEngine:
 
     @property
     def delta_cosine(self) -> float:
-        """Cosine between the LoRA delta served now and the loaded adapter's (see ``actor.merge``)."""
+        """Cosine between the LoRA delta every worker serves, read back from the engine, and the adapter's
+        (``actor.readback``)."""
         return self._delta_cosine
 
     def channel_limits(self):
@@ -197,33 +199,44 @@ class RolloutEngine:
                 raise RuntimeError(f"workers loaded different adapters: {sorted(fps)}")
             self.llm.reset_prefix_cache()
             fingerprint = fps.pop()
-            cosine = min(r["delta_cosine"] for r in res)
             old, self._merged_dir = self._merged_dir, adapter_dir
             if old is not None and old != adapter_dir:
                 self._retire_dir(old)
         else:
-            fingerprint, cosine = self._load_lora(version, adapter_dir, expect_checksum)
+            fingerprint = self._load_lora(version, adapter_dir, expect_checksum)
         self._version = version
         self._fingerprint = fingerprint
-        self._delta_cosine = cosine
+        self._read_back(adapter_dir)
         return fingerprint
 
+    def _read_back(self, adapter_dir: Path | None) -> None:
+        """What every worker now serves against the adapter (``actor.readback``): ``delta_cosine``, ``readback``."""
+        from actor.readback import combine
+
+        lora_id = None if self.mode == "merged" else (self._lora.lora_int_id if self._lora is not None else 0)
+        try:
+            res = self.llm.collective_rpc("readback_served",
+                                          args=(None if adapter_dir is None else str(adapter_dir), lora_id))
+        except Exception as e:
+            raise AdapterLoadError(f"reading back v{self._version}: {_worker_error(e)}") from e
+        self.readback = combine(res)
+        self._delta_cosine = self.readback["cosine"]
+
     def _load_lora(self, version: int, adapter_dir: Path | None, expect_checksum: str | None
-                   ) -> tuple[str, float]:
+                   ) -> str:
         from vllm.lora.request import LoRARequest
 
         from actor.merge import read_adapter
 
         if adapter_dir is None:
-            self._lora = None
-            return "base", 1.0
+            self._lora = self._stale = None
+            return "base"
         try:
-            config, pairs, fingerprint = read_adapter(adapter_dir)
+            _, _, fingerprint = read_adapter(adapter_dir)
         except Exception as e:  # noqa: BLE001 - unreadable, truncated, not a LoRA adapter: refused, unchanged
             raise AdapterLoadError(f"{adapter_dir}: {type(e).__name__}: {e}") from None
         if expect_checksum is not None and fingerprint != expect_checksum:
             raise AdapterLoadError(f"{adapter_dir}: adapter file hashes to {fingerprint}, expected {expect_checksum}")
-        cosine = adapter_delta_cosine(pairs, config, self.dtype)
         req = LoRARequest(f"v{version}-{self._next_lora_id}", self._next_lora_id, str(adapter_dir))
         try:
             added = self.llm.llm_engine.add_lora(req)
@@ -232,13 +245,14 @@ class RolloutEngine:
         if not added:
             raise AdapterLoadError(f"vLLM refused to load adapter {adapter_dir}")
         self._next_lora_id += 1
+        self._stale = self._lora if _stale_fault(req.lora_int_id) else None
         self._lora = req
         self._loaded.append((version, req.lora_int_id, adapter_dir))
         while len(self._loaded) > self.cfg.actor.max_lora_versions:
             _, lid, d = self._loaded.popleft()
             self.llm.llm_engine.remove_lora(lid)
             self._retire_dir(d)
-        return fingerprint, cosine
+        return fingerprint
 
     def _retire_dir(self, d: Path) -> None:
         if self.delete_retired:
@@ -276,7 +290,7 @@ class RolloutEngine:
             for tp, sp in zip(token_prompts, params, strict=True):
                 sp.output_kind = RequestOutputKind.FINAL_ONLY   # as LLM.generate: whole outputs only
                 rid = f"r{next(self._ids)}"
-                self.llm.llm_engine.add_request(rid, tp, sp, lora_request=self._lora)
+                self.llm.llm_engine.add_request(rid, tp, sp, lora_request=self._stale or self._lora)
                 ids.append(rid)
         except Exception:
             if ids:
@@ -379,23 +393,14 @@ class RolloutEngine:
                 os.environ["VLLM_RPC_BASE_PATH"] = self._rpc_env
 
 
-def adapter_delta_cosine(pairs: dict, config: dict, dtype: str) -> float:
-    """Adapter mode: vLLM loads A and B in the engine dtype (``lora_dtype: auto``) and folds the scale into B
-    in that dtype (``LoRALayerWeights.optimize``), so the delta it serves is ``dt(dt(B) * s) @ dt(A)``;
-    its cosine with the adapter's ``s * B @ A``, computed from r x r products (exact, cheap)."""
-    import torch
+STALE_FAULT_ENV = "TUCANO2_FAULT_STALE_ADAPTER"
+"""A fault for the tests, never set by the project: ``<n>``: from the n-th adapter load on, requests go out on the
+previous version's adapter while the actor reports (and reads back) the new one; the logprob probe must see it."""
 
-    from sync.tensors import DeltaCosine
 
-    from actor.merge import lora_scale
-
-    dt, s = getattr(torch, dtype), lora_scale(config)
-    cos = DeltaCosine()
-    for a, b in pairs.values():
-        a32, b32 = a.float(), b.float()
-        cos.add_lowrank(a.to(dt).float(), (b.to(dt) * s).to(dt).float(), a32, b32 * s)
-    return cos.value
-
+def _stale_fault(load: int) -> bool:
+    n = os.environ.get(STALE_FAULT_ENV)
+    return bool(n) and load >= int(n)
 
 
 def _child_pids() -> set[int]:

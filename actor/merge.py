@@ -136,6 +136,10 @@ class LoraMergeExtension:
     ``_dirty`` (modules currently differing from the base).
     """
 
+    def _served_pairs(self, pairs: dict) -> dict:
+        """The modules merged (all; ``actor.readback`` overrides it to inject a test fault)."""
+        return pairs
+
     def _merge_state(self):
         if not hasattr(self, "_w0"):
             model = self.model_runner.get_model()
@@ -193,6 +197,7 @@ class LoraMergeExtension:
             config, pairs, fingerprint = read_adapter(adapter_dir)
             if expect_checksum is not None and fingerprint != expect_checksum:
                 raise ValueError(f"adapter file hashes to {fingerprint}, expected {expect_checksum}")
+            pairs = self._served_pairs(pairs)
         scale = lora_scale(config)
         for mod in pairs:
             if f"{mod}.weight" not in self._ckpt:

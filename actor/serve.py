@@ -244,14 +244,18 @@ class ActorServer:
         load_s = time.perf_counter() - t0
         if ok:
             self.loads += 1
-            log.info("actor %s: serving v%d (loaded in %.3fs, delta cosine %.6f)", self.actor_id, w.version, load_s,
-                     self.engine.delta_cosine)
+            log.info("actor %s: serving v%d (loaded in %.3fs, read back on %d rank(s) in %.3fs: delta cosine %.6f)",
+                     self.actor_id, w.version, load_s, self.engine.readback.get("ranks", 0),
+                     self.engine.readback.get("seconds", 0.0), self.engine.delta_cosine)
         else:
             log.error("actor %s: v%d not loaded, still serving v%d: %s", self.actor_id, w.version,
                       self.engine.version, error)
+        from actor.readback import describe
+
         cosine = self.engine.delta_cosine if ok else None
+        detail = describe(self.engine.readback) if ok else ""
         self.endpoint.send_ack(WeightAck(self.actor_id, w.version, ok, load_s, fingerprint or w.checksum,
-                                         error, w.learner, cosine))
+                                         error, w.learner, cosine, detail))
         self._hb_due = 0.0
 
     def heartbeat(self) -> Heartbeat:

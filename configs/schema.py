@@ -239,6 +239,11 @@ class SyncConfig(Section):
     min_delta_cosine: float = Field(0.99, ge=0, le=1)
     """Each actor reports the cosine between the LoRA delta it serves and the one published; below this the
     sync failed (e.g. merged serving rounding a small delta away in bf16) and the run stops."""
+    max_logprob_gap: float | None = Field(None, gt=0)
+    """Mean |actor - learner| logprob per token on the probe prompt (``learner.probe_every``), both at the same
+    version, above which the sync failed and the run stops: the engine samples from another policy than the one
+    trained. None: by precision, from the measured floors (README, GPU section): 0.01 when actor and learner both
+    compute in float32, 0.1 when either is bf16/fp16."""
     request_timeout_s: float = Field(600.0, gt=0)
     """Seconds before an unanswered rollout request is re-sent to another actor."""
     heartbeat_s: float = Field(2.0, gt=0)

@@ -12,7 +12,10 @@
 * :func:`probe`: one completion of a fixed prompt at the training temperature, scored by the learner
   at the same temperature on the same token ids; ``sync/logprob_gap`` is the mean absolute difference
   of per-token logprobs (``_max`` the largest). With the same weights on both sides it is numerical
-  noise (1e-6 in float32); a sync that silently failed shows up as a large gap.
+  noise (1e-6 in float32); a sync that silently failed shows up as a large gap, and it is a gate: a gap beyond
+  ``sync.max_logprob_gap`` (by precision, :func:`max_logprob_gap`) with the actor at the learner's version stops
+  the run in one line naming the actor. It backs the readback (``actor.readback``, which checks weights) with
+  what the engine samples: it sees a request routed to another adapter, model, tokenizer or sampler.
 """
 
 from __future__ import annotations
@@ -107,20 +110,40 @@ def probe(tr) -> dict:
             grp = None
         comps = grp.results[0].completions if grp is not None and grp.results else []
         if comps:
-            payload = (grp.results[0].prompt_token_ids, comps[0].token_ids, comps[0].logprobs, grp.version)
+            payload = (grp.results[0].prompt_token_ids, comps[0].token_ids, comps[0].logprobs, grp.version,
+                       grp.actor_id)
     payload = tr._bcast(payload)
     if payload is None or not payload[1]:
         return {}
-    prompt_ids, comp_ids, actor_lp, actor_version = payload
+    prompt_ids, comp_ids, actor_lp, actor_version, actor_id = payload
     s = Sample(list(prompt_ids), list(comp_ids), list(actor_lp), 0.0, 0.0, actor_version, False)
     b = collate([s], tr.policy.tokenizer.pad_token_id, tr.policy.device)
     lp = tr.policy.completion_logps(b, cfg.temperature, grad=False).float().cpu()[0]
     diff = (lp - torch.tensor(actor_lp)).abs()
+    gap, limit = float(diff.mean()), max_logprob_gap(cfg, tr.policy)
+    if tr.is_main and actor_version == tr.version and gap > limit and tr.stop_reason is None:
+        tr.stop_reason = (
+            f"sync failed: actor {actor_id} serves v{actor_version} with logprobs {gap:.4f} per token apart from the "
+            f"learner's on the probe prompt (> sync.max_logprob_gap {limit}): the engine samples from another policy "
+            "than the one trained (a request on another adapter, another model, tokenizer or sampler)"
+        )
     return {
         "sync/logprob_gap": float(diff.mean()),
         "sync/logprob_gap_max": float(diff.max()),
         "sync/probe_version": float(actor_version),
     }
+
+
+def max_logprob_gap(cfg, policy) -> float:
+    """The probe gate's limit: ``sync.max_logprob_gap``, or by the two sides' precision (float32 on both: 0.01,
+    else 0.1). The actor's ``auto`` dtype is resolved as ``actor.runtime.engine_dtype`` does, on the learner's
+    kind of device (actors and learner share the node's hardware)."""
+    if cfg.sync.max_logprob_gap is not None:
+        return cfg.sync.max_logprob_gap
+    actor = cfg.actor.dtype
+    if actor == "auto":
+        actor = "bfloat16" if policy.device.type == "cuda" else "float32"
+    return 0.01 if actor == "float32" and policy.dtype == torch.float32 else 0.1
 
 
 def standard_errors(rewards: list[float], tasks: list[str]) -> dict[str, float]:

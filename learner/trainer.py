@@ -320,10 +320,13 @@ class Trainer:
         worst = min(got, key=got.get)
         cos, floor = got[worst], self.cfg.sync.min_delta_cosine
         if cos < floor:
+            detail = acks[worst].served_detail or "the delta as a whole"
+            hint = ("in merged bf16/fp16 serving small deltas round away (actor.serve_mode: adapter fixes it); "
+                    "otherwise the engine does not serve what was published")
             self.stop_reason = (
-                f"sync failed: actor {worst} serves v{acks[worst].version} with a LoRA delta at cosine {cos:.4f} "
-                f"to the published one (< sync.min_delta_cosine {floor}): merged serving rounds small deltas "
-                "away in bf16/fp16; use actor.serve_mode: adapter (what auto picks there)"
+                f"sync failed: actor {worst} serves v{acks[worst].version} with a LoRA delta, read back from its "
+                f"engine, at cosine {cos:.4f} to the published one (< sync.min_delta_cosine {floor}): {detail}; "
+                f"{hint}"
             )
         return {"sync/served_delta_cosine": cos}
 

@@ -228,6 +228,12 @@ class DeltaCosine:
         self.n1 += float(((b1.T @ b1) * (a1 @ a1.T)).sum())
         self.n2 += float(((b2.T @ b2) * (a2 @ a2.T)).sum())
 
+    @staticmethod
+    def lowrank_norm2(a, b) -> float:
+        """``|B @ A|^2`` without forming it."""
+        a, b = a.double(), b.double()
+        return float(((b.T @ b) * (a @ a.T)).sum())
+
     def merge(self, other: dict) -> None:
         self.dot += other["dot"]
         self.n1 += other["n1"]

@@ -141,8 +141,10 @@ class WeightAck:
     learner: str = ""
     """The acknowledged update's ``learner``: acks of another learner's versions are ignored."""
     delta_cosine: float | None = None
-    """Cosine between the LoRA delta the actor serves (served weights minus base, over every targeted matrix)
+    """Cosine between the LoRA delta the actor's engine serves, read back from every worker (``actor.readback``),
     and the published one: 1.0 when exact; merged serving in bf16 rounds small deltas away."""
+    served_detail: str = ""
+    """What differs most in that readback (``"v_proj served at cosine 0.0000"``), for the learner's stop line."""
 
 
 @dataclass(slots=True)

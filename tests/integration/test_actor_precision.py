@@ -103,8 +103,38 @@ def test_tensor_parallel_2_keeps_logprob_parity(actor_kit, adapters, tmp_path, m
     eng = engine(actor_kit, "actor.tensor_parallel_size=2", f"actor.serve_mode={mode}")
     try:
         assert len(eng.engine_pids) >= 3  # EngineCore and one worker per rank
-        load_copy(eng, 0, adapters["large"], tmp_path)
+        load_copy(eng, 0, adapters["small"], tmp_path)
+        assert eng.readback["ranks"] == 2 and eng.delta_cosine > 0.999999  # read back from both ranks
+        load_copy(eng, 1, adapters["large"], tmp_path)
         assert eng.delta_cosine > 0.999999
         assert parity(eng, actor_kit, adapters["large"]) < 1e-3  # each rank merged/served its shard exactly
     finally:
         close(eng)
+
+
+@pytest.mark.parametrize("mode", ["merged", "adapter"])
+def test_readback_sees_a_module_the_engine_does_not_serve(actor_kit, adapters, tmp_path, monkeypatch, mode):
+    """The cosine is read out of the engine: with v_proj's delta zeroed inside each worker from the second load on
+    (``TUCANO2_FAULT_ZERO_SERVED``), the same adapter files read back below the floor, naming v_proj."""
+    from actor.readback import FAULT_ENV, describe
+
+    monkeypatch.setenv(FAULT_ENV, "v_proj@2")
+    eng = engine(actor_kit, f"actor.serve_mode={mode}")
+    try:
+        load_copy(eng, 0, adapters["large"], tmp_path)
+        clean = eng.delta_cosine, dict(eng.readback)
+        load_copy(eng, 1, adapters["large"], tmp_path)
+        faulty = eng.delta_cosine, dict(eng.readback)
+        load_copy(eng, 2, adapters["large"], tmp_path)
+        (res,), _ = eng.generate([actor_kit.chat], SamplingSpec(4, 1.0, 1.0, 8, 3))
+        ref = actor_kit.reference.logprobs(adapters["large"], res.prompt_token_ids,
+                                           [c.token_ids for c in res.completions])
+        gap = max(abs(x - y) for c, r in zip(res.completions, ref, strict=True)
+                  for x, y in zip(c.logprobs, r, strict=True))
+    finally:
+        close(eng)
+    assert clean[0] > 0.999999 and clean[1]["ranks"] == 1 and not clean[1]["missing"], clean
+    assert faulty[0] < 0.99, faulty
+    assert faulty[1]["worst"][0] == "v_proj" and faulty[1]["worst"][1] < 0.01, faulty
+    assert "v_proj served at cosine 0.0000" in describe(faulty[1])
+    assert gap > 1e-3  # the fault is real: the engine's samples no longer match the trained policy
