@@ -4,9 +4,12 @@ Each turn of the loop:
 
 1. take what the endpoint has (``poll`` with no wait while the engine has work, else a short wait):
    requests, the newest verified weight update, or a Shutdown;
-2. if a weight update is waiting: admit nothing new, keep stepping until the requests in flight are
-   done (drain), then load it and acknowledge (one version per sequence, never a mix);
-3. else admit every waiting request into the engine (vLLM batches all of them in each step);
+2. if a weight update is waiting, load it and acknowledge. ``actor.load_mode: inflight`` (default): at once,
+   between two engine steps, with the requests in flight running on (``RolloutEngine.load_adapter``: in adapter
+   mode they finish on their adapter, in merged mode each token records the version that sampled it).
+   ``drain``: admit nothing new, keep stepping until the requests in flight are done, then load (one version
+   per sequence; the engine idles through the longest completion);
+3. admit every waiting request into the engine (vLLM batches all of them in each step), unless a drain is on;
 4. run one engine step and send the groups it completed;
 5. every ``sync.heartbeat_s``: refresh the heartbeat (version, queue, in flight, tokens/s) and log.
 
@@ -135,6 +138,7 @@ class ActorServer:
         self.idle_poll_s = idle_poll_s
         self.log_every_s = log_every_s
         self.scorer = scorer
+        self.inflight = cfg.actor.load_mode == "inflight"
         self.waiting: deque[RolloutRequest] = deque()   # polled, not yet admitted (a load is pending)
         self.requests: dict[str, RolloutRequest] = {}   # admitted, by request id
         self.weights: ReceivedWeights | None = None
@@ -166,7 +170,7 @@ class ActorServer:
             self._take(0.0 if self.engine.in_flight else self.idle_poll_s)
             if self.stop_reason is not None:
                 break
-            if self.weights is not None and not self.engine.in_flight:
+            if self.weights is not None and (self.inflight or not self.engine.in_flight):
                 self._load(self.weights)
                 self.weights = None
             if self.weights is None:
@@ -244,9 +248,12 @@ class ActorServer:
         load_s = time.perf_counter() - t0
         if ok:
             self.loads += 1
-            log.info("actor %s: serving v%d (loaded in %.3fs, read back on %d rank(s) in %.3fs: delta cosine %.6f)",
-                     self.actor_id, w.version, load_s, self.engine.readback.get("ranks", 0),
-                     self.engine.readback.get("seconds", 0.0), self.engine.delta_cosine)
+            running = self.engine.in_flight
+            log.info("actor %s: serving v%d (loaded in %.3fs%s, read back on %d rank(s) in %.3fs: delta cosine %.6f)",
+                     self.actor_id, w.version, load_s,
+                     f" with {running} requests in flight" if running else "",
+                     self.engine.readback.get("ranks", 0), self.engine.readback.get("seconds", 0.0),
+                     self.engine.delta_cosine)
         else:
             log.error("actor %s: v%d not loaded, still serving v%d: %s", self.actor_id, w.version,
                       self.engine.version, error)

@@ -149,8 +149,18 @@ class ActorConfig(Section):
     """``merged``: LoRA deltas merged into the served weights (base-model speed); ``adapter``: vLLM LoRA with
     one adapter name per version; ``auto``: merged on a float32 engine, adapter on bf16/fp16 ones, where
     merging rounds most of a small delta back to the base weights (the served-delta cosine checks it)."""
-    max_lora_versions: int = Field(2, ge=1)
-    """Adapter versions kept loaded in ``adapter`` mode (at least max_staleness + 1)."""
+    load_mode: Literal["inflight", "drain"] = "inflight"
+    """How an actor takes a new weight version. ``inflight``: at once, between two engine steps, while requests
+    run (the learner never waits for the longest completion): in ``adapter`` mode new requests get the new
+    adapter and running ones finish on theirs; in ``merged`` mode the running sequences go on under the new
+    weights on the KV cache computed under the old ones (as PipelineRL), and every token records the version
+    that sampled it (``sync.wire.Completion.version_runs``). ``drain``: admit nothing new, let every running
+    request finish, then load (one version per sequence; the engine idles through the longest completion)."""
+    max_lora_versions: int | None = Field(None, ge=1)
+    """``adapter`` mode: adapter versions that may be live in one engine batch (vLLM's ``max_loras``; the
+    scheduler holds back a request whose adapter would exceed it). None: derived (:attr:`RunConfig.lora_slots`):
+    ``sync.max_staleness + 1`` with ``load_mode: inflight`` (the newest version and the older ones the learner's
+    staleness bound lets running requests hold), 1 with ``drain``."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Engine dtype; ``auto`` is bfloat16 on GPU and float32 on CPU (bf16 is emulated there)."""
     enable_prefix_caching: bool = True
@@ -471,10 +481,25 @@ class RunConfig(Section):
             raise ValueError(f"learner.publish_every ({self.learner.publish_every}) - 1 exceeds sync.max_staleness "
                              f"({self.sync.max_staleness}): rollouts of the version before a publication would be "
                              "too stale to train on")
-        if self.actor.serve_mode != "merged" and self.actor.max_lora_versions < self.sync.max_staleness + 1:
-            raise ValueError(f"actor.max_lora_versions ({self.actor.max_lora_versions}) must be >= "
-                             f"sync.max_staleness + 1 ({self.sync.max_staleness + 1})")
+        a = self.actor
+        if (a.serve_mode != "merged" and a.load_mode == "inflight" and a.max_lora_versions is not None
+                and a.max_lora_versions < self.sync.max_staleness + 1):
+            raise ValueError(f"actor.max_lora_versions ({a.max_lora_versions}) must be >= sync.max_staleness + 1 "
+                             f"({self.sync.max_staleness + 1}) with actor.load_mode inflight: requests of that many "
+                             "versions run at once, and vLLM holds back any beyond it (a drain in disguise)")
         return self
+
+    @property
+    def lora_slots(self) -> int:
+        """Adapter versions live in one engine batch in ``adapter`` mode (vLLM's ``max_loras``): the actor holds
+        the newest version plus those its running requests were admitted under. In flight, the learner's staleness
+        bound keeps a running training request within ``sync.max_staleness`` versions of the newest (a request for
+        step t is trained at version t and admitted at t - max_staleness or later), so ``max_staleness + 1``;
+        drained, one. A request outside the bound (a re-sent one whose first copy still runs) only waits for a slot.
+        ``actor.max_lora_versions`` overrides it."""
+        if self.actor.max_lora_versions is not None:
+            return self.actor.max_lora_versions
+        return self.sync.max_staleness + 1 if self.actor.load_mode == "inflight" else 1
 
     @property
     def completions_per_step(self) -> int:

@@ -150,7 +150,7 @@ def actor_part(cfg: RunConfig, shape: Shape) -> Part:
              "KV cache": tokens * shape.kv_bytes_per_token(nb) / tp / GiB}
     if a.serve_mode != "merged":  # adapter mode on bf16 engines (auto); merged adds nothing
         slot = next(s for s in VLLM_LORA_RANKS if s >= cfg.lora_r)  # the config refuses a rank beyond them
-        items["LoRA slots"] = a.max_lora_versions * shape.lora_params(slot) * nb / tp / GiB
+        items["LoRA slots"] = cfg.lora_slots * shape.lora_params(slot) * nb / tp / GiB
     batched = max(cfg.max_seq_length, VLLM_BATCHED_TOKENS)
     peak = batched * (2 * shape.intermediate + 4 * shape.hidden + shape.heads * shape.head_dim) * nb / tp
     peak += 2 * min(a.max_num_seqs, 1024) * shape.vocab * 4  # sampler logits, fp32, and their softmax

@@ -26,7 +26,7 @@ import time
 import torch
 
 from learner.data import per_task_means
-from learner.rollouts import Sample, collate, rollout_seed
+from learner.rollouts import Sample, collate, group_versions, rollout_seed
 from sync.limits import MAX_PROMPTS_PER_REQUEST
 
 
@@ -110,18 +110,19 @@ def probe(tr) -> dict:
             grp = None
         comps = grp.results[0].completions if grp is not None and grp.results else []
         if comps:
-            payload = (grp.results[0].prompt_token_ids, comps[0].token_ids, comps[0].logprobs, grp.version,
-                       grp.actor_id)
+            oldest, newest = group_versions(grp)  # an actor may load a version while the probe runs (inflight)
+            payload = (grp.results[0].prompt_token_ids, comps[0].token_ids, comps[0].logprobs, oldest,
+                       grp.actor_id, oldest == newest)
     payload = tr._bcast(payload)
     if payload is None or not payload[1]:
         return {}
-    prompt_ids, comp_ids, actor_lp, actor_version, actor_id = payload
+    prompt_ids, comp_ids, actor_lp, actor_version, actor_id, one_version = payload
     s = Sample(list(prompt_ids), list(comp_ids), list(actor_lp), 0.0, 0.0, actor_version, False)
     b = collate([s], tr.policy.tokenizer.pad_token_id, tr.policy.device)
     lp = tr.policy.completion_logps(b, cfg.temperature, grad=False).float().cpu()[0]
     diff = (lp - torch.tensor(actor_lp)).abs()
     gap, limit = float(diff.mean()), max_logprob_gap(cfg, tr.policy)
-    if tr.is_main and actor_version == tr.version and gap > limit and tr.stop_reason is None:
+    if tr.is_main and one_version and actor_version == tr.version and gap > limit and tr.stop_reason is None:
         tr.stop_reason = (
             f"sync failed: actor {actor_id} serves v{actor_version} with logprobs {gap:.4f} per token apart from the "
             f"learner's on the probe prompt (> sync.max_logprob_gap {limit}): the engine samples from another policy "

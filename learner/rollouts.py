@@ -1,10 +1,21 @@
 """From RolloutGroups to a training batch: refusals, staleness, rewards, advantages, tensors.
 
+Versions are per token. An actor that loads a version while a sequence runs (``actor.load_mode: inflight``,
+merged serving) sends each completion's ``version_runs``: the version that sampled each token. A completion is
+as stale as its oldest token, and a group as its oldest completion (:func:`group_versions`; a group without runs
+is all of its ``version``). The per-token behaviour logprobs are those of the version that sampled each token,
+so the loss's importance ratio ``pi_learner / mu`` is per token as it always was; its truncation (TIS) applies
+to every token of a completion whose oldest token is stale (``Sample.stale``), which for the newer tokens of a
+mixed completion, closer to the learner's policy, caps a ratio near 1 that rarely reaches the cap. PipelineRL
+departs the same way from one-version-per-sequence GRPO; the KV cache under the newer tokens was computed by
+the older weights, a gap the per-token logprobs carry into the ratio.
+
 Checks made on every group before anything reaches the model (each failure is counted, never raised):
 
-* ``version`` newer than the learner's (``> current``): the whole group is refused (``refused_version``) —
-  an actor claiming weights that were never published is a sync bug, not data;
-* ``version`` older than ``current - max_staleness``: the group is dropped (``dropped_stale``);
+* a token of a version newer than the learner's (``> current``), or older than the version the request was
+  admitted under (``group.version``): the whole group is refused (``refused_version``) — an actor claiming
+  weights that were never published is a sync bug, not data;
+* its oldest token older than ``current - max_staleness``: the group is dropped (``dropped_stale``);
 * a completion with no tokens (``refused_empty``), a token id outside the model's vocabulary in the
   prompt or completion (``refused_vocab``), or logprobs that are missing, of the wrong length or not
   finite (``refused_logprobs``): that completion is dropped;
@@ -47,7 +58,9 @@ class Sample:
     advantage: float
     reward: float
     version: int
+    """The version of its oldest token."""
     stale: bool
+    """Its oldest token was sampled by an older version than the learner's (truncated IS applies)."""
     task: str = ""
     truncated: bool = False
 
@@ -61,8 +74,44 @@ class StepBatch:
     completion_lengths: list[int] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
     staleness: list[int] = field(default_factory=list)
+    """Per kept group, versions between the learner and the group's oldest token."""
+    mixed_completions: int = 0
+    """Kept completions whose tokens span more than one version."""
+    token_count: int = 0
+    token_staleness_sum: int = 0
+    token_staleness_max: int = 0
+    """Per-token staleness (the learner's version minus the token's) over the kept completions."""
     components: dict[str, list[float]] = field(default_factory=dict)
     """Reward components (``rewards``' ``task/component`` names) over the kept completions."""
+
+
+def group_versions(group) -> tuple[int, int]:
+    """(oldest, newest) version of any token of ``group`` (its ``version`` where a completion sent no runs)."""
+    lo = hi = None
+    for r in group.results:
+        for c in r.completions:
+            vs = c.version_runs[1::2] or (group.version,)
+            a, b = min(vs), max(vs)
+            lo = a if lo is None or a < lo else lo
+            hi = b if hi is None or b > hi else hi
+    return (group.version, group.version) if lo is None else (lo, hi)
+
+
+def out_of_bounds(group, current: int, max_staleness: int) -> bool:
+    """Whether ``group`` is refused or dropped for its versions (:func:`build_batch`'s first two checks)."""
+    lo, hi = group_versions(group)
+    return hi > current or lo < group.version or current - lo > max_staleness
+
+
+def version_metrics(batch: StepBatch) -> dict[str, float]:
+    """``train/mixed_version_frac`` (share of kept completions that span versions) and ``train/token_staleness``
+    (mean, and ``_max``: the learner's version minus each token's, over kept tokens)."""
+    n = len(batch.samples)
+    return {
+        "train/mixed_version_frac": batch.mixed_completions / n if n else 0.0,
+        "train/token_staleness": batch.token_staleness_sum / batch.token_count if batch.token_count else 0.0,
+        "train/token_staleness_max": float(batch.token_staleness_max),
+    }
 
 
 def check_completion(c, vocab_size: int) -> str | None:
@@ -98,10 +147,11 @@ def build_batch(
     batch = batch or StepBatch()
     for group, items in entries:
         n_comp = sum(len(r.completions) for r in group.results)
-        if group.version > current_version:
+        oldest, newest = group_versions(group)
+        if newest > current_version or oldest < group.version:
             batch.counts["refused_version"] += n_comp
             continue
-        staleness = current_version - group.version
+        staleness = current_version - oldest
         if staleness > max_staleness:
             batch.counts["dropped_stale"] += n_comp
             continue
@@ -149,6 +199,8 @@ def build_batch(
             batch.staleness.append(staleness)
             for c, a, r in zip(kept, adv, rewards, strict=True):
                 hit = len(c.token_ids) >= max_completion_length or c.finish_reason == "length"
+                runs = c.runs(group.version)
+                first = min(v for _, _, v in runs)
                 batch.samples.append(
                     Sample(
                         list(result.prompt_token_ids),
@@ -156,13 +208,19 @@ def build_batch(
                         [float(x) for x in c.logprobs],
                         float(a),
                         r,
-                        group.version,
-                        staleness > 0,
+                        first,
+                        first < current_version,
                         item.task,
                         hit,
                     )
                 )
                 batch.completion_lengths.append(len(c.token_ids))
+                batch.mixed_completions += len(runs) > 1
+                for start, end, v in runs:
+                    batch.token_count += end - start
+                    batch.token_staleness_sum += (end - start) * (current_version - v)
+                    if end > start:
+                        batch.token_staleness_max = max(batch.token_staleness_max, current_version - v)
     return batch
 
 

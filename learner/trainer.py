@@ -55,7 +55,7 @@ from learner import checkpoint as ckpt
 from learner.data import load_items, make_reward_fn, stratified_subset
 from learner.engine import nonfinite_tensors
 from learner.evaluate import Broker, Interrupted, LearnerError, evaluate, probe
-from learner.rollouts import StepBatch, build_batch, rollout_request, rollout_seed
+from learner.rollouts import StepBatch, build_batch, out_of_bounds, rollout_request, rollout_seed, version_metrics
 from learner.sampler import EpochSampler, TaskBalancedSampler
 from learner.step import forward_backward
 from learner.watchdog import Watchdog
@@ -235,11 +235,7 @@ class Trainer:
             groups, w, t, g = self.broker.wait(ids)
             waited, toks, gen = waited + w, toks + t, gen + g
             current = self.rollout_version
-            stale_items = [
-                items
-                for grp, items in groups
-                if grp.version > current or current - grp.version > cfg.sync.max_staleness
-            ]
+            stale_items = [items for grp, items in groups if out_of_bounds(grp, current, cfg.sync.max_staleness)]
             batch = build_batch(
                 groups,
                 self.reward_fn,
@@ -387,6 +383,7 @@ class Trainer:
             m["train/completion_length_max"] = float(max(lens))
             m["train/clipped_ratio"] = sum(s.truncated for s in batch.samples) / len(batch.samples)
         m["train/staleness"] = (sum(batch.staleness) / len(batch.staleness)) if batch.staleness else 0.0
+        m.update(version_metrics(batch))
         m["train/kl"] = 0.0
         m["train/learning_rate"] = lr
         snap = self.sampler_snapshots.get(self.step)  # drawn before the first untrained step = trained

@@ -5,7 +5,8 @@ A message can legitimately need at most:
 * a rollout request (learner -> actor): ``MAX_PROMPTS_PER_REQUEST`` chat prompts of up to ``max_seq_length``
   tokens, at most ``TEXT_BYTES_PER_TOKEN`` bytes of text per token;
 * a rollout group (actor -> learner): those prompts' token ids, plus ``max_completions`` completions of up
-  to ``max_completion_length`` tokens, each token an id, a float64 logprob and its text;
+  to ``max_completion_length`` tokens, each token an id, a float64 logprob, its text and at most one
+  ``version_runs`` pair (a run per token is the most a completion can carry);
 * a weight update (learner -> actor): the LoRA adapter's tensors (``lora_nbytes`` from the model config),
   else ``sync.max_message_mb``;
 * everything else (Hello, Heartbeat, Welcome, WeightAck, Shutdown): ``CONTROL_BYTES``.
@@ -29,6 +30,7 @@ TEXT_BYTES_PER_TOKEN = 128
 CONTROL_BYTES = 64 * 2**10
 _SLACK = 64 * 2**10  # field names, meta, timings
 _MSGPACK_INT, _MSGPACK_FLOAT = 9, 9
+_PER_TOKEN = _MSGPACK_INT + _MSGPACK_FLOAT + TEXT_BYTES_PER_TOKEN + 2 * _MSGPACK_INT  # id, logprob, text, a run
 
 
 @dataclass(frozen=True)
@@ -60,11 +62,11 @@ class ChannelLimits:
         completions = max(int(cfg.num_generations), MAX_PROMPTS_PER_REQUEST * int(cfg.eval.samples))
         request = prompts * seq * TEXT_BYTES_PER_TOKEN + _SLACK
         group = (prompts * seq * _MSGPACK_INT
-                 + completions * comp * (_MSGPACK_INT + _MSGPACK_FLOAT + TEXT_BYTES_PER_TOKEN) + _SLACK)
+                 + completions * comp * _PER_TOKEN + _SLACK)
         ceiling = int(cfg.sync.max_message_mb) * 2**20
         weights = min(ceiling, weights_bytes + 2**20) if weights_bytes else ceiling
         return cls(request_bytes=request, group_bytes=group, weights_bytes=weights,
-                   max_array_len=max(seq, completions, 64))
+                   max_array_len=max(seq, 2 * comp, completions, 64))
 
     @classmethod
     def default(cls, max_message_mb: int = 1024) -> ChannelLimits:
@@ -72,9 +74,8 @@ class ChannelLimits:
         seq, comp, completions = 2048, 2048, 64
         return cls(request_bytes=MAX_PROMPTS_PER_REQUEST * seq * TEXT_BYTES_PER_TOKEN + _SLACK,
                    group_bytes=(MAX_PROMPTS_PER_REQUEST * seq * _MSGPACK_INT
-                                + completions * comp * (_MSGPACK_INT + _MSGPACK_FLOAT + TEXT_BYTES_PER_TOKEN)
-                                + _SLACK),
-                   weights_bytes=max_message_mb * 2**20, max_array_len=max(seq, completions))
+                                + completions * comp * _PER_TOKEN + _SLACK),
+                   weights_bytes=max_message_mb * 2**20, max_array_len=max(seq, 2 * comp, completions))
 
 
 def adapter_rank(path) -> int:

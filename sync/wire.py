@@ -8,9 +8,10 @@ where ``body`` maps field names to plain values (nested messages become maps). O
 
 :func:`decode` checks everything it reads against the dataclass field types (``int`` fields must be
 ints, lists must hold the declared element type, unknown tags and versions are refused, tensor rows
-must fit their frames) and raises :class:`WireError` with a one-line reason; a random byte string
-can make it raise nothing else. Unknown body keys are ignored, so fields can be added later without
-breaking older peers; missing fields take their defaults or are refused.
+must fit their frames, a completion's ``version_runs`` must describe its tokens) and raises
+:class:`WireError` with a one-line reason; a random byte string can make it raise nothing else.
+Unknown body keys are ignored, so fields can be added later without breaking older peers; missing fields
+take their defaults or are refused.
 
 This module imports neither torch nor zmq: tensor conversion lives in :mod:`sync.tensors`.
 """
@@ -75,6 +76,20 @@ class Completion:
     """Sampling logprobs of the processed distribution (temperature/top-p applied), one per token."""
     text: str
     finish_reason: str
+    version_runs: list[int] = field(default_factory=list)
+    """The policy version that sampled each token, run-length coded and flattened: ``[i0, v0, i1, v1, ...]``
+    says tokens ``[i_k, i_{k+1})`` were sampled by version ``v_k`` (the last run to the end). ``i0`` is 0, the
+    starts rise strictly and stay inside the completion, and neighbouring runs differ in version. An actor
+    that loads a version while the sequence runs (``actor.load_mode: inflight``, merged serving) sends two runs
+    or more; empty means every token was sampled by the group's ``version``."""
+
+    def runs(self, default: int) -> list[tuple[int, int, int]]:
+        """``(start, end, version)`` of every run (``default``: the group's version, when none were sent)."""
+        r, n = self.version_runs, len(self.token_ids)
+        if not r:
+            return [(0, n, default)]
+        starts = r[0::2]
+        return [(s, e, v) for s, e, v in zip(starts, [*starts[1:], n], r[1::2], strict=True)]
 
 
 @dataclass(slots=True)
@@ -380,7 +395,40 @@ def _build(cls: type, body: dict, where: str):
             kwargs[f.name] = _check(body[f.name], hints[f.name], f"{where}.{f.name}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise WireError(f"{where}: missing field {f.name!r}")
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    check = _SEMANTIC.get(cls)
+    if check is not None:
+        check(obj, where)
+    return obj
+
+
+def _check_runs(c: Completion, where: str) -> None:
+    """``version_runs``: pairs, starting at token 0, starts rising strictly inside the completion, versions
+    >= -1 that change from run to run. Bounded by the completion: at most one run per token."""
+    r = c.version_runs
+    if not r:
+        return
+    if len(r) % 2:
+        raise WireError(f"{where}.version_runs: odd length {len(r)} (expected [start, version] pairs)")
+    starts, versions = r[0::2], r[1::2]
+    if starts[0] != 0:
+        raise WireError(f"{where}.version_runs: the first run starts at token {starts[0]}, not 0")
+    n = max(len(c.token_ids), 1)
+    for a, b in zip(starts, starts[1:], strict=False):
+        if b <= a:
+            raise WireError(f"{where}.version_runs: run starts {a}, {b} do not rise")
+    if starts[-1] >= n:
+        raise WireError(f"{where}.version_runs: a run starts at token {starts[-1]} of a {len(c.token_ids)}-token "
+                        "completion")
+    if min(versions) < -1:
+        raise WireError(f"{where}.version_runs: version {min(versions)} < -1")
+    for a, b in zip(versions, versions[1:], strict=False):
+        if a == b:
+            raise WireError(f"{where}.version_runs: two neighbouring runs of version {a}")
+
+
+_SEMANTIC = {Completion: _check_runs}
+"""Checks beyond the field types, per message class, run by :func:`_build` on what it decoded."""
 
 
 def _plain_value(v: Any, where: str, depth: int = 0) -> Any:

@@ -263,3 +263,55 @@ def test_engine_kwargs_on_a_gpu_keep_the_fraction_beside_a_fixed_kv_cache():
     plain = engine_kwargs(RunConfig(model_id="m", max_steps=1, learning_rate=1e-5), gpu=True, dtype="bfloat16",
                           mode="adapter", seed=1)
     assert plain["gpu_memory_utilization"] == 0.85 and "kv_cache_memory_bytes" not in plain
+
+
+def test_actor_versions_doctests():
+    import doctest
+
+    import actor.versions
+
+    assert doctest.testmod(actor.versions).failed == 0
+
+
+def test_token_runs_from_vllm_spans_are_valid_wire_runs():
+    """Whatever spans vLLM reports (empty ones, repeated labels, a label that is no version, a first span that
+    starts late), the runs sent decode on the learner's side and cover every token."""
+    from types import SimpleNamespace as S
+
+    from actor.versions import token_runs
+    from sync.wire import RolloutGroup, decode, encode
+
+    cases = [
+        ([S(version="2", start=0, end=3), S(version="3", start=3, end=3), S(version="4", start=3, end=8)], 8, 2),
+        ([S(version="5", start=2, end=6)], 6, 4),
+        ([S(version="5", start=2, end=6)], 6, 5),
+        ([S(version="x", start=0, end=2), S(version="7", start=2, end=4)], 4, 7),
+        (None, 3, 1),
+    ]
+    for spans, n, default in cases:
+        runs = token_runs(spans, n, default)
+        c = Completion(list(range(n)), [-1.0] * n, "t", "stop", runs)
+        got = decode(encode(RolloutGroup("r", "a", default, [PromptResult([1], [c])]))).results[0].completions[0]
+        cover = got.runs(default)
+        assert cover[0][0] == 0 and cover[-1][1] == n and all(a[1] == b[0] for a, b in zip(cover, cover[1:]))
+    assert token_runs(cases[0][0], 8, 2) == [0, 2, 3, 4]
+    assert token_runs(cases[1][0], 6, 4) == [0, 4, 2, 5] and token_runs(cases[2][0], 6, 5) == [0, 5]
+
+
+def test_engine_kwargs_size_max_loras_to_the_versions_live():
+    """adapter mode: vLLM's max_loras is the versions that can run in one batch: max_staleness + 1 in flight,
+    1 drained, or actor.max_lora_versions; its CPU cache one more."""
+    from actor.engine import engine_kwargs
+    from configs import RunConfig
+
+    def slots(**actor_sync):
+        actor = {k: v for k, v in actor_sync.items() if k != "max_staleness"}
+        cfg = RunConfig(model_id="m", max_steps=1, learning_rate=1e-5, actor=actor,
+                        sync={"max_staleness": actor_sync.get("max_staleness", 1)})
+        kw = engine_kwargs(cfg, gpu=True, dtype="bfloat16", mode="adapter", seed=1)
+        assert kw["max_cpu_loras"] == kw["max_loras"] + 1
+        return kw["max_loras"]
+
+    assert slots(max_staleness=0) == 1 and slots(max_staleness=1) == 2 and slots(max_staleness=3) == 4
+    assert slots(max_staleness=3, load_mode="drain") == 1
+    assert slots(max_staleness=1, max_lora_versions=5) == 5

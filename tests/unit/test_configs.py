@@ -191,6 +191,25 @@ def test_publish_every_bound_counts_the_pipelined_batches():
             load_config("smoke_cpu.yaml", [f"learner.publish_every={every}", f"sync.max_staleness={stale}"])
 
 
+def test_load_mode_and_lora_slots():
+    """``actor.load_mode`` defaults to inflight; ``max_lora_versions`` below the versions live in flight is
+    refused in one line naming both fields; drained, any count will do; merged serving ignores it."""
+    cfg = load_config("smoke_cpu.yaml", ["sync.max_staleness=2"])
+    assert cfg.actor.load_mode == "inflight" and cfg.lora_slots == 3
+    assert load_config("smoke_cpu.yaml", ["sync.max_staleness=2", "actor.load_mode=drain"]).lora_slots == 1
+    for mode in ("adapter", "auto"):
+        with pytest.raises(ConfigError, match="actor.max_lora_versions .1. must be >= sync.max_staleness") as e:
+            load_config("smoke_cpu.yaml", ["sync.max_staleness=1", "actor.max_lora_versions=1",
+                                           f"actor.serve_mode={mode}"])
+        assert "\n" not in str(e.value)
+    assert load_config("smoke_cpu.yaml", ["sync.max_staleness=1", "actor.max_lora_versions=1",
+                                          "actor.serve_mode=adapter", "actor.load_mode=drain"]).lora_slots == 1
+    assert load_config("smoke_cpu.yaml", ["sync.max_staleness=1", "actor.max_lora_versions=1",
+                                          "actor.serve_mode=merged"])
+    with pytest.raises(ConfigError, match="actor.load_mode"):
+        load_config("smoke_cpu.yaml", ["actor.load_mode=pause"])
+
+
 def test_serve_mode_auto_is_merged_only_in_float32():
     from actor.runtime import serve_mode
 

@@ -64,6 +64,46 @@ def test_unknown_future_version_refused_and_old_version_dropped():
     assert run([group(3, two)], current=3, staleness=0).samples[0].stale is False
 
 
+def runs(ids, text, version_runs):
+    return Completion(list(ids), [-1.0] * len(ids), text, "stop", version_runs)
+
+
+def test_per_token_versions_set_staleness_and_metrics():
+    """A completion is as stale as its oldest token, a group as its oldest completion: runs [0 -> v2, 2 -> v3]
+    at current 3 are stale (TIS applies), their v3 tokens count 0 in the per-token staleness."""
+    from learner.rollouts import out_of_bounds, version_metrics
+
+    mixed = runs([5, 6, 7, 8], "aa", [0, 2, 2, 3])  # tokens 0-1 by v2, 2-3 by v3
+    late = runs([5, 6], "a", [0, 3])                 # admitted at v2, every token sampled after the load
+    g = group(2, [[mixed, late]])
+    b = run([g], current=3, staleness=1)
+    assert [(s.version, s.stale) for s in b.samples] == [(2, True), (3, False)]
+    assert b.staleness == [1] and b.mixed_completions == 1
+    m = version_metrics(b)
+    assert m["train/mixed_version_frac"] == 0.5
+    assert m["train/token_staleness"] == pytest.approx(2 / 6) and m["train/token_staleness_max"] == 1.0
+    assert not out_of_bounds(g, 3, 1)
+    # with staleness 0 the v2 tokens make the group too stale: dropped whole, and re-requested by the trainer
+    b0 = run([g], current=3, staleness=0)
+    assert b0.counts["dropped_stale"] == 2 and not b0.samples and out_of_bounds(g, 3, 0)
+    # the same tokens all at v3 (the group's version): on-policy
+    fresh = run([group(3, [[runs([5, 6], "aa", [0, 3]), runs([7], "b", [])]])], current=3, staleness=0)
+    assert [s.stale for s in fresh.samples] == [False, False] and version_metrics(fresh) == {
+        "train/mixed_version_frac": 0.0, "train/token_staleness": 0.0, "train/token_staleness_max": 0.0}
+    assert version_metrics(run([], current=3))["train/mixed_version_frac"] == 0.0
+
+
+@pytest.mark.parametrize("bad_runs", [[0, 2, 1, 4], [0, 1]], ids=["a token from the future", "older than admitted"])
+def test_tokens_of_unpublished_or_earlier_versions_refuse_the_group(bad_runs):
+    """current 3, group admitted at v2: a token claiming v4 was never published; one claiming v1 predates the
+    version the request was admitted under. Either is a sync bug: the whole group is refused."""
+    from learner.rollouts import out_of_bounds
+
+    g = group(2, [[runs([5, 6], "aa", bad_runs), runs([7], "b", [0, 2])]])
+    b = run([g], current=3, staleness=5)
+    assert b.counts["refused_version"] == 2 and not b.samples and out_of_bounds(g, 3, 5)
+
+
 def test_nan_and_inf_rewards_skip_the_group():
     two = [comp([5], "a"), comp([6], "b")]
     b = run([group(3, [two, two, two], rewards=[[math.nan, 1.0], [0.0, math.inf], [0.0, 1.0]])])

@@ -29,14 +29,28 @@ def test_caps_fit_the_largest_legitimate_group_and_little_more(name):
     cfg = load_config(name)
     lim = ChannelLimits.for_run(cfg)
     n, c = max(cfg.num_generations, 8), cfg.max_completion_length
-    # the largest group the learner asks for: long token ids, float64 logprobs, 4 bytes of text per token
-    comps = [Completion([49151] * c, [-1.234567] * c, "ãé" * c, "length") for _ in range(n)]
+    # the largest group the learner asks for: long token ids, float64 logprobs, 4 bytes of text per token, and
+    # a version run per token (the most a completion can carry: versions alternating at every token)
+    runs = [x for i in range(c) for x in (i, 1000 + i % 2)]
+    comps = [Completion([49151] * c, [-1.234567] * c, "ãé" * c, "length", runs) for _ in range(n)]
     big = RolloutGroup("train-s9-p0", "node-a0", 3, [PromptResult([49151] * (cfg.max_seq_length - c), comps)],
                        {"generate_s": 1.0}, None, {"kind": "train", "step": 9}, "abc")
     size = sum(len(f) for f in encode(big))
     assert size <= lim.group_bytes
     assert lim.group_bytes < 40 * size  # no blanket 1 GiB any more
     decode(encode(big), lim.group_bytes, lim.max_array_len, lim.max_map_len)  # and it decodes under the caps
+
+
+def test_a_run_per_token_fits_when_completions_are_most_of_the_sequence():
+    """``version_runs`` holds two ints per run: a completion longer than half of ``max_seq_length`` with a run
+    per token is a list longer than any token list, and must still decode under the caps."""
+    cfg = load_config("smoke_cpu.yaml", ["max_seq_length=100", "max_completion_length=80", "num_generations=2"])
+    lim, c = ChannelLimits.for_run(cfg), 80
+    runs = [x for i in range(c) for x in (i, i % 2)]
+    g = RolloutGroup("r", "a0", 0, [PromptResult([5] * 20, [Completion([7] * c, [-1.0] * c, "x" * c, "length",
+                                                                       runs)] * 2)], {}, None, {}, "abc")
+    assert decode(encode(g), lim.group_bytes, lim.max_array_len, lim.max_map_len).results[0].completions[0] \
+        .version_runs == runs
 
 
 @pytest.mark.parametrize(

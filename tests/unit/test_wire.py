@@ -191,6 +191,43 @@ def test_refused(frames, reason):
         decode(frames)
 
 
+def _group_with_runs(token_ids, runs):
+    comp = {"token_ids": token_ids, "logprobs": [-1.0] * len(token_ids), "text": "x", "finish_reason": "stop",
+            "version_runs": runs}
+    return [_hdr("grp", {"request_id": "r", "actor_id": "a", "version": 3,
+                         "results": [{"prompt_token_ids": [1], "completions": [comp]}]})]
+
+
+def test_version_runs_round_trip_and_spans():
+    c = Completion([5, 6, 7, 8, 9], [-0.5] * 5, "oi", "length", [0, 3, 2, 4])
+    g = RolloutGroup("r", "a", 3, [PromptResult([1], [c, Completion([5], [-0.1], "x", "stop")])])
+    d = decode(encode(g))
+    assert d == g
+    assert d.results[0].completions[0].runs(3) == [(0, 2, 3), (2, 5, 4)]
+    assert d.results[0].completions[1].runs(3) == [(0, 1, 3)]  # none sent: every token by the group's version
+    decode(_group_with_runs([5, 6], [0, 3, 1, 4]))  # a run per token is the most there can be
+
+
+@pytest.mark.parametrize(
+    "tokens, runs, reason",
+    [
+        ([5, 6, 7], [0, 3, 1], "odd length"),
+        ([5, 6, 7], [1, 3], "starts at token 1, not 0"),
+        ([5, 6, 7], [0, 3, 2, 4, 2, 5], "do not rise"),
+        ([5, 6, 7], [0, 3, 1, 4, 0, 5], "do not rise"),
+        ([5, 6, 7], [0, 3, 3, 4], "starts at token 3 of a 3-token"),
+        ([], [0, 3, 1, 4], "starts at token 1 of a 0-token"),
+        ([5, 6, 7], [0, -2], "version -2"),
+        ([5, 6, 7], [0, 3, 1, 3], "neighbouring runs of version 3"),
+        ([5, 6, 7], [0, "3"], "list of ints"),
+    ],
+)
+def test_version_runs_refused(tokens, runs, reason):
+    with pytest.raises(WireError, match=reason) as e:
+        decode(_group_with_runs(tokens, runs))
+    assert "version_runs" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_weight_update_refusals():
     frames = encode(_weight_update())
     head = bytes(frames[0])
