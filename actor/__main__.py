@@ -13,6 +13,7 @@ import logging
 import signal
 import socket
 import sys
+from pathlib import Path
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -25,6 +26,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--grace-s", type=float, default=30.0,
                    help="on shutdown, seconds to finish requests in flight before dropping them")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="write a cProfile of the serve loop (this process, not EngineCore) to this file")
     return p.parse_args(argv)
 
 
@@ -86,7 +89,7 @@ def main(argv=None) -> int:
         from sync import ActorEndpoint
         from sync._net import connect_address
 
-        endpoint = ActorEndpoint(cfg.sync, actor_id, keep_versions=cfg.actor.max_lora_versions + 1,
+        endpoint = ActorEndpoint(cfg.sync, actor_id, keep_versions=cfg.lora_slots + 1,
                                  limits=engine.channel_limits())
         server = ActorServer(cfg, engine, endpoint, actor_id, grace_s=args.grace_s, scorer=make_scorer(cfg))
         server.install_signal_handlers()
@@ -95,7 +98,16 @@ def main(argv=None) -> int:
         # The launcher (launch.supervise) starts the learner once every actor printed this line.
         print(f"actor {actor_id}: READY (engine up, {engine.mode} mode, {engine.dtype}, "
               f"learner at {connect_address(cfg.sync, cfg.sync.rollout_port)})", flush=True)
-        reason = server.run()
+        if args.profile is None:
+            reason = server.run()
+        else:
+            import cProfile
+
+            prof = cProfile.Profile()
+            try:
+                reason = prof.runcall(server.run)
+            finally:
+                prof.dump_stats(str(args.profile))
         logging.getLogger("actor").info("actor %s: exiting (%s), %d groups served", actor_id, reason,
                                         server.groups_sent)
     finally:

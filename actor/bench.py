@@ -1,8 +1,8 @@
 """Rollout benchmark: ``python -m actor.bench [--config FILE] [--json FILE] [--repeats N]``.
 
 Measures rollouts/s, generated tokens/s and p50/p95 request latency for G samples per prompt at the
-config's lengths, with a random non-zero LoRA adapter active, for three contenders run one at a time
-on the same cores (each gets the whole machine in turn; no EngineCore process outlives its turn):
+config's lengths, with a random non-zero LoRA adapter active, for three contenders on the same cores
+(no EngineCore process outlives its contender):
 
 - ``hf``: Hugging Face ``generate`` with the same adapter through PEFT, on the same prompts and
   sampling settings (what TRL does without vLLM);
@@ -13,7 +13,14 @@ on the same cores (each gets the whole machine in turn; no EngineCore process ou
 
 Every completion is forced to exactly ``max_tokens`` (``ignore_eos`` in vLLM, ``min_new_tokens`` in HF)
 so token counts are equal. One request = all prompts x G samples; each contender does a warm-up
-request, then ``--repeats`` timed ones. Without ``--config`` an offline bench-size model is built
+request, then ``--repeats`` timed ones. ``hf`` runs alone first. ``vllm_raw`` and ``actor`` run paired: both
+engines up (each idle while the other works), their requests taking turns, the order alternating each round
+and 1.5 s apart (vLLM's worker busy-waits 1 s after its last step, OpenMP 0.2 s), so both meet the same
+machine (on a shared box the load drifts over minutes, and one after the other measured ratios from 0.82 to
+1.08 for the same code); ``ratio_vs_raw_vllm`` is the median over the rounds of the actor's tokens/s over raw
+vLLM's in the same round (``--sequential``: one after the other, the ratio of their totals). ``engine p50 s``:
+the actor's own time from admitting a request to its last token.
+Without ``--config`` an offline bench-size model is built
 (``zoo`` shape ``bench``, ~22M parameters) and the workload is 2 prompts x 16 samples x 128 tokens.
 On a GPU node the same command, with the run's config, is the rollout benchmark.
 """
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -61,6 +69,11 @@ def parse_args(argv=None):
                    help="engine dtypes to compare side by side, e.g. float32,bfloat16 (default: the config's)")
     p.add_argument("--serve-modes", default=None,
                    help="serve modes to compare side by side, e.g. merged,adapter (default: the config's)")
+    p.add_argument("--sequential", dest="paired", action="store_false",
+                   help="run vllm_raw and actor one after the other (default: both engines up, their requests "
+                        "taking turns, so both see the same machine; the ratio is the median of the rounds')")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="directory for a cProfile of each actor process's serve loop (actor-<n>.prof)")
     return p.parse_args(argv)
 
 
@@ -173,31 +186,68 @@ def run_hf(cfg, prompts, adapter_dir, g, tokens, repeats, tick) -> dict:
     return summarize("hf", lat, toks, len(prompts) * g)
 
 
-def run_vllm_raw(cfg, prompts, adapter_dir, g, tokens, repeats, tick) -> dict:
-    from vllm.inputs import TokensPrompt
+def _tree_cpu(pids) -> float:
+    """CPU seconds (user + system) used so far by the processes ``pids``."""
+    import psutil
 
-    from sync import SamplingSpec
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
 
-    from actor.engine import RolloutEngine
 
-    eng = RolloutEngine(cfg, delete_retired=False)
-    try:
-        eng.load_adapter(1, adapter_dir)
-        ids = [TokensPrompt(prompt_token_ids=eng.encode_prompt(p)) for p in prompts]
-        lat, toks = [], []
-        for i in range(repeats + 1):
-            spec = SamplingSpec(g, cfg.temperature, cfg.actor.top_p, tokens, 1000 * i)
-            params = [eng.sampling_params(spec, j, ignore_eos=True) for j in range(len(ids))]  # the actor's
-            t0 = time.perf_counter()
-            outs = eng.llm.generate(ids, params, lora_request=eng._lora, use_tqdm=False)
-            dt = time.perf_counter() - t0
-            if i:
-                lat.append(dt)
-                toks.append(sum(len(c.token_ids) for o in outs for c in o.outputs))
-            tick()
-    finally:
-        eng.close()
-    return summarize("vllm_raw", lat, toks, len(prompts) * g)
+def _threads_cpu(native_ids) -> float:
+    """CPU seconds used so far by these threads of this process."""
+    import psutil
+
+    by = {t.id: t.user_time + t.system_time for t in psutil.Process().threads()}
+    return sum(by.get(i, 0.0) for i in native_ids)
+
+
+class RawVllm:
+    """``vllm.LLM.generate`` on the actor's own engine (``RolloutEngine``, adapter loaded), called directly."""
+
+    name = "vllm_raw"
+
+    def __init__(self, cfg, prompts, adapter_dir, g, tokens):
+        from vllm.inputs import TokensPrompt
+
+        from actor.engine import RolloutEngine
+
+        self.cfg, self.g, self.tokens = cfg, g, tokens
+        self.eng = RolloutEngine(cfg, delete_retired=False)
+        try:
+            import psutil
+
+            self.pids = [*self.eng.engine_pids, *(c.pid for p in self.eng.engine_pids
+                                                  for c in psutil.Process(p).children(recursive=True))]
+            self.eng.load_adapter(1, adapter_dir)
+            self.ids = [TokensPrompt(prompt_token_ids=self.eng.encode_prompt(p)) for p in prompts]
+        except BaseException:
+            self.eng.close()
+            raise
+
+    def request(self, i: int) -> tuple[float, int, float]:
+        """One request of every prompt x G, seed ``1000 i``: (latency s, tokens, engine s)."""
+        from sync import SamplingSpec
+
+        spec = SamplingSpec(self.g, self.cfg.temperature, self.cfg.actor.top_p, self.tokens, 1000 * i)
+        params = [self.eng.sampling_params(spec, j, ignore_eos=True) for j in range(len(self.ids))]  # the actor's
+        t0 = time.perf_counter()
+        outs = self.eng.llm.generate(self.ids, params, lora_request=self.eng._lora, use_tqdm=False)
+        dt = time.perf_counter() - t0
+        return dt, sum(len(c.token_ids) for o in outs for c in o.outputs), dt
+
+    def cpu_s(self) -> float:
+        """CPU seconds of its engine processes (EngineCore and workers); the driving thread is this one's."""
+        return _tree_cpu(self.pids)
+
+    def close(self) -> None:
+        self.eng.close()
 
 
 def _free_port() -> int:
@@ -208,75 +258,135 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_actor(cfg, config_args, prompts, adapter_dir, g, tokens, repeats, tick, log_path: Path) -> dict:
-    import psutil
-    from safetensors.torch import load_file
+class ActorProcess:
+    """``python -m actor`` serving over real ZeroMQ; the adapter published with ``ZmqWeightPublisher``, requests
+    sent with ``ZmqRolloutTransport`` from this process."""
 
-    from sync import RolloutRequest, SamplingSpec
-    from sync.rollout import ZmqRolloutTransport
-    from sync.weights import ZmqWeightPublisher
+    name = "actor"
 
-    from actor.engine import reap
+    def __init__(self, cfg, config_args, prompts, adapter_dir, g, tokens, log_path: Path, profile: Path | None = None):
+        import psutil
+        from safetensors.torch import load_file
 
-    scfg = cfg.sync.model_copy(update={"host": "127.0.0.1", "rollout_port": _free_port(),
-                                       "weight_port": _free_port(), "keys_dir": None})
-    transport = ZmqRolloutTransport(scfg)
-    publisher = ZmqWeightPublisher(scfg)
-    cmd = [sys.executable, "-m", "actor", *config_args,
-           "--set", f"sync.rollout_port={scfg.rollout_port}", "--set", f"sync.weight_port={scfg.weight_port}",
-           "--set", "sync.host=127.0.0.1", "--set", "sync.connect_host=127.0.0.1", "--actor-id", "bench"]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                                env={**CLEAN_ENV, "PYTHONPATH": str(REPO)})
-    kids: set[int] = set()
-    try:
-        deadline = time.monotonic() + 900
-        while "bench" not in transport.actors():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"actor did not come up (exit {proc.poll()}); see {log_path}")
-            time.sleep(0.1)
-        kids = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
-        tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
-        config = json.loads((adapter_dir / "adapter_config.json").read_text())
-        publisher.publish(1, tensors, config)
-        publisher.wait_acks(1, 300)
-        lat, toks = [], []
-        for i in range(repeats + 1):
-            req = RolloutRequest(uuid.uuid4().hex, prompts, SamplingSpec(g, cfg.temperature, cfg.actor.top_p, tokens,
-                                                                         1000 * i), 1, {"ignore_eos": True})
-            t0 = time.perf_counter()
-            transport.submit(req)
-            grp = transport.receive(900)
-            dt = time.perf_counter() - t0
-            if grp is None:
-                raise RuntimeError(f"no group from the actor within 900 s; see {log_path}")
-            if i:
-                lat.append(dt)
-                toks.append(sum(len(c.token_ids) for r in grp.results for c in r.completions))
-            tick()
-    finally:
-        transport.close(shutdown_actors=True, reason="bench done")
-        publisher.close()
+        from sync.rollout import ZmqRolloutTransport
+        from sync.weights import ZmqWeightPublisher
+
+        self.cfg, self.prompts, self.g, self.tokens, self.log_path = cfg, prompts, g, tokens, log_path
+        scfg = cfg.sync.model_copy(update={"host": "127.0.0.1", "rollout_port": _free_port(),
+                                           "weight_port": _free_port(), "keys_dir": None})
+        self.transport = ZmqRolloutTransport(scfg)
+        self.publisher = ZmqWeightPublisher(scfg)
+        cmd = [sys.executable, "-m", "actor", *config_args,
+               "--set", f"sync.rollout_port={scfg.rollout_port}", "--set", f"sync.weight_port={scfg.weight_port}",
+               "--set", "sync.host=127.0.0.1", "--set", "sync.connect_host=127.0.0.1", "--actor-id", "bench"]
+        if profile is not None:
+            cmd += ["--profile", str(profile)]
+        with open(log_path, "w") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                                         env={**CLEAN_ENV, "PYTHONPATH": str(REPO)})
+        self.kids: set[int] = set()
         try:
-            proc.wait(120)
+            deadline = time.monotonic() + 900
+            while "bench" not in self.transport.actors():
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"actor did not come up (exit {self.proc.poll()}); see {log_path}")
+                time.sleep(0.1)
+            self.kids = {p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)}
+            tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
+            config = json.loads((adapter_dir / "adapter_config.json").read_text())
+            self.publisher.publish(1, tensors, config)
+            self.publisher.wait_acks(1, 300)
+        except BaseException:
+            self.close()
+            raise
+
+    def request(self, i: int) -> tuple[float, int, float]:
+        """(latency s, tokens, the actor's own engine time: ``RolloutGroup.timings["generate_s"]``)."""
+        from sync import RolloutRequest, SamplingSpec
+
+        req = RolloutRequest(uuid.uuid4().hex, self.prompts, SamplingSpec(self.g, self.cfg.temperature,
+                                                                          self.cfg.actor.top_p, self.tokens, 1000 * i),
+                             1, {"ignore_eos": True})
+        t0 = time.perf_counter()
+        self.transport.submit(req)
+        grp = self.transport.receive(900)
+        dt = time.perf_counter() - t0
+        if grp is None:
+            raise RuntimeError(f"no group from the actor within 900 s; see {self.log_path}")
+        toks = sum(len(c.token_ids) for r in grp.results for c in r.completions)
+        return dt, toks, float(grp.timings.get("generate_s", math.nan))
+
+    def cpu_s(self) -> float:
+        """CPU seconds of the actor process and its engine, and of the learner-side channel threads here."""
+        return _tree_cpu([self.proc.pid, *self.kids]) + _threads_cpu(
+            [self.transport._thread.native_id, self.publisher._thread.native_id])
+
+    def close(self) -> None:
+        from actor.engine import reap
+
+        self.transport.close(shutdown_actors=True, reason="bench done")
+        self.publisher.close()
+        try:
+            self.proc.wait(120)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
-        left = reap(sorted(kids), timeout_s=10)
+            self.proc.kill()
+            self.proc.wait(30)
+        left = reap(sorted(self.kids), timeout_s=10)
         if left:
             print(f"warning: actor processes {left} outlived the actor", file=sys.stderr)
-    return summarize("actor", lat, toks, len(prompts) * g)
+
+
+def timed(contenders: list, repeats: int, tick, n_completions: int, gap_s: float = 0.0) -> dict[str, dict]:
+    """A warm-up request each, then ``repeats`` timed ones, taking turns when there are several (the order
+    alternates every round, ``gap_s`` apart so one engine's busy-waiting threads stop before the next runs).
+    Each contender's summary; with several, ``paired_ratio`` of each to the first: the median over rounds of
+    their tokens/s ratio within the round."""
+    rows: dict[str, list] = {c.name: [] for c in contenders}
+    idle = {c.name: [0.0, 0.0] for c in contenders}  # CPU s a contender used while another worked, that wall s
+    for i in range(repeats + 1):
+        order = contenders if i % 2 == 0 else contenders[::-1]
+        for c in order:
+            if gap_s:
+                time.sleep(gap_s)
+            others = [o for o in contenders if o is not c]
+            cpu0 = [o.cpu_s() for o in others]
+            dt, toks, engine_s = c.request(i)
+            if i:
+                rows[c.name].append((dt, toks, engine_s))
+                for o, before in zip(others, cpu0, strict=True):
+                    idle[o.name][0] += o.cpu_s() - before
+                    idle[o.name][1] += dt
+            tick()
+    out = {}
+    for c in contenders:
+        r = rows[c.name]
+        out[c.name] = summarize(c.name, [x[0] for x in r], [x[1] for x in r], n_completions)
+        if c.name == "actor":
+            # The actor's own time from admitting the request to its last token: the rest of the latency is the
+            # channel, the serve loop before and after the engine, encoding and decoding.
+            out[c.name]["engine_p50_s"] = statistics.median(x[2] for x in r)
+        if idle[c.name][1]:
+            # How much of a core this contender's processes (and threads) took, idle, while the other worked: what
+            # the pairing costs the other one.
+            out[c.name]["idle_cpu_frac"] = idle[c.name][0] / idle[c.name][1]
+    base = contenders[0].name
+    for c in contenders[1:]:
+        ratios = [(b[1] / b[0]) / (a[1] / a[0]) for a, b in zip(rows[base], rows[c.name], strict=True)]
+        out[c.name]["paired_ratio"] = statistics.median(ratios)
+        out[c.name]["paired_ratios"] = ratios
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- main
 
 
 def table(results: dict[str, dict]) -> str:
-    rows = [("contender", "rollouts/s", "tokens/s", "p50 s", "p95 s")]
+    rows = [("contender", "rollouts/s", "tokens/s", "p50 s", "p95 s", "engine p50 s")]
     for r in results.values():
         rows.append((r["contender"], f"{r['rollouts_per_s']:.1f}", f"{r['tokens_per_s']:.0f}",
-                     f"{r['p50_latency_s']:.2f}", f"{r['p95_latency_s']:.2f}"))
-    w = [max(len(r[i]) for r in rows) for i in range(5)]
+                     f"{r['p50_latency_s']:.2f}", f"{r['p95_latency_s']:.2f}",
+                     f"{r['engine_p50_s']:.2f}" if "engine_p50_s" in r else "-"))
+    w = [max(len(r[i]) for r in rows) for i in range(6)]
     return "\n".join("  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r)) for r in rows)
 
 
@@ -320,17 +430,34 @@ def main(argv=None) -> int:
             tag = f" {dtype} {mode}" if len(grid) > 1 else ""
             if len(grid) > 1:
                 resolved.write_text(dump_config(c))
-            for name in only:
-                bar.set_postfix_str(name + tag)
-                if name == "hf":
-                    r = run_hf(c, prompts, adapter_dir, g, tokens, args.repeats, bar.update)
-                elif name == "vllm_raw":
-                    r = run_vllm_raw(c, prompts, adapter_dir, g, tokens, args.repeats, bar.update)
-                else:
-                    r = run_actor(c, config_args, prompts, adapter_dir, g, tokens, args.repeats,
-                                  bar.update, work / "actor.log")
+            if "hf" in only:
+                bar.set_postfix_str("hf" + tag)
+                r = run_hf(c, prompts, adapter_dir, g, tokens, args.repeats, bar.update)
                 r["contender"] += tag
-                results[name + tag] = r
+                results["hf" + tag] = r
+            engines = [n for n in ("vllm_raw", "actor") if n in only]
+            groups = [engines] if args.paired else [[n] for n in engines]
+            for names in groups:
+                bar.set_postfix_str(",".join(names) + tag)
+                up = []
+                try:
+                    for name in names:
+                        if name == "vllm_raw":
+                            up.append(RawVllm(c, prompts, adapter_dir, g, tokens))
+                        else:
+                            prof = None
+                            if args.profile is not None:
+                                args.profile.mkdir(parents=True, exist_ok=True)
+                                prof = args.profile / f"actor-{len(results)}.prof"
+                            up.append(ActorProcess(c, config_args, prompts, adapter_dir, g, tokens,
+                                                   work / "actor.log", prof))
+                    got = timed(up, args.repeats, bar.update, len(prompts) * g, gap_s=1.5 if len(up) > 1 else 0)
+                finally:
+                    for x in reversed(up):
+                        x.close()
+                for name, r in got.items():
+                    r["contender"] += tag
+                    results[name + tag] = r
     finally:
         bar.close()
     out = {
@@ -346,14 +473,19 @@ def main(argv=None) -> int:
     if "actor" in results and "hf" in results:
         out["speedup_vs_hf"] = results["actor"]["tokens_per_s"] / results["hf"]["tokens_per_s"]
     if "actor" in results and "vllm_raw" in results:
-        out["ratio_vs_raw_vllm"] = results["actor"]["tokens_per_s"] / results["vllm_raw"]["tokens_per_s"]
+        out["ratio_vs_raw_vllm"] = results["actor"].get(
+            "paired_ratio", results["actor"]["tokens_per_s"] / results["vllm_raw"]["tokens_per_s"])
     print(f"\n{n_prompts} prompts ({out['prompt_tokens']} tokens) x {g} samples x {tokens} tokens, "
           f"LoRA r={cfg.lora_r} active, "
           f"{cfg.actor.serve_mode} mode, {out['device']}, {args.repeats} timed requests each\n")
     print(table(results))
     for k in ("speedup_vs_hf", "ratio_vs_raw_vllm"):
         if k in out:
-            print(f"{k}: {out[k]:.2f}")
+            print(f"{k}: {out[k]:.3f}")
+    if "paired_ratios" in results.get("actor", {}):
+        print("actor / vllm_raw per round: " + " ".join(f"{x:.3f}" for x in results["actor"]["paired_ratios"]))
+        print("CPU taken while idle during the other's requests (cores): " + ", ".join(
+            f"{n} {r['idle_cpu_frac']:.4f}" for n, r in results.items() if "idle_cpu_frac" in r))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
     return 0

@@ -20,7 +20,8 @@ against its cumulative step wall-clock (engine start-up and model loading are le
 reported apart as ``setup_s``). The finish line against each TRL system is the lower of the two final
 moving averages (ours and that system's); the time to reach it is the cumulative wall-clock of the first
 step whose moving average is at or above it. Prints a table and writes JSON with each system's per-step rows
-(``results[].rows``: step, step_s, reward, generation_s, train_s, sync_s) and a PNG of the curves.
+(``results[].rows``: step, step_s, reward, generation_s, train_s, sync_s) and a PNG of the curves. ``--set
+KEY=VALUE`` passes a config override to our system (e.g. ``actor.load_mode=drain``).
 """
 
 from __future__ import annotations
@@ -112,7 +113,10 @@ def ours_rows(run_dir: Path) -> list[dict]:
         if "train/reward" in r and "perf/step_s" in r:
             rows.append({"step": r["step"], "step_s": r["perf/step_s"], "reward": r["train/reward"],
                          "generation_s": r.get("perf/generation_wait_s"), "train_s": r.get("perf/train_s"),
-                         "sync_s": r.get("perf/sync_s"), "completion_length": r.get("train/completion_length")})
+                         "sync_s": r.get("perf/sync_s"), "completion_length": r.get("train/completion_length"),
+                         "completions": r.get("train/completions"),
+                         "actor_tokens_per_s": r.get("perf/actor_tokens_per_s"),
+                         "mixed_version_frac": r.get("train/mixed_version_frac")})
     return rows
 
 
@@ -158,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="default: WORK/compare.json")
     p.add_argument("--plot", default=None, help="default: WORK/compare_reward_vs_time.png")
     p.add_argument("--only", choices=SYSTEMS, action="append")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for our system only, after the race's own (e.g. actor.load_mode=drain)")
     args = p.parse_args(argv)
     if args.window < 1 or args.steps < args.window:
         p.error("--steps must be at least --window, and --window at least 1")
@@ -196,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"max_completion_length={args.max_completion_length}", f"temperature={args.temperature}",
                      f"data.tasks={json.dumps(tasks)}", "eval.every=0", "eval.at_start=false",
                      "learner.checkpoint_every=1000", "learner.probe_every=0", "sync.max_staleness=1",
-                     f"learner.micro_batch_size={g * args.prompts_per_step}"]
+                     f"learner.micro_batch_size={g * args.prompts_per_step}", *args.overrides]
         wall = sh(["bash", "launch/cpu.sh", DEMO_CONFIG, "--run-dir", str(run), *pin,
                    *[a for o in overrides for a in ("--set", o)]], work / "ours.log")
         rows = ours_rows(run)

@@ -91,6 +91,28 @@ class Reference:
         return out
 
 
+    def logprobs_switched(self, before, after, prompt_ids: list[int], completion: list[int], boundary: int,
+                          temperature: float = 1.0) -> list[float]:
+        """Logprobs of ``completion`` as an engine computes them that swapped ``before`` for ``after`` between
+        two steps, ``boundary`` tokens into it (0 < boundary < len): tokens ``[0, boundary)`` sampled by
+        ``before``, the rest by ``after``, on the KV cache as the engine holds it. The step that sampled token
+        ``boundary - 1`` ran under ``before`` and fed the token before it; the next step, under ``after``, feeds
+        token ``boundary - 1``: the KV of the prompt and of tokens ``[0, boundary - 1)`` is ``before``'s, the KV
+        from token ``boundary - 1`` on is ``after``'s."""
+        import torch
+
+        assert 0 < boundary < len(completion)
+        a, b = self._model(before), self._model(after)
+        ids, p = list(prompt_ids) + list(completion), len(prompt_ids)
+        cut = p + boundary - 1
+        with torch.no_grad():
+            first = a(torch.tensor([ids[:cut]]), use_cache=True)
+            rest = b(torch.tensor([ids[cut:-1]]), past_key_values=first.past_key_values, use_cache=True)
+            logits = torch.cat([first.logits[0, p - 1:], rest.logits[0]]).float() / temperature
+        lp = torch.log_softmax(logits, dim=-1)
+        return lp.gather(1, torch.tensor(completion)[:, None])[:, 0].tolist()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -4,6 +4,13 @@ One engine per mode for the whole module (engine starts cost ~17 s). Sync exactn
 weight update, the engine's sampling logprobs (temperature 1) of its own tokens equal
 transformers+PEFT logprobs of the same adapter on the same tokens within 1e-3, and with prefix caching
 on and the same prompt a second version is followed, not the first.
+
+Loads with requests in flight (``actor.load_mode: inflight``, the default): in adapter mode a running request
+finishes on its adapter while new ones take the new one, in the same batches, and the adapter (and directory) of
+a version a request still runs on survives later loads; in merged mode every token records the version that
+sampled it, tokens before the boundary match transformers+PEFT under the old adapter and tokens after it under
+the new one on the old KV (``Reference.logprobs_switched``), and a request submitted after the load reuses no
+prefix-cache block computed under the old weights.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import psutil
 import pytest
@@ -50,6 +58,11 @@ def load(engine, version, d):
     if not served.exists():
         shutil.copytree(d, served)
     return engine.load_adapter(version, served)
+
+
+LONG = [{"role": "user",
+         "content": "Resuma a avaliação do pedido: " + "o produto chegou atrasado e com defeito, " * 24}]
+"""A prompt over two of vLLM's CPU KV blocks (128 tokens): long enough for the prefix cache to hold it."""
 
 
 def sample(engine, kit, n=16, seed=5, max_tokens=24):
@@ -117,32 +130,110 @@ def test_bad_adapter_refused_previous_version_kept(engine, actor_kit, tmp_path):
     after = sample(engine, actor_kit)
     assert [c.token_ids for c in after.completions] == [c.token_ids for c in before.completions]
     assert max_diff([c.logprobs for c in after.completions], [c.logprobs for c in before.completions]) < 1e-5
-    # a load while requests are in flight is refused (the serve loop drains first)
+    # load_mode drain: a load while requests are in flight is refused (the serve loop drains first)
     engine.submit("busy", [actor_kit.chat], SamplingSpec(2, 1.0, 1.0, 8, 1))
-    with pytest.raises(EngineBusy):
-        engine.load_adapter(4, good)
+    engine.load_mode = "drain"
+    try:
+        with pytest.raises(EngineBusy):
+            engine.load_adapter(4, good)
+    finally:
+        engine.load_mode = "inflight"
     while engine.in_flight:
         engine.step()
 
 
 def test_retired_versions_are_unloaded_and_removed(engine, actor_kit):
-    """adapter mode: a new name and id per version, a window of 2 kept loaded, older dirs removed;
+    """adapter mode: a new name and id per version; with no request running on them the older versions
+    retire at once, through the engine, and the directories the engine took over are removed;
     merged mode: no LoRA slots, the previous version's dir removed once the next is merged."""
     dirs = [adapter(engine, actor_kit, f"w{i}", seed=10 + i) for i in range(3)]
-    names, ids = [], []
+    names, ids, served = [], [], []
     for i, d in enumerate(dirs):
         engine.load_adapter(10 + i, d)
         if engine.mode == "adapter":
             assert engine._lora.lora_name not in names and engine._lora.lora_int_id not in ids
             names.append(engine._lora.lora_name)
             ids.append(engine._lora.lora_int_id)
-    assert json.loads((dirs[2] / "adapter_config.json").read_text())["r"] == 16
+            served.append(Path(engine._lora.lora_path))
     if engine.mode == "adapter":
-        assert engine.loaded_lora_ids() == set(ids[-2:])       # max_lora_versions = 2
-        assert [d.exists() for d in dirs] == [False, True, True]
+        assert engine.loaded_lora_ids() == {ids[-1]}
+        assert not any(d.exists() for d in dirs)   # taken over by the engine (renamed out of the endpoint's way)
+        assert [d.exists() for d in served] == [False, False, True]
+        assert json.loads((served[2] / "adapter_config.json").read_text())["r"] == 16
     else:
+        assert json.loads((dirs[2] / "adapter_config.json").read_text())["r"] == 16
         assert engine.loaded_lora_ids() == set()
         assert [d.exists() for d in dirs] == [False, False, True]
+
+
+def run_until(engine, keys) -> dict:
+    """Step until the requests ``keys`` are done; their (results, stats) in order of completion."""
+    done: dict = {}
+    while not set(keys) <= set(done):
+        for key, results, stats in engine.step():
+            done[key] = (results, stats)
+    return done
+
+
+def test_a_load_with_requests_in_flight(engine, actor_kit):
+    """The load lands between two engine steps while a request of 4 x 96 tokens runs (no drain).
+
+    adapter mode: the running request finishes on v21's adapter, one submitted after the load runs on v22's in
+    the same batches (it finishes first although it started later), v22 is replaced by v23 while the first still
+    runs, and v21's adapter and directory live until the last request on it is done.
+    merged mode: each completion's tokens are v21's up to a boundary inside it and v22's after; each side matches
+    transformers+PEFT under its own adapter (after it, on v21's KV), neither under the other; a request
+    submitted after the load is v22's throughout, with no prefix-cache block of v21 reused (its prompt is long
+    enough for the cache to hold it, and the running request still holds those blocks)."""
+    a, b, c = (adapter(engine, actor_kit, f"live{i}", seed=40 + i) for i in range(3))
+    ref, tol = actor_kit.reference, TOL
+    load(engine, 21, a)
+    engine.submit("old", [LONG], SamplingSpec(4, 1.0, 1.0, 96, 7), ignore_eos=True)
+    early = {}
+    for _ in range(3):
+        early.update({k: r for k, r, _ in engine.step()})
+    assert not early, "finished before the load: no request in flight"
+    load(engine, 22, b)
+    assert engine.version == 22 and engine.in_flight == 1
+    if engine.mode == "adapter":
+        old_lora = engine.loras.live
+        engine.submit("new", [LONG], SamplingSpec(4, 1.0, 1.0, 8, 7), ignore_eos=True)
+        order = list(run_until(engine, ["new"]))
+        assert order == ["new"] and engine.in_flight == 1   # v22's request ran beside v21's, not after it
+        v21 = next(lid for lid, v in old_lora.items() if v.version == 21)
+        v21_dir = engine.loras.live[v21].dir
+        load(engine, 23, c)   # v22 is held by nothing now: retired; v21 still runs
+        assert engine.loaded_lora_ids() == {v21, engine._lora.lora_int_id} and v21_dir.exists()
+        done = run_until(engine, ["old"])
+        assert engine.loaded_lora_ids() == {engine._lora.lora_int_id} and not v21_dir.exists()
+        (res,), stats = done["old"]
+        assert stats["version"] == 21
+        for comp in res.completions:
+            assert comp.version_runs == [0, 21] and len(comp.token_ids) == 96
+        toks = [comp.token_ids for comp in res.completions]
+        assert max_diff([comp.logprobs for comp in res.completions], ref.logprobs(a, res.prompt_token_ids, toks)) < tol
+        return
+    done = run_until(engine, ["old"])
+    (res,), stats = done["old"]
+    assert stats["version"] == 21
+    for comp in res.completions:
+        n = len(comp.token_ids)
+        assert n == 96 and len(comp.version_runs) == 4, comp.version_runs
+        start, v_old, boundary, v_new = comp.version_runs
+        assert (start, v_old, v_new) == (0, 21, 22) and 0 < boundary < n
+        got = comp.logprobs
+        before = ref.logprobs(a, res.prompt_token_ids, [comp.token_ids])[0]
+        switched = ref.logprobs_switched(a, b, res.prompt_token_ids, comp.token_ids, boundary)
+        assert max(abs(x - y) for x, y in zip(got[:boundary], before[:boundary], strict=True)) < tol
+        assert max(abs(x - y) for x, y in zip(got[boundary:], switched[boundary:], strict=True)) < tol
+        assert max(abs(x - y) for x, y in zip(got[boundary:], before[boundary:], strict=True)) > 50 * tol
+    # all four share the step the load landed after
+    assert len({comp.version_runs[2] for comp in res.completions}) == 1
+    # a request after the load: v22 from its first token, on a prompt the cache holds from v21
+    (fresh,), _ = engine.generate([LONG], SamplingSpec(4, 1.0, 1.0, 16, 8))
+    assert all(comp.version_runs == [0, 22] for comp in fresh.completions)
+    toks = [comp.token_ids for comp in fresh.completions]
+    assert max_diff([comp.logprobs for comp in fresh.completions], ref.logprobs(b, fresh.prompt_token_ids, toks)) < tol
 
 
 def test_many_seeded_prompts_over_the_token_budget(engine):

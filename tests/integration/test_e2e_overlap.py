@@ -9,6 +9,11 @@ With ``max_staleness: 0`` a step is generate, then train, then publish; with ``1
 the next batch (at the previous version) while the learner trains this one. The time per step is the
 learner's ``perf/step_s``, median over the steps after the first two. Only the direction is asserted
 (timings on a shared box are noisy); the ratio is printed for the record.
+
+The same staleness-1 run once more with ``actor.load_mode: drain`` (the actor lets its requests finish before it
+loads a version; the default, ``inflight``, loads between two engine steps): every step trained once, every sync
+verified, no completion spanning two versions, none staler than the bound. Its step time is printed beside the
+in-flight run's.
 """
 
 from __future__ import annotations
@@ -43,20 +48,33 @@ def step_time(run_dir) -> float:
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores to pin actor and learner apart")
 def test_staleness_one_overlaps_generation_with_training(tiny_model, tmp_path):
-    times, parts = {}, {}
-    for staleness in (0, 1):
-        run = tmp_path / f"staleness{staleness}"
-        over = e2e_overrides(tiny_model, tmp_path / "pairs", **SETTINGS, **{"sync.max_staleness": staleness})
+    times, parts, mixed = {}, {}, {}
+    for staleness, mode in ((0, "inflight"), (1, "inflight"), (1, "drain")):
+        key = staleness if mode == "inflight" else mode
+        run = tmp_path / f"staleness{staleness}-{mode}"
+        over = e2e_overrides(tiny_model, tmp_path / "pairs", **SETTINGS,
+                             **{"sync.max_staleness": staleness, "actor.load_mode": mode})
         with Launch(run, over, tmp_path / f"{run.name}.log", "--actor-cores", "0", "--learner-cores", "1") as la:
             assert la.wait(timeout=300) == 0, la.log()[-4000:]
-        times[staleness] = step_time(run)
-        rows = [r for r in read_metrics(run) if "perf/step_s" in r][2:]
-        parts[staleness] = {k: round(statistics.median(r[k] for r in rows), 3)
-                            for k in ("perf/train_s", "perf/generation_wait_s", "perf/sync_s")}
+        times[key] = step_time(run)
+        every = [r for r in read_metrics(run) if "perf/step_s" in r]
+        rows = every[2:]
+        parts[key] = {k: round(statistics.median(r[k] for r in rows), 3)
+                      for k in ("perf/train_s", "perf/generation_wait_s", "perf/sync_s")}
+        assert all(r["train/token_staleness_max"] <= staleness for r in every), run
+        assert all(r["train/dropped_stale"] == 0 and r["train/refused_version"] == 0 for r in every), run
+        cos = [r["sync/served_delta_cosine"] for r in every if "sync/served_delta_cosine" in r]
+        assert len(cos) >= STEPS - 1 and min(cos) >= 0.99, run
+        mixed[key] = sum(r["train/mixed_version_frac"] * r["train/completions"] for r in every)
+        actor_log = (run / "logs" / "actor-0.log").read_text()
+        if mode == "drain":  # one version per sequence: the actor never loaded with requests running
+            assert mixed[key] == 0 and " requests in flight, read back" not in actor_log, run
     ratio = times[1] / times[0]
     print(f"\noverlap: median step_s staleness0 {times[0]:.3f} s, staleness1 {times[1]:.3f} s, "
           f"ratio {ratio:.2f} (settings {SETTINGS}, pinned actor core 0 / learner core 1); "
-          f"medians staleness0 {parts[0]}, staleness1 {parts[1]}")
+          f"medians staleness0 {parts[0]}, staleness1 {parts[1]}; staleness1 with load_mode drain "
+          f"{times['drain']:.3f} s ({parts['drain']}); completions spanning two versions: in flight "
+          f"{mixed[1]:.0f}, drained {mixed['drain']:.0f}")
     # With staleness 1 the learner never waits for generation after the first step.
     assert parts[1]["perf/generation_wait_s"] < parts[0]["perf/generation_wait_s"]
     assert ratio < 1.0, (times, parts)
