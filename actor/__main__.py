@@ -89,7 +89,7 @@ def main(argv=None) -> int:
         from sync import ActorEndpoint
         from sync._net import connect_address
 
-        endpoint = ActorEndpoint(cfg.sync, actor_id, keep_versions=cfg.lora_slots + 1,
+        endpoint = ActorEndpoint(cfg.sync, actor_id, keep_versions=cfg.lora_slots + 2,
                                  limits=engine.channel_limits())
         server = ActorServer(cfg, engine, endpoint, actor_id, grace_s=args.grace_s, scorer=make_scorer(cfg))
         server.install_signal_handlers()

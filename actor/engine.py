@@ -226,8 +226,7 @@ class RolloutEngine:
             raise EngineBusy(f"cannot load version {version}: {len(self._by_key)} requests in flight")
         adapter_dir = None if adapter_dir is None else Path(adapter_dir)
         if self.mode == "merged":
-            fingerprint = self._load_merged(version, adapter_dir, expect_checksum)
-            served_dir = adapter_dir
+            fingerprint, served_dir = self._load_merged(version, adapter_dir, expect_checksum)
         else:
             fingerprint, served_dir = self._load_lora(version, adapter_dir, expect_checksum)
         self._version = version
@@ -235,18 +234,26 @@ class RolloutEngine:
         self._read_back(served_dir)
         return fingerprint
 
-    def _load_merged(self, version: int, adapter_dir: Path | None, expect_checksum: str | None) -> str:
+    def _load_merged(self, version: int, adapter_dir: Path | None, expect_checksum: str | None
+                     ) -> tuple[str, Path | None]:
         """Merge ``adapter_dir`` into every worker's weights and label them ``version``; with requests in flight,
-        inside a scheduler pause (steps 1-2 of the module docstring)."""
+        inside a scheduler pause (steps 1-2 of the module docstring). (fingerprint, the directory merged from: the
+        engine's own until the next load, see :meth:`actor.versions.LoraVersions.take_dir`)."""
         engine = self.llm.llm_engine
         busy = bool(self._pending)
         t0 = time.perf_counter()
+        live = None if adapter_dir is None else self.loras.take_dir(adapter_dir)
         if busy:
-            engine.sleep(level=0, mode="keep")   # EngineCore.pause_scheduler("keep"): between two steps
+            try:
+                engine.sleep(level=0, mode="keep")   # EngineCore.pause_scheduler("keep"): between two steps
+            except BaseException:
+                if live is not None:
+                    self.loras.give_back(live, adapter_dir)
+                raise
         try:
             try:
-                res = self.llm.collective_rpc(
-                    "merge_lora_dir", args=(None if adapter_dir is None else str(adapter_dir), expect_checksum))
+                res = self.llm.collective_rpc("merge_lora_dir", args=(None if live is None else str(live),
+                                                                      expect_checksum))
             except Exception as e:
                 raise AdapterLoadError(f"v{version} from {adapter_dir}: {_worker_error(e)}") from e
             fps = {r["fingerprint"] for r in res}
@@ -256,6 +263,8 @@ class RolloutEngine:
         except BaseException:
             if busy:
                 _quietly(engine.wake_up, ["scheduling"])
+            if live is not None:
+                self.loras.give_back(live, adapter_dir)
             raise
         if busy:
             engine.wake_up(["scheduling"])
@@ -263,10 +272,10 @@ class RolloutEngine:
         else:
             self.llm.reset_prefix_cache()
         self._salt = f"w{next(self._loads)}"
-        old, self._merged_dir = self._merged_dir, adapter_dir
-        if old is not None and old != adapter_dir:
+        old, self._merged_dir = self._merged_dir, live
+        if old is not None and old != live:
             self._retire_dir(old)
-        return fps.pop()
+        return fps.pop(), live
 
     def _read_back(self, adapter_dir: Path | None) -> None:
         """What every worker now serves against the adapter (``actor.readback``): ``delta_cosine``, ``readback``."""
@@ -452,6 +461,8 @@ class RolloutEngine:
             return
         self.abort_all()
         self.loras.close()
+        if self._merged_dir is not None:
+            self._retire_dir(self._merged_dir)
         try:
             engine = llm.llm_engine
             core = getattr(engine, "engine_core", None)

@@ -6,9 +6,10 @@ admitted under until it finishes (vLLM's ``add_lora`` loads "for future requests
 live in one batch: vLLM's ``max_loras`` (``RunConfig.lora_slots``) is sized to them, and its scheduler holds back
 a request whose adapter would exceed it. A version retires (``remove_lora`` through the engine, then its directory
 is removed) once it is neither the newest nor held by a running request. The engine takes each adapter directory
-over at load time (renamed to ``.live-*`` beside it, out of the sync endpoint's pruning, which counts only
-``v<N>`` names): vLLM reloads an adapter evicted from its CPU cache (``max_cpu_loras``) from that path while a
-request still needs it, so the directory of a referenced version is never deleted.
+over at load time, in both serve modes (renamed to ``.live-*`` beside it, out of the sync endpoint's pruning,
+which counts only ``v<N>`` names, so no later update can delete it under a load): vLLM reloads an adapter evicted
+from its CPU cache (``max_cpu_loras``) from that path while a request still needs it, so the directory of a
+referenced version is never deleted.
 
 Merged mode (:func:`token_runs`). Every EngineCoreOutputs of vLLM 0.32 carries the engine's weight label
 (``EngineCore._weight_version``, set by ``set_weight_version``) and the output processor turns the labels of a

@@ -154,16 +154,11 @@ def test_retired_versions_are_unloaded_and_removed(engine, actor_kit):
             assert engine._lora.lora_name not in names and engine._lora.lora_int_id not in ids
             names.append(engine._lora.lora_name)
             ids.append(engine._lora.lora_int_id)
-            served.append(Path(engine._lora.lora_path))
-    if engine.mode == "adapter":
-        assert engine.loaded_lora_ids() == {ids[-1]}
-        assert not any(d.exists() for d in dirs)   # taken over by the engine (renamed out of the endpoint's way)
-        assert [d.exists() for d in served] == [False, False, True]
-        assert json.loads((served[2] / "adapter_config.json").read_text())["r"] == 16
-    else:
-        assert json.loads((dirs[2] / "adapter_config.json").read_text())["r"] == 16
-        assert engine.loaded_lora_ids() == set()
-        assert [d.exists() for d in dirs] == [False, False, True]
+        served.append(Path(engine._lora.lora_path) if engine.mode == "adapter" else engine._merged_dir)
+    assert not any(d.exists() for d in dirs)   # taken over by the engine (renamed out of the endpoint's way)
+    assert [d.exists() for d in served] == [False, False, True]
+    assert json.loads((served[2] / "adapter_config.json").read_text())["r"] == 16
+    assert engine.loaded_lora_ids() == ({ids[-1]} if engine.mode == "adapter" else set())
 
 
 def run_until(engine, keys) -> dict:
