@@ -61,3 +61,17 @@ def test_compare_race_arithmetic():
     curve = C.race([{"step_s": 2.0, "reward": 0.0}, {"step_s": 1.0, "reward": 1.0}, {"step_s": 1.0, "reward": 1.0}], 2)
     assert curve == {"clock_s": [2.0, 3.0, 4.0], "ma": [0.0, 0.5, 1.0]}
     assert C.time_to(curve, 0.5) == 3.0 and C.time_to(curve, 1.01) is None
+
+
+def test_load_modes_run_metrics():
+    """launch.load_modes' per-run figures: tokens delivered per second of training, median s/step past the
+    first step, the mean share of mixed-version completions."""
+    from launch.load_modes import run_metrics
+
+    rows = [{"step_s": 4.0, "reward": 0.0, "completions": 8, "completion_length": 10.0, "mixed_version_frac": 0.0},
+            {"step_s": 1.0, "reward": 1.0, "completions": 8, "completion_length": 20.0, "mixed_version_frac": 0.5},
+            {"step_s": 3.0, "reward": 1.0, "completions": 4, "completion_length": 15.0, "mixed_version_frac": 0.25}]
+    m = run_metrics(rows, 2)
+    assert m["actor_tokens_per_s"] == (80 + 160 + 60) / 8.0
+    assert m["step_s"] == 2.0 and m["mixed_version_frac"] == 0.25
+    assert m["curve"]["clock_s"] == [4.0, 5.0, 8.0]

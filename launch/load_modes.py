@@ -1,0 +1,90 @@
+"""``python -m launch.load_modes [--rounds N] [--work DIR] [--json FILE] [-- compare options]``: how an actor takes a
+new version, ``actor.load_mode`` ``inflight`` against ``drain``, on the race work.
+
+Runs ``python -m launch.compare --only ours`` (the demo's SFT'd stand-in, the race's settings: staleness 1, the actor
+and the learner pinned to separate cores) once per mode per round, the modes alternating (inflight, drain, drain,
+inflight, ...) so a drifting machine load falls on both, and prints per mode the medians over rounds of:
+
+- actor tokens/s: completion tokens trained on per second of training wall-clock (``train/completions`` x
+  ``train/completion_length`` over ``perf/step_s``): what the actors delivered, idle time included;
+- s/step: the median ``perf/step_s`` of the run (steps after the first);
+- time to reward: wall-clock of training steps until the train reward's moving average first reaches the target,
+  the lowest final moving average of all the runs (so every run reaches it);
+- mixed: the share of trained completions whose tokens span two versions (``train/mixed_version_frac``; 0 drained).
+
+Writes JSON with every run's rows (``runs[]``: mode, round, the compare JSON's per-step rows) and the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from launch.compare import REPO, race
+
+MODES = ("inflight", "drain")
+
+
+def run_metrics(rows: list[dict], window: int) -> dict:
+    steady = rows[1:] if len(rows) > 1 else rows
+    tokens = sum((r.get("completions") or 0) * (r.get("completion_length") or 0) for r in rows)
+    wall = sum(r["step_s"] for r in rows)
+    mixed = [r["mixed_version_frac"] for r in rows if isinstance(r.get("mixed_version_frac"), (int, float))]
+    return {"actor_tokens_per_s": tokens / wall if wall else float("nan"),
+            "step_s": statistics.median(r["step_s"] for r in steady),
+            "mixed_version_frac": statistics.fmean(mixed) if mixed else float("nan"),
+            "curve": race(rows, window)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m launch.load_modes", description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--work", default="runs/load_modes", help="launch.compare's --work (its SFT adapter is reused)")
+    p.add_argument("--json", default=None, help="default: WORK/load_modes.json")
+    p.add_argument("--window", type=int, default=5)
+    args, rest = p.parse_known_args(argv)
+    rest = [a for a in rest if a != "--"]
+    work = (REPO / args.work).resolve()
+    runs = []
+    for rnd in range(args.rounds):
+        for mode in (MODES if rnd % 2 == 0 else MODES[::-1]):
+            out = work / f"{mode}-{rnd}.json"
+            cmd = [sys.executable, "-m", "launch.compare", "--only", "ours", "--work", str(work), "--json", str(out),
+                   "--plot", str(work / f"{mode}-{rnd}.png"), "--window", str(args.window),
+                   "--set", f"actor.load_mode={mode}", *rest]
+            print(f"load_modes: round {rnd + 1}/{args.rounds}, {mode}", flush=True)
+            subprocess.run(cmd, cwd=REPO, check=True)
+            res = json.loads(out.read_text())["results"][0]
+            runs.append({"mode": mode, "round": rnd, "setup_s": res.get("setup_s"), "rows": res["rows"],
+                         **run_metrics(res["rows"], args.window)})
+    target = min(r["curve"]["ma"][-1] for r in runs)
+    for r in runs:
+        r["time_to_reward_s"] = next(c for c, m in zip(r["curve"]["clock_s"], r["curve"]["ma"], strict=True)
+                                     if m >= target - 1e-12)
+    table = {}
+    for mode in MODES:
+        mine = [r for r in runs if r["mode"] == mode]
+        table[mode] = {k: statistics.median(r[k] for r in mine)
+                       for k in ("actor_tokens_per_s", "step_s", "time_to_reward_s", "mixed_version_frac")}
+    print(f"\nload mode  actor tok/s  s/step  time to reward {target:.3f} (s)  mixed  "
+          f"({args.rounds} round(s), medians)")
+    for mode, t in table.items():
+        print(f"{mode:<9} {t['actor_tokens_per_s']:>12.0f} {t['step_s']:>7.3f} {t['time_to_reward_s']:>26.1f} "
+              f"{t['mixed_version_frac']:>6.3f}")
+    for r in runs:
+        print(f"  round {r['round'] + 1} {r['mode']:<9} tok/s {r['actor_tokens_per_s']:.0f}  s/step {r['step_s']:.3f}  "
+              f"to reward {r['time_to_reward_s']:.1f} s  mixed {r['mixed_version_frac']:.3f}")
+    path = Path(args.json) if args.json else work / "load_modes.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"settings": {**vars(args), "compare_args": rest}, "target_reward": target,
+                                "table": table, "runs": runs}, indent=1))
+    print(f"load_modes: wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
