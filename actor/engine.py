@@ -349,9 +349,12 @@ class RolloutEngine:
         from vllm import SamplingParams
 
         seed = None if sampling.seed is None else int(sampling.seed) + prompt_index * int(sampling.n)
+        # flat_logprobs: vLLM keeps a request's logprobs in flat lists instead of a dict and a Logprob object per
+        # token (its output processor's per-token cost on the host, 15 us a token here), and _prompt_result takes
+        # the sampled tokens' logprobs as one list.
         return SamplingParams(n=int(sampling.n), temperature=float(sampling.temperature),
                               top_p=float(sampling.top_p), max_tokens=int(sampling.max_tokens), seed=seed,
-                              logprobs=0, ignore_eos=ignore_eos, detokenize=False)
+                              logprobs=0, ignore_eos=ignore_eos, detokenize=False, flat_logprobs=True)
 
     def submit(self, key, prompts: list, sampling, ignore_eos: bool = False) -> None:
         """Queue one request (all its prompts, ``sampling.n`` samples each) under ``key``."""
@@ -443,10 +446,7 @@ class RolloutEngine:
         comps = []
         for c in sorted(out.outputs, key=lambda c: c.index):
             ids = list(c.token_ids)
-            lps = []
-            for tok, entry in zip(ids, c.logprobs or [None] * len(ids), strict=True):
-                lp = entry.get(tok) if entry is not None else None
-                lps.append(float(lp.logprob) if lp is not None else math.nan)
+            lps = sampled_logprobs(ids, c.logprobs)
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             runs = token_runs(c.weight_versions if merged else None, len(ids), version)
             comps.append(Completion(token_ids=ids, logprobs=lps, text=text, finish_reason=str(c.finish_reason),
@@ -490,6 +490,21 @@ class RolloutEngine:
 STALE_FAULT_ENV = "TUCANO2_FAULT_STALE_ADAPTER"
 """A fault for the tests, never set by the project: ``<n>``: from the n-th adapter load on, requests go out on the
 previous version's adapter while the actor reports (and reads back) the new one; the logprob probe must see it."""
+
+
+def sampled_logprobs(ids: list[int], logprobs) -> list[float]:
+    """The logprob of each sampled token (NaN where vLLM gave none). With ``flat_logprobs`` and ``logprobs=0`` vLLM
+    keeps exactly one entry per position, the sampled token's, in flat lists: taken whole when its token ids are
+    ``ids``; else (a list of per-position dicts) looked up token by token."""
+    from vllm.logprobs import FlatLogprobs
+
+    if isinstance(logprobs, FlatLogprobs) and logprobs.token_ids == ids and len(logprobs.logprobs) == len(ids):
+        return [float(x) for x in logprobs.logprobs]
+    lps = []
+    for tok, entry in zip(ids, logprobs or [None] * len(ids), strict=True):
+        lp = entry.get(tok) if entry is not None else None
+        lps.append(float(lp.logprob) if lp is not None else math.nan)
+    return lps
 
 
 def _quietly(fn, *args) -> None:

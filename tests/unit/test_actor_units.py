@@ -316,3 +316,20 @@ def test_engine_kwargs_size_max_loras_to_the_versions_live():
     assert slots(max_staleness=0) == 1 and slots(max_staleness=1) == 2 and slots(max_staleness=3) == 4
     assert slots(max_staleness=3, load_mode="drain") == 1
     assert slots(max_staleness=1, max_lora_versions=5) == 5
+
+
+def test_sampled_logprobs_flat_and_per_position():
+    """The sampled tokens' logprobs out of vLLM's flat lists (one entry per position) or its per-position dicts;
+    the same numbers either way, NaN where a position has none, and flat lists of other tokens are not taken."""
+    from vllm.logprobs import FlatLogprobs, Logprob
+
+    from actor.engine import sampled_logprobs
+
+    ids, lps = [5, 9, 5], [-0.5, -1.25, -2.0]
+    flat = FlatLogprobs()
+    for t, lp in zip(ids, lps, strict=True):
+        flat.append({t: Logprob(lp, 1, None)})
+    dicts = [{t: Logprob(lp, 1, None)} for t, lp in zip(ids, lps, strict=True)]
+    assert sampled_logprobs(ids, flat) == sampled_logprobs(ids, dicts) == lps
+    assert sampled_logprobs([5, 9, 6], flat)[:2] == lps[:2] and math.isnan(sampled_logprobs([5, 9, 6], flat)[2])
+    assert math.isnan(sampled_logprobs([5, 9, 5], [dicts[0], None, dicts[2]])[1])
