@@ -2,7 +2,8 @@
 resumes from its last checkpoint, and Ctrl-C on the launcher leaves no process behind.
 
 All through ``launch/cpu.sh`` (a real vLLM actor process, a real DeepSpeed learner process) on the
-tiny model with the toy reward; ``metrics.jsonl`` must hold each training step exactly once.
+tiny model with the toy reward; ``metrics.jsonl`` must hold each training step exactly once. Actors load versions
+in flight (the default ``actor.load_mode``), except the resumed learner's, which drains: the e2e run in drain mode.
 """
 
 from __future__ import annotations
@@ -75,13 +76,18 @@ def test_killed_learner_resumes_from_its_checkpoint(tiny_model, tmp_path):
     ckpt = list_checkpoints(run)[-1]
     resumed_from = int(ckpt.name.split("-")[1])
     assert resumed_from >= every and resumed_from < steps
-    with Launch(run, over, tmp_path / "second.log", "--resume") as la:
+    # The resumed run's actor drains (actor.load_mode drain: every running request finishes before a load; the first
+    # run's loaded in flight, the default): resume is exact in both, and drained no completion spans two versions.
+    with Launch(run, [*over, "actor.load_mode=drain"], tmp_path / "second.log", "--resume") as la:
         assert la.wait(timeout=300) == 0, la.log()[-4000:]
         log = la.log()
     assert f"step {resumed_from}/{steps}" in log  # the learner's start line: it resumed there
     # No step lost or repeated: the lines logged after the checkpoint by the killed learner were
     # dropped on resume and logged again.
     assert train_steps(la.metrics()) == list(range(1, steps + 1))
+    after = [r for r in la.metrics() if "perf/step_s" in r and r["step"] > resumed_from]
+    assert after and all(r["train/mixed_version_frac"] == 0 and r["train/token_staleness_max"] <= 1 for r in after)
+    assert "loaded in" in log and " requests in flight, read back" not in log
 
 
 def test_ctrl_c_on_the_launcher_leaves_no_process(tiny_model, tmp_path):

@@ -10,10 +10,10 @@ the next batch (at the previous version) while the learner trains this one. The 
 learner's ``perf/step_s``, median over the steps after the first two. Only the direction is asserted
 (timings on a shared box are noisy); the ratio is printed for the record.
 
-The same staleness-1 run once more with ``actor.load_mode: drain`` (the actor lets its requests finish before it
-loads a version; the default, ``inflight``, loads between two engine steps): every step trained once, every sync
-verified, no completion spanning two versions, none staler than the bound. Its step time is printed beside the
-in-flight run's.
+Both runs load versions in flight (``actor.load_mode: inflight``, the default): with staleness 1 the next batch is
+being generated when the learner publishes, so the actor loads with requests running (its log says so) and some
+completions span two versions; every step is trained once, every sync verified, no token staler than the bound.
+(``drain`` runs end to end in ``test_e2e_faults.py``'s resumed learner.)
 """
 
 from __future__ import annotations
@@ -49,11 +49,10 @@ def step_time(run_dir) -> float:
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores to pin actor and learner apart")
 def test_staleness_one_overlaps_generation_with_training(tiny_model, tmp_path):
     times, parts, mixed = {}, {}, {}
-    for staleness, mode in ((0, "inflight"), (1, "inflight"), (1, "drain")):
-        key = staleness if mode == "inflight" else mode
-        run = tmp_path / f"staleness{staleness}-{mode}"
-        over = e2e_overrides(tiny_model, tmp_path / "pairs", **SETTINGS,
-                             **{"sync.max_staleness": staleness, "actor.load_mode": mode})
+    for staleness in (0, 1):
+        key = staleness
+        run = tmp_path / f"staleness{staleness}"
+        over = e2e_overrides(tiny_model, tmp_path / "pairs", **SETTINGS, **{"sync.max_staleness": staleness})
         with Launch(run, over, tmp_path / f"{run.name}.log", "--actor-cores", "0", "--learner-cores", "1") as la:
             assert la.wait(timeout=300) == 0, la.log()[-4000:]
         times[key] = step_time(run)
@@ -66,15 +65,13 @@ def test_staleness_one_overlaps_generation_with_training(tiny_model, tmp_path):
         cos = [r["sync/served_delta_cosine"] for r in every if "sync/served_delta_cosine" in r]
         assert len(cos) >= STEPS - 1 and min(cos) >= 0.99, run
         mixed[key] = sum(r["train/mixed_version_frac"] * r["train/completions"] for r in every)
-        actor_log = (run / "logs" / "actor-0.log").read_text()
-        if mode == "drain":  # one version per sequence: the actor never loaded with requests running
-            assert mixed[key] == 0 and " requests in flight, read back" not in actor_log, run
+        if staleness == 1:  # the publish lands while the next batch is generated: loaded with requests running
+            assert " requests in flight, read back" in (run / "logs" / "actor-0.log").read_text(), run
     ratio = times[1] / times[0]
     print(f"\noverlap: median step_s staleness0 {times[0]:.3f} s, staleness1 {times[1]:.3f} s, "
           f"ratio {ratio:.2f} (settings {SETTINGS}, pinned actor core 0 / learner core 1); "
-          f"medians staleness0 {parts[0]}, staleness1 {parts[1]}; staleness1 with load_mode drain "
-          f"{times['drain']:.3f} s ({parts['drain']}); completions spanning two versions: in flight "
-          f"{mixed[1]:.0f}, drained {mixed['drain']:.0f}")
+          f"medians staleness0 {parts[0]}, staleness1 {parts[1]}; completions spanning two versions: "
+          f"{mixed[0]:.0f} and {mixed[1]:.0f} of {STEPS * 16}")
     # With staleness 1 the learner never waits for generation after the first step.
     assert parts[1]["perf/generation_wait_s"] < parts[0]["perf/generation_wait_s"]
     assert ratio < 1.0, (times, parts)
