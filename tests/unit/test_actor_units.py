@@ -333,3 +333,35 @@ def test_sampled_logprobs_flat_and_per_position():
     assert sampled_logprobs(ids, flat) == sampled_logprobs(ids, dicts) == lps
     assert sampled_logprobs([5, 9, 6], flat)[:2] == lps[:2] and math.isnan(sampled_logprobs([5, 9, 6], flat)[2])
     assert math.isnan(sampled_logprobs([5, 9, 5], [dicts[0], None, dicts[2]])[1])
+
+
+def test_the_vllm_internals_inflight_loads_rely_on():
+    """``actor.engine``'s in-flight load leans on vLLM 0.32 internals (its module docstring): a scheduler pause that
+    keeps requests (``sleep(level=0, mode="keep")`` -> ``pause_scheduler("keep")``, resumed by
+    ``wake_up(["scheduling"])``), weight labels stamped on every step's outputs and turned into per-completion
+    spans, prompts with a prefix-cache salt, ``reset_prefix_cache`` refusing while requests hold blocks. A vLLM
+    without them fails here, not silently in a run."""
+    import inspect
+    import typing
+
+    from vllm.inputs import TokensPrompt
+    from vllm.outputs import CompletionOutput, WeightVersionSpan
+    from vllm.v1.core.sched.scheduler import Scheduler
+    from vllm.v1.engine import EngineCoreOutputs
+    from vllm.v1.engine.core import EngineCore, EngineCoreProc
+    from vllm.v1.engine.llm_engine import LLMEngine
+    from vllm.v1.engine.output_processor import OutputProcessor
+
+    assert "keep" in typing.get_args(inspect.signature(EngineCore.pause_scheduler).parameters["mode"].annotation)
+    assert "_weight_version" in inspect.getsource(EngineCore.step)  # outputs stamped in every step
+    assert "pause_scheduler(mode=mode" in inspect.getsource(EngineCore.sleep)
+    assert "has_work" in inspect.getsource(EngineCoreProc._pause_complete)  # answered once no step is running
+    for name in ("sleep", "wake_up", "set_weight_version"):
+        assert callable(getattr(LLMEngine, name))
+    assert "weight_version" in inspect.signature(OutputProcessor.process_outputs).parameters
+    assert "weight_version" in EngineCoreOutputs.__struct_fields__
+    assert "weight_versions" in inspect.signature(CompletionOutput).parameters
+    assert [f for f in ("version", "start", "end") if f in inspect.signature(WeightVersionSpan).parameters] == [
+        "version", "start", "end"]
+    assert "cache_salt" in TokensPrompt.__annotations__
+    assert "reset_running_requests" in inspect.signature(Scheduler.reset_prefix_cache).parameters
