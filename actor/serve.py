@@ -251,7 +251,9 @@ class ActorServer:
             running = self.engine.in_flight
             log.info("actor %s: serving v%d (loaded in %.3fs%s, read back on %d rank(s) in %.3fs: delta cosine %.6f)",
                      self.actor_id, w.version, load_s,
-                     f" with {running} requests in flight" if running else "",
+                     (f" with {running} requests in flight"
+                      + (f", engine paused {1e3 * self.engine.pause_s:.0f} ms" if self.engine.mode == "merged" else ""))
+                     if running else "",
                      self.engine.readback.get("ranks", 0), self.engine.readback.get("seconds", 0.0),
                      self.engine.delta_cosine)
         else:
