@@ -9,12 +9,17 @@ takes seconds on a CPU.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from learner.metrics import read_metrics
 
 TASKS = ("extraction", "sql_qa", "insights", "push")
 WORDS = ["pedido", "entrega", "produto", "frete", "loja", "caixa", "prazo", "troca", "cliente", "nota"]
+
+
+INFLIGHT_LOAD = re.compile(r"loaded in [0-9.]+s with [0-9]+ requests in flight")
+"""The actor's log line of a version loaded while requests ran (``actor.serve``, ``actor.load_mode: inflight``)."""
 
 
 def write_toy_pairs(out_dir: Path, n_train: int = 24, n_eval: int = 8) -> tuple[Path, Path]:

@@ -9,13 +9,12 @@ in flight (the default ``actor.load_mode``), except the resumed learner's, which
 from __future__ import annotations
 
 import os
-import re
 import signal
 import time
 
 import pytest
 
-from e2e_helpers import Launch, e2e_overrides, train_steps
+from e2e_helpers import INFLIGHT_LOAD, Launch, e2e_overrides, train_steps
 from learner.checkpoint import list_checkpoints
 from learner.metrics import read_metrics
 
@@ -28,10 +27,6 @@ SMALL = {
     "max_completion_length": 16,
     "sync.heartbeat_s": 0.5,
 }
-
-
-INFLIGHT_LOAD = re.compile(r"loaded in [0-9.]+s with [0-9]+ requests in flight")
-"""The actor's log line of a version loaded while requests ran (``actor.serve``)."""
 
 
 def last_step(la: Launch) -> int:

@@ -23,8 +23,7 @@ import statistics
 
 import pytest
 
-from e2e_helpers import Launch, e2e_overrides, read_metrics, train_steps
-from test_e2e_faults import INFLIGHT_LOAD
+from e2e_helpers import INFLIGHT_LOAD, Launch, e2e_overrides, read_metrics, train_steps
 
 pytestmark = pytest.mark.slow
 
