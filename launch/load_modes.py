@@ -7,12 +7,15 @@ inflight, ...) so a drifting machine load falls on both, and prints per mode the
 
 - actor tokens/s: completion tokens trained on per second of training wall-clock (``train/completions`` x
   ``train/completion_length`` over ``perf/step_s``): what the actors delivered, idle time included;
-- s/step: the median ``perf/step_s`` of the run (steps after the first);
+- s/step: the median ``perf/step_s`` of the run (steps after the first), and of its parts the learner spends
+  waiting: ``perf/sync_s`` (publishing and the actors' acks: a drained actor acks after its requests finish) and
+  ``perf/generation_wait_s``;
 - time to reward: wall-clock of training steps until the train reward's moving average first reaches the target,
   the lowest final moving average of all the runs (so every run reaches it);
 - mixed: the share of trained completions whose tokens span two versions (``train/mixed_version_frac``; 0 drained).
 
-Writes JSON with every run's rows (``runs[]``: mode, round, the compare JSON's per-step rows) and the table.
+``--reuse`` keeps the rounds already in ``--work`` and runs only the missing ones (more rounds, later). Writes JSON
+with every run's rows (``runs[]``: mode, round, the compare JSON's per-step rows) and the table.
 """
 
 from __future__ import annotations
@@ -34,8 +37,12 @@ def run_metrics(rows: list[dict], window: int) -> dict:
     tokens = sum((r.get("completions") or 0) * (r.get("completion_length") or 0) for r in rows)
     wall = sum(r["step_s"] for r in rows)
     mixed = [r["mixed_version_frac"] for r in rows if isinstance(r.get("mixed_version_frac"), (int, float))]
+    def median(key):
+        vals = [r[key] for r in steady if isinstance(r.get(key), (int, float))]
+        return statistics.median(vals) if vals else float("nan")
+
     return {"actor_tokens_per_s": tokens / wall if wall else float("nan"),
-            "step_s": statistics.median(r["step_s"] for r in steady),
+            "step_s": median("step_s"), "sync_s": median("sync_s"), "gen_wait_s": median("generation_s"),
             "mixed_version_frac": statistics.fmean(mixed) if mixed else float("nan"),
             "curve": race(rows, window)}
 
@@ -46,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="runs/load_modes", help="launch.compare's --work (its SFT adapter is reused)")
     p.add_argument("--json", default=None, help="default: WORK/load_modes.json")
     p.add_argument("--window", type=int, default=5)
+    p.add_argument("--reuse", action="store_true",
+                   help="keep the runs already in WORK (their compare JSON) and run only the rounds missing")
     args, rest = p.parse_known_args(argv)
     rest = [a for a in rest if a != "--"]
     work = (REPO / args.work).resolve()
@@ -56,8 +65,11 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, "-m", "launch.compare", "--only", "ours", "--work", str(work), "--json", str(out),
                    "--plot", str(work / f"{mode}-{rnd}.png"), "--window", str(args.window),
                    "--set", f"actor.load_mode={mode}", *rest]
-            print(f"load_modes: round {rnd + 1}/{args.rounds}, {mode}", flush=True)
-            subprocess.run(cmd, cwd=REPO, check=True)
+            if args.reuse and out.exists():
+                print(f"load_modes: round {rnd + 1}/{args.rounds}, {mode}: kept {out}", flush=True)
+            else:
+                print(f"load_modes: round {rnd + 1}/{args.rounds}, {mode}", flush=True)
+                subprocess.run(cmd, cwd=REPO, check=True)
             res = json.loads(out.read_text())["results"][0]
             runs.append({"mode": mode, "round": rnd, "setup_s": res.get("setup_s"), "rows": res["rows"],
                          **run_metrics(res["rows"], args.window)})
@@ -69,15 +81,17 @@ def main(argv: list[str] | None = None) -> int:
     for mode in MODES:
         mine = [r for r in runs if r["mode"] == mode]
         table[mode] = {k: statistics.median(r[k] for r in mine)
-                       for k in ("actor_tokens_per_s", "step_s", "time_to_reward_s", "mixed_version_frac")}
-    print(f"\nload mode  actor tok/s  s/step  time to reward {target:.3f} (s)  mixed  "
+                       for k in ("actor_tokens_per_s", "step_s", "sync_s", "gen_wait_s", "time_to_reward_s",
+                                 "mixed_version_frac")}
+    print(f"\nload mode  actor tok/s  s/step  sync s  gen wait s  time to reward {target:.3f} (s)  mixed  "
           f"({args.rounds} round(s), medians)")
     for mode, t in table.items():
-        print(f"{mode:<9} {t['actor_tokens_per_s']:>12.0f} {t['step_s']:>7.3f} {t['time_to_reward_s']:>26.1f} "
-              f"{t['mixed_version_frac']:>6.3f}")
+        print(f"{mode:<9} {t['actor_tokens_per_s']:>12.0f} {t['step_s']:>7.3f} {t['sync_s']:>7.3f} "
+              f"{t['gen_wait_s']:>11.3f} {t['time_to_reward_s']:>26.1f} {t['mixed_version_frac']:>6.3f}")
     for r in runs:
         print(f"  round {r['round'] + 1} {r['mode']:<9} tok/s {r['actor_tokens_per_s']:.0f}  s/step {r['step_s']:.3f}  "
-              f"to reward {r['time_to_reward_s']:.1f} s  mixed {r['mixed_version_frac']:.3f}")
+              f"sync {r['sync_s']:.3f}  gen wait {r['gen_wait_s']:.3f}  to reward {r['time_to_reward_s']:.1f} s  "
+              f"mixed {r['mixed_version_frac']:.3f}")
     path = Path(args.json) if args.json else work / "load_modes.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"settings": {**vars(args), "compare_args": rest}, "target_reward": target,
