@@ -60,9 +60,13 @@ def test_killed_actor_is_restarted_and_no_step_is_lost(tiny_model, tmp_path):
 
 
 def test_killed_learner_resumes_from_its_checkpoint(tiny_model, tmp_path):
+    """Resume is exact whichever way the actor loads: the first learner's actor loads in flight (the default), the
+    resumed one's drains. Completions long enough (8 x 40 tokens a prompt) that the actor is still generating the
+    next batch when a version arrives: the first run loads with requests running, the drained one never does."""
     steps, every = 8, 3
     run = tmp_path / "run"
-    over = e2e_overrides(tiny_model, tmp_path / "pairs", max_steps=steps, **SMALL,
+    over = e2e_overrides(tiny_model, tmp_path / "pairs", max_steps=steps,
+                         **{**SMALL, "num_generations": 8, "max_completion_length": 40},
                          **{"learner.checkpoint_every": every})
     with Launch(run, over, tmp_path / "first.log") as la:
         la.wait_until(lambda: list_checkpoints(run) and last_step(la) >= every + 1, 240, "a checkpoint")
@@ -73,11 +77,11 @@ def test_killed_learner_resumes_from_its_checkpoint(tiny_model, tmp_path):
         rc = la.wait(timeout=120)
         assert rc != 0, la.log()[-3000:]
         assert la.alive() == [], "the launcher left processes behind"
+        assert INFLIGHT_LOAD.search(la.log()), "the first run's actor never loaded with requests running"
     ckpt = list_checkpoints(run)[-1]
     resumed_from = int(ckpt.name.split("-")[1])
     assert resumed_from >= every and resumed_from < steps
-    # The resumed run's actor drains (actor.load_mode drain: every running request finishes before a load; the first
-    # run's loaded in flight, the default): resume is exact in both, and drained no completion spans two versions.
+    # actor.load_mode drain: every running request finishes before a load, and no completion spans two versions
     with Launch(run, [*over, "actor.load_mode=drain"], tmp_path / "second.log", "--resume") as la:
         assert la.wait(timeout=300) == 0, la.log()[-4000:]
         log = la.log()
