@@ -1,7 +1,8 @@
 """The tiny model generates with the real vLLM engine on CPU (the foundation's end-to-end check).
 
 The engine runs in the script's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``: ~15 s less than EngineCore and a
-worker process); the separate-process engine is started by the actor tests."""
+worker process) and eager (no torch.compile: ~20 s less); the separate-process engine is started by the actor tests,
+the compiled one by ``test_actor_engine.py`` (merged mode)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def test_tiny_model_generates_with_vllm(tiny_model, tmp_path):
         if __name__ == "__main__":
             from vllm import LLM, SamplingParams
             llm = LLM(model={str(tiny_model)!r}, dtype="float32", kv_cache_memory_bytes=128 * 2**20,
-                      max_model_len=256, enable_prefix_caching=True, seed=0)
+                      max_model_len=256, enable_prefix_caching=True, enforce_eager=True, seed=0)
             sp = SamplingParams(n=4, temperature=1.0, max_tokens=16, logprobs=0, seed=1, ignore_eos=True)
             out = llm.chat([[{{"role": "user", "content": "Resuma a avaliação: chegou atrasado."}}]], sp)[0]
             tok = llm.get_tokenizer()
