@@ -46,9 +46,12 @@ def test_skipping_zero_advantages_leaves_the_gradient_unchanged(tiny_model, tmp_
     full2 = load_file(tmp_path / f"{tag}-False-w2.safetensors")
     skip2 = load_file(tmp_path / f"{tag}-True-w2.safetensors")
     assert max(float(t.abs().max()) for t in full1.values()) > 1e-6  # a real gradient (dr_grpo: / 16 x 8)
-    assert max_rel_diff(full1, skip1) < 1e-6
-    assert max_rel_diff(full2, skip2) < 1e-6
-    assert max_rel_diff(full1, skip2) < 1e-6  # two ranks, skipping = one rank, everything
+    # float32 rounding only: a skipped row's batch is shaped differently, so BLAS sums in another order (seen at
+    # 1.06e-6 of the largest gradient); a completion dropped or double-counted moves it by ~1/16, 4 orders more
+    tol = 1e-5
+    assert max_rel_diff(full1, skip1) < tol
+    assert max_rel_diff(full2, skip2) < tol
+    assert max_rel_diff(full1, skip2) < tol  # two ranks, skipping = one rank, everything
     info = json.loads((tmp_path / f"{tag}-w1.json").read_text())
     # 2 zero-variance groups of 4 + the two completions equal to their group mean; the rest is forwarded
     assert info["True"]["skipped"] == 10 and info["False"]["skipped"] == 0
