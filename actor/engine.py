@@ -145,7 +145,7 @@ class RolloutEngine:
         import torch
 
         self._set_num_threads = torch.set_num_threads  # vLLM's CPU worker replaces it in the process it runs in
-        with _multiprocessing(not self.inline):
+        with _inline(self.inline):
             self.llm = LLM(**kwargs)
         self.engine_pids = sorted(_child_pids() - before)   # EngineCore process(es) this engine spawned (none inline)
         self.start_s = time.perf_counter() - t0
@@ -419,12 +419,16 @@ def _stale_fault(load: int) -> bool:
 
 
 @contextlib.contextmanager
-def _multiprocessing(on: bool):
-    """``VLLM_ENABLE_V1_MULTIPROCESSING`` while an engine is built: off, vLLM 0.32 runs EngineCore and its worker in
-    the calling process (its CPU platform forces the multiprocess executor only while the variable is 1)."""
+def _inline(on: bool):
+    """While an inline engine is built, ``VLLM_ENABLE_V1_MULTIPROCESSING=0``: vLLM 0.32 then runs EngineCore and its
+    worker in the calling process (its CPU platform forces the multiprocess executor only while the variable is 1).
+    Otherwise the environment is left as it is."""
+    if not on:
+        yield
+        return
     key = "VLLM_ENABLE_V1_MULTIPROCESSING"
     old = os.environ.get(key)
-    os.environ[key] = "1" if on else "0"
+    os.environ[key] = "0"
     try:
         yield
     finally:

@@ -16,6 +16,7 @@ import math
 import shutil
 
 import pytest
+import torch
 
 from sync.wire import SamplingSpec
 
@@ -35,8 +36,12 @@ def engine(request, actor_kit, tmp_path_factory):
     eng = RolloutEngine(cfg, delete_retired=True)
     eng.work = tmp_path_factory.mktemp(f"adapters-{request.param}")
     assert eng.engine_pids == []  # inline: no EngineCore process
+    set_num_threads = torch.set_num_threads
     yield eng
     eng.close()
+    # what vLLM left in this process is undone: its torch.distributed group, the CPU worker's no-op set_num_threads
+    assert not torch.distributed.is_initialized() and torch.set_num_threads is not set_num_threads
+    assert torch.set_num_threads.__module__ == "torch"
 
 
 def adapter(engine, kit, name, seed, **kw):
