@@ -1,6 +1,9 @@
 """RolloutEngine on the tiny model with real vLLM (CPU, float32), in both serving modes.
 
-One engine per mode for the whole module (engine starts cost ~17 s). Sync exactness: after each
+One engine per mode for the whole module, inline (``actor.inline_engine``: vLLM in this process, ~2-14 s to start
+against ~20 s with EngineCore and worker processes; nothing here needs process isolation), the merged one with
+torch.compile (the default, which no other test starts). An engine that dies during a load is tested on the
+separate-process engines of ``test_actor_precision.py``. Sync exactness: after each
 weight update, the engine's sampling logprobs (temperature 1) of its own tokens equal
 transformers+PEFT logprobs of the same adapter on the same tokens within 1e-3, and with prefix caching
 on and the same prompt a second version is followed, not the first.
@@ -20,9 +23,10 @@ import math
 import shutil
 from pathlib import Path
 
-import psutil
 import pytest
+import torch
 
+from engine_checks import LONG, check_inflight_load, max_diff  # noqa: F401 - LONG for the prefix-cache tests
 from sync.wire import SamplingSpec
 
 pytestmark = pytest.mark.slow
@@ -36,13 +40,17 @@ def engine(request, actor_kit, tmp_path_factory):
     from actor.engine import RolloutEngine
 
     cfg = load_config(actor_kit.config, [f"model_id={actor_kit.model}", f"actor.serve_mode={request.param}",
-                                         "actor.max_lora_versions=2", "sync.max_staleness=1"])
+                                         "actor.max_lora_versions=2", "sync.max_staleness=1",
+                                         "actor.inline_engine=true"])
     eng = RolloutEngine(cfg, delete_retired=True)
     eng.work = tmp_path_factory.mktemp(f"adapters-{request.param}")
+    assert eng.engine_pids == []  # inline: no EngineCore process
+    set_num_threads = torch.set_num_threads
     yield eng
-    pids = list(eng.engine_pids)
     eng.close()
-    assert pids and not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    # what vLLM left in this process is undone: its torch.distributed group, the CPU worker's no-op set_num_threads
+    assert not torch.distributed.is_initialized() and torch.set_num_threads is not set_num_threads
+    assert torch.set_num_threads.__module__ == "torch"
 
 
 def adapter(engine, kit, name, seed, **kw):
@@ -60,18 +68,9 @@ def load(engine, version, d):
     return engine.load_adapter(version, served)
 
 
-LONG = [{"role": "user",
-         "content": "Resuma a avaliação do pedido: " + "o produto chegou atrasado e com defeito, " * 24}]
-"""A prompt over two of vLLM's CPU KV blocks (128 tokens): long enough for the prefix cache to hold it."""
-
-
 def sample(engine, kit, n=16, seed=5, max_tokens=24):
     (res,), stats = engine.generate([kit.chat], SamplingSpec(n, 1.0, 1.0, max_tokens, seed))
     return res
-
-
-def max_diff(a, b):
-    return max(abs(x - y) for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True))
 
 
 def test_rollout_of_base_model(engine, actor_kit):
@@ -161,74 +160,12 @@ def test_retired_versions_are_unloaded_and_removed(engine, actor_kit):
     assert engine.loaded_lora_ids() == ({ids[-1]} if engine.mode == "adapter" else set())
 
 
-def run_until(engine, keys) -> dict:
-    """Step until the requests ``keys`` are done; their (results, stats) in order of completion."""
-    done: dict = {}
-    while not set(keys) <= set(done):
-        for key, results, stats in engine.step():
-            done[key] = (results, stats)
-    return done
-
-
 def test_a_load_with_requests_in_flight(engine, actor_kit):
-    """The load lands between two engine steps while a request of 4 x 96 tokens runs (no drain).
-
-    adapter mode: the running request finishes on v21's adapter, one submitted after the load runs on v22's in
-    the same batches (it finishes first although it started later), v22 is replaced by v23 while the first still
-    runs, and v21's adapter and directory live until the last request on it is done.
-    merged mode: each completion's tokens are v21's up to a boundary inside it and v22's after; each side matches
-    transformers+PEFT under its own adapter (after it, on v21's KV), neither under the other; a request
-    submitted after the load is v22's throughout, with no prefix-cache block of v21 reused (its prompt is long
-    enough for the cache to hold it, and the running request still holds those blocks)."""
-    a, b, c = (adapter(engine, actor_kit, f"live{i}", seed=40 + i) for i in range(3))
-    ref, tol = actor_kit.reference, TOL
-    load(engine, 21, a)
-    engine.submit("old", [LONG], SamplingSpec(4, 1.0, 1.0, 96, 7), ignore_eos=True)
-    early = {}
-    for _ in range(3):
-        early.update({k: r for k, r, _ in engine.step()})
-    assert not early, "finished before the load: no request in flight"
-    load(engine, 22, b)
-    assert engine.version == 22 and engine.in_flight == 1
-    if engine.mode == "adapter":
-        old_lora = engine.loras.live
-        engine.submit("new", [LONG], SamplingSpec(4, 1.0, 1.0, 8, 7), ignore_eos=True)
-        order = list(run_until(engine, ["new"]))
-        assert order == ["new"] and engine.in_flight == 1   # v22's request ran beside v21's, not after it
-        v21 = next(lid for lid, v in old_lora.items() if v.version == 21)
-        v21_dir = engine.loras.live[v21].dir
-        load(engine, 23, c)   # v22 is held by nothing now: retired; v21 still runs
-        assert engine.loaded_lora_ids() == {v21, engine._lora.lora_int_id} and v21_dir.exists()
-        done = run_until(engine, ["old"])
-        assert engine.loaded_lora_ids() == {engine._lora.lora_int_id} and not v21_dir.exists()
-        (res,), stats = done["old"]
-        assert stats["version"] == 21
-        for comp in res.completions:
-            assert comp.version_runs == [0, 21] and len(comp.token_ids) == 96
-        toks = [comp.token_ids for comp in res.completions]
-        assert max_diff([comp.logprobs for comp in res.completions], ref.logprobs(a, res.prompt_token_ids, toks)) < tol
-        return
-    done = run_until(engine, ["old"])
-    (res,), stats = done["old"]
-    assert stats["version"] == 21
-    for comp in res.completions:
-        n = len(comp.token_ids)
-        assert n == 96 and len(comp.version_runs) == 4, comp.version_runs
-        start, v_old, boundary, v_new = comp.version_runs
-        assert (start, v_old, v_new) == (0, 21, 22) and 0 < boundary < n
-        got = comp.logprobs
-        before = ref.logprobs(a, res.prompt_token_ids, [comp.token_ids])[0]
-        switched = ref.logprobs_switched(a, b, res.prompt_token_ids, comp.token_ids, boundary)
-        assert max(abs(x - y) for x, y in zip(got[:boundary], before[:boundary], strict=True)) < tol
-        assert max(abs(x - y) for x, y in zip(got[boundary:], switched[boundary:], strict=True)) < tol
-        assert max(abs(x - y) for x, y in zip(got[boundary:], before[boundary:], strict=True)) > 50 * tol
-    # (the four samples' boundaries can differ by a step or two: the sync client sends each of the n child requests
-    # to EngineCore on its own, and EngineCore steps between them, so a child can start a step later)
-    # a request after the load: v22 from its first token, on a prompt the cache holds from v21
-    (fresh,), _ = engine.generate([LONG], SamplingSpec(4, 1.0, 1.0, 16, 8))
-    assert all(comp.version_runs == [0, 22] for comp in fresh.completions)
-    toks = [comp.token_ids for comp in fresh.completions]
-    assert max_diff([comp.logprobs for comp in fresh.completions], ref.logprobs(b, fresh.prompt_token_ids, toks)) < tol
+    """The load lands between two engine steps while a request of 4 x 96 tokens runs (no drain): the checks of
+    ``engine_checks.check_inflight_load``, on this module's inline engines (EngineCore steps only inside ``step()``;
+    ``test_actor_precision.py`` runs them on separate processes, where it steps on its own)."""
+    dirs = tuple(adapter(engine, actor_kit, f"live{i}", seed=40 + i) for i in range(3))
+    check_inflight_load(engine, actor_kit, dirs, load, TOL)
 
 
 def test_many_seeded_prompts_over_the_token_budget(engine):
@@ -239,31 +176,3 @@ def test_many_seeded_prompts_over_the_token_budget(engine):
     results, stats = engine.generate(prompts, SamplingSpec(1, 0.7, 1.0, 4, 11))
     assert len(results) == 40 and all(len(r.completions[0].token_ids) > 0 for r in results)
     assert sum(len(r.prompt_token_ids) for r in results) > engine.engine_kwargs["max_num_batched_tokens"]
-
-
-def test_engine_death_during_a_load_is_engine_gone(engine, actor_kit):
-    """Last in the module: kills this mode's engine. EngineCore is killed once the load has begun (before
-    the add_lora / collective_rpc reaches it); the error must classify as engine gone, not a bad adapter."""
-    from actor.serve import engine_gone
-
-    d = adapter(engine, actor_kit, "killed", seed=31)
-    core = [psutil.Process(p) for p in engine.engine_pids if psutil.pid_exists(p)]
-    assert core, "no EngineCore process to kill"
-    target = engine.llm if engine.mode == "merged" else engine.llm.llm_engine
-    name = "collective_rpc" if engine.mode == "merged" else "add_lora"
-    real = getattr(target, name)
-
-    def killing(*a, **kw):
-        for p in core:
-            p.kill()
-        psutil.wait_procs(core, timeout=10)
-        return real(*a, **kw)
-
-    setattr(target, name, killing)
-    try:
-        with pytest.raises(Exception) as err:
-            load(engine, 99, d)
-    finally:
-        setattr(target, name, real)
-    assert engine_gone(err.value), f"{type(err.value).__name__}: {err.value} not classified as engine gone"
-    assert engine.version != 99
