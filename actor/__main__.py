@@ -13,6 +13,7 @@ import logging
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 
@@ -43,7 +44,18 @@ def check(cfg) -> None:
     connect_address(cfg.sync, cfg.sync.rollout_port)
 
 
+def _born(default: float) -> float:
+    """When this process started (psutil), else ``default``."""
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:  # noqa: BLE001 - no psutil: the interpreter's start is not counted
+        return default
+
+
 def main(argv=None) -> int:
+    t_main = time.time()
     args = parse_args(argv)
     from configs.loader import ConfigError, load_config, private_run_dir
     from sync import SyncError
@@ -79,8 +91,15 @@ def main(argv=None) -> int:
     from actor.engine import RolloutEngine
     from actor.serve import ActorServer, make_scorer
 
+    # Where the start-up goes (one `start-up:` line before READY; launch.compare reads it).
+    born = _born(t_main)
+    parts, t = {"python": t_main - born, "imports": time.time() - t_main}, time.time()
+    import vllm  # noqa: F401 - timed apart from the engine
+
+    parts["vllm import"], t = time.time() - t, time.time()
     try:
         engine = RolloutEngine(cfg, args.replica)
+        parts["engine"], t = time.time() - t, time.time()
     except Exception as e:
         print(f"actor: engine failed to start: {type(e).__name__}: {e}".splitlines()[0], file=sys.stderr)
         return 1
@@ -95,7 +114,11 @@ def main(argv=None) -> int:
         server.install_signal_handlers()
         if early:
             server.request_stop(early[0])
-        # The launcher (launch.supervise) starts the learner once every actor printed this line.
+        parts["channels"] = time.time() - t
+        print(f"actor {actor_id}: start-up: {', '.join(f'{k} {v:.1f} s' for k, v in parts.items())} "
+              f"({time.time() - born:.1f} s since the process started)", flush=True)
+        # On a GPU shared with the learner the launcher (launch.supervise) starts the learner once every actor
+        # printed this line; elsewhere they start together and the learner waits for the actors to connect.
         print(f"actor {actor_id}: READY (engine up, {engine.mode} mode, {engine.dtype}, "
               f"learner at {connect_address(cfg.sync, cfg.sync.rollout_port)})", flush=True)
         if args.profile is None:

@@ -258,6 +258,10 @@ class SyncConfig(Section):
     the other messages' caps are derived from the run's lengths (``sync.limits``)."""
     ack_timeout_s: float = Field(120.0, gt=0)
     """Seconds to wait for all actors to acknowledge a weight version before failing the run."""
+    actor_start_timeout_s: float = Field(900.0, gt=0)
+    """Seconds the learner waits, once it has loaded its model, for every actor (``actor.replicas``) to connect
+    before it publishes the first version: the launchers start actors and learner together, and an engine's start
+    (weights, compile, warm-up) may outlast the learner's. The launchers' ``--ready-timeout`` sets it."""
     min_delta_cosine: float = Field(0.99, ge=0, le=1)
     """Each actor reports the cosine between the LoRA delta it serves and the one published; below this the
     sync failed (e.g. merged serving rounding a small delta away in bf16) and the run stops."""

@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--dry-run", action="store_true", help="print the plan, start nothing")
         s.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
         s.add_argument("--restart-actors", action="store_true", help="restart an actor that dies instead of failing")
-        s.add_argument("--ready-timeout", type=float, default=900.0, help="seconds to wait for actors")
+        s.add_argument("--ready-timeout", type=float, default=None,
+                       help="seconds the learner waits for the actors to connect (sets sync.actor_start_timeout_s; "
+                            "default 900)")
     node = sub.choices["node"]
     node.add_argument("--actor-gpus", default=os.environ.get("ACTOR_GPUS"), help="e.g. 0,1,2,3 (env ACTOR_GPUS)")
     node.add_argument("--learner-gpus", default=os.environ.get("LEARNER_GPUS"), help="e.g. 4,5,6,7 (env LEARNER_GPUS)")
@@ -59,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode.startswith("slurm"):
         p.error(f"{args.mode}: see python -m launch {args.mode} --help")
 
+    if args.ready_timeout is not None:
+        args.overrides.append(f"sync.actor_start_timeout_s={args.ready_timeout}")
     try:
         if args.mode == "node":
             plan = node_plan(args.config, args.overrides, actor_gpus=args.actor_gpus, learner_gpus=args.learner_gpus,
@@ -78,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     plan.write()
     from launch.supervise import run
 
-    return run(plan, ready_timeout_s=args.ready_timeout, restart_actors=args.restart_actors)
+    return run(plan, restart_actors=args.restart_actors)
 
 
 if __name__ == "__main__":

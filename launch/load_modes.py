@@ -27,7 +27,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from launch.compare import REPO, race
+from launch.compare import REPO
+from launch.race import race
 
 MODES = ("inflight", "drain")
 
@@ -62,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     for rnd in range(args.rounds):
         for mode in (MODES if rnd % 2 == 0 else MODES[::-1]):
             out = work / f"{mode}-{rnd}.json"
-            cmd = [sys.executable, "-m", "launch.compare", "--only", "ours", "--work", str(work), "--json", str(out),
-                   "--plot", str(work / f"{mode}-{rnd}.png"), "--window", str(args.window),
+            cmd = [sys.executable, "-m", "launch.compare", "--only", "ours", "--seeds", "1", "--work", str(work),
+                   "--json", str(out), "--plot", str(work / f"{mode}-{rnd}.png"), "--window", str(args.window),
                    "--set", f"actor.load_mode={mode}", *rest]
             if args.reuse and out.exists():
                 print(f"load_modes: round {rnd + 1}/{args.rounds}, {mode}: kept {out}", flush=True)

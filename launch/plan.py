@@ -47,13 +47,18 @@ class Plan:
     extra: dict = field(default_factory=dict)             # more plan.json keys (the Slurm job's layout)
     notes: list[str] = field(default_factory=list)        # printed under the header (the memory plan)
     commands: list[tuple[str, str]] | None = None         # (comment, line) for commands.sh; default: each component
+    actors_first: bool = False                            # start the learner once every actor is READY (shared GPU)
 
     def describe(self) -> str:
         c = self.config
         lines = [f"plan ({self.mode}): {len(self.actors)} actor(s), learner with {c.learner.ranks} rank(s); "
                  f"model {c.model_id}; run dir {self.run_dir}",
                  f"sync: {_channels(c.sync)}, rollout port {c.sync.rollout_port}, weight port "
-                 f"{c.sync.weight_port}, max_staleness {c.sync.max_staleness}", *self.notes]
+                 f"{c.sync.weight_port}, max_staleness {c.sync.max_staleness}",
+                 "start: " + ("the actors, then the learner once every actor is READY (they share GPUs: vLLM's "
+                              "start-up check needs the memory free)" if self.actors_first else
+                              "actors and learner together; the learner waits up to "
+                              f"{c.sync.actor_start_timeout_s:.0f} s for the actors to connect"), *self.notes]
         for comp in [*self.actors, self.learner]:
             lines.append(f"  {comp.name:<9} {comp.devices:<18} {comp.shell()}")
         return "\n".join(lines)
@@ -284,15 +289,16 @@ def node_plan(config: str, overrides: list[str], *, actor_gpus: str | None, lear
     else:
         ds += ["--include", f"localhost:{','.join(map(str, l_ids))}"]
     ds += ["--master_port", str(cfg.sync.master_port), "--module", "learner", "--config", conf]
-    # a shared GPU: the learner starts after the actors are READY (launch.supervise), so vLLM's start-up check
-    # sees the GPU free; expandable segments keep the learner's varying batch shapes from fragmenting the rest
+    # a shared GPU: the learner starts after the actors are READY (launch.supervise, Plan.actors_first), so vLLM's
+    # start-up check sees the GPU free; expandable segments keep the learner's varying batch shapes from fragmenting
+    # the rest. Elsewhere actors and learner start together.
     env = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"} if shared else {}
     learner = Component(name="learner", argv=ds, env=env,
                         devices=f"GPU {','.join(map(str, l_ids))}" + (" (shared)" if shared else "") if l_ids
                         else "hostfile",
                         ports=[cfg.sync.rollout_port, cfg.sync.weight_port, cfg.sync.master_port])
     return Plan("node" + (" (actors and learner share the GPUs)" if shared else "") + note, rd, cfg, actors, learner,
-                notes=notes)
+                notes=notes, actors_first=shared)
 
 
 def cpu_plan(config: str, overrides: list[str], *, run_dir: str | None, actor_cores: str | None = None,

@@ -11,8 +11,10 @@ The job (``RUN_DIR/job.sbatch``, whole nodes: N actor nodes + M learner nodes of
   group of TP of the node's GPUs (one actor per CPU node), connecting to the learner node's address.
 - The job spans more than one node, so the sync runs over TCP with CURVE: the job driver makes the keys in
   ``RUN_DIR/keys`` (0600 files in a 0700 directory) before any component starts, once per run directory.
-- The batch script runs the job driver (:mod:`launch.slurm_job`), which starts those steps, starts the
-  learner once every actor printed READY, restarts a dead actor step, and passes Slurm's signals on.
+- The batch script runs the job driver (:mod:`launch.slurm_job`), which first checks, with one step on every
+  node, that each sees the venv, the code, the run directory and the keys (a shared filesystem), then starts
+  those steps, actors and learner together (the learner waits for the actors to connect), restarts a dead
+  actor step, and passes Slurm's signals on.
 
 Why the steps are started by a Python driver rather than written out in bash: the job has to wait for
 READY lines, tag every line with its component and node, restart one actor step with a back-off while the
@@ -152,7 +154,7 @@ def sbatch_options(spec: SlurmSpec, run_dir: Path, name: str, *, partition: str 
 def slurm_plan(config: str, overrides: list[str], *, actor_nodes: int = 1, learner_nodes: int = 1,
                gpus_per_node: int = 8, tp: int | None = None, run_dir: str | None = None,
                partition: str | None = None, time: str | None = None, account: str | None = None,
-               requeue: bool = True, resume: bool = False, ready_timeout_s: float = 900.0,
+               requeue: bool = True, resume: bool = False, ready_timeout_s: float | None = None,
                extra: list[str] | None = None, check: bool = True) -> tuple[Plan, SlurmSpec]:
     """The job's plan (components and layout); ``check``: inputs exist and the cluster can run it."""
     cfg = resolve(config, overrides, run_dir)
@@ -162,6 +164,8 @@ def slurm_plan(config: str, overrides: list[str], *, actor_nodes: int = 1, learn
                    learner__ranks=learner_nodes * ranks_per_node, sync__keys_dir=str(rd / KEYS_DIR))
     if "transport" in SyncConfig.model_fields:  # more than one node: TCP, and TCP always with CURVE
         updates["sync__transport"] = "tcp"
+    if ready_timeout_s is not None:  # the learner bounds its wait for the actors with it
+        updates["sync__actor_start_timeout_s"] = ready_timeout_s
     cfg = _with(cfg, **updates)
     if check:
         check_cluster(partition, actor_nodes + learner_nodes, gpus_per_node)
@@ -175,7 +179,7 @@ def slurm_plan(config: str, overrides: list[str], *, actor_nodes: int = 1, learn
     spec = SlurmSpec(actor_nodes=actor_nodes, learner_nodes=learner_nodes, gpus_per_node=gpus_per_node, tp=tp,
                      actors_per_node=per_node, ranks_per_node=ranks_per_node, master_port=cfg.sync.master_port,
                      python=sys.executable, workdir=str(Path.cwd()), run_dir=str(rd), resume=resume,
-                     requeue=requeue, ready_timeout_s=ready_timeout_s)
+                     requeue=requeue, ready_timeout_s=cfg.sync.actor_start_timeout_s)
     spec.sbatch = sbatch_options(spec, rd.resolve(), f"tucano2-{rd.name}", partition=partition, time=time,
                                  account=account, extra=list(extra or []))
     conf = str(rd / "config.yaml")
@@ -340,7 +344,9 @@ def cli(argv: list[str]) -> int:
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     p.add_argument("--requeue", action=argparse.BooleanOptionalAction, default=True,
                    help="let Slurm requeue the job after preemption or a node failure (default on)")
-    p.add_argument("--ready-timeout", type=float, default=900.0, help="seconds the job waits for its actors")
+    p.add_argument("--ready-timeout", type=float, default=None,
+                   help="seconds the learner waits for the actors to connect (sets sync.actor_start_timeout_s; "
+                        "default 900)")
     p.add_argument("--dry-run", action="store_true", help="write and print job.sbatch; submit nothing")
     args = p.parse_args(argv)
     try:

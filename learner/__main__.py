@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 
@@ -81,6 +82,7 @@ def preflight(cfg, resume: Path | None = None, need_data: bool = True) -> str | 
 
 
 def main(argv: list[str] | None = None) -> int:
+    t_main = time.time()
     from configs import ConfigError, load_config
     from configs.__main__ import add_config_args
 
@@ -117,14 +119,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"learner: {problem}", file=sys.stderr)
         return 2
 
+    clock = StartupClock(t_main)
     from learner.trainer import LearnerError, Trainer
 
+    clock.mark("imports")
     rank = int(os.environ.get("RANK", "0"))
     transport = publisher = None
     try:
         if rank == 0:
             transport, publisher = _transports(cfg, args.rollouts)
+            clock.mark("channels")
         trainer = Trainer(cfg, transport, publisher, resume=args.resume is not None)
+        clock.add(trainer.policy.startup, "trainer")
+        if args.rollouts == "zmq":
+            wait_for_actors(publisher, cfg.actor.replicas, cfg.sync.actor_start_timeout_s, trainer.world)
+            clock.mark("actors")
+        if rank == 0:
+            print(f"learner: start-up: {clock}; then the first publish", flush=True)
         result = trainer.run()
     except LearnerError as e:
         print(f"learner: {e}", file=sys.stderr)
@@ -137,6 +148,76 @@ def main(argv: list[str] | None = None) -> int:
         print(f"learner: {result.stopped} (checkpoint written; fix the actors and --resume)", file=sys.stderr)
         return 1
     return 0
+
+
+class StartupClock:
+    """Where the learner's start-up goes: seconds per phase from the process's start (``python``: the interpreter
+    and this module's own imports), printed as one ``start-up:`` line that ``launch.compare`` reads."""
+
+    def __init__(self, t_main: float):
+        try:
+            import psutil
+
+            born = psutil.Process().create_time()
+        except Exception:  # noqa: BLE001 - no psutil: the interpreter's start is not counted
+            born = t_main
+        self.t0 = born
+        self.parts: dict[str, float] = {"python": t_main - born}
+        self.t = t_main
+
+    def mark(self, name: str) -> None:
+        now = time.time()
+        self.parts[name] = now - self.t
+        self.t = now
+
+    def add(self, parts: dict[str, float], rest: str) -> None:
+        """``parts`` measured inside the phase that ends now; what they leave is ``rest``."""
+        now = time.time()
+        self.parts.update(parts)
+        self.parts[rest] = max(0.0, now - self.t - sum(parts.values()))
+        self.t = now
+
+    def __str__(self) -> str:
+        parts = ", ".join(f"{k} {v:.1f} s" for k, v in self.parts.items())
+        return f"{parts} ({self.t - self.t0:.1f} s since the process started)"
+
+
+def wait_for_actors(publisher, expected: int, timeout_s: float, world: int, poll_s: float = 0.5) -> float:
+    """Until ``expected`` actors are connected to rank 0's weight channel (an actor connects once its engine is
+    up): the launchers start actors and learner together, so the learner loads its model while the engines start,
+    and its first publication and requests wait for them here. Every rank takes part (rank 0 broadcasts what it
+    sees every ``poll_s``), so no rank sits in one long collective. After ``timeout_s`` the run stops with one
+    :class:`learner.evaluate.LearnerError` line on every rank. Returns the seconds waited."""
+    from learner import comm
+    from learner.evaluate import LearnerError
+
+    t0 = time.monotonic()
+    last_note = None
+    while True:
+        status = None
+        if publisher is not None:
+            seen = sorted(publisher.actors())
+            waited = time.monotonic() - t0
+            if len(seen) >= expected:
+                status = "ok"
+            elif waited > timeout_s:
+                status = (f"{len(seen)} of {expected} actor(s) connected within {timeout_s:.0f} s of the learner's "
+                          f"start-up (connected: {', '.join(seen) or 'none'}); not training. See the actors' logs "
+                          "(RUN_DIR/logs/actor-K.log); a slow engine start needs a longer --ready-timeout "
+                          "(sync.actor_start_timeout_s)")
+            else:
+                if last_note is None or time.monotonic() - last_note > 30:
+                    print(f"learner: waiting for actors: {len(seen)} of {expected} connected "
+                          f"({waited:.0f} s; engines still starting)", flush=True)
+                    last_note = time.monotonic()
+                time.sleep(poll_s)
+                status = "wait"
+        if world > 1:
+            status = comm.broadcast_object(status)
+        if status == "ok":
+            return time.monotonic() - t0
+        if status != "wait":
+            raise LearnerError(status)
 
 
 def _transports(cfg, kind: str):

@@ -1,13 +1,14 @@
 """The learner's process group: how ranks meet, and every collective the project issues.
 
-One place decides the communication device: :func:`comm_device`, ``cuda:<current>`` when the group's
-backend is NCCL (which serves no CPU tensor: "No backend type associated with device type cpu"), ``cpu``
-for gloo. Every collective of ours goes through :func:`all_reduce`, :func:`broadcast_object` or
-:func:`barrier`, which move their tensors to that device and back. No other file of ours calls
-``torch.distributed`` or ``deepspeed.comm`` collectives: ``tests/unit/test_comm_device.py`` checks the
-source, and :func:`guard` (on whenever ``TUCANO2_COMM_GUARD=1``, which the test suite sets for every
-learner it starts) refuses at run time a collective that our code issues from anywhere else, so a new
-direct call fails the two-rank CPU tests although gloo itself would take its CPU tensor.
+One place decides which GPU a rank uses, :func:`cuda_index` (``cuda:LOCAL_RANK`` when a rank sees its node's GPUs,
+``cuda:0`` when Slurm binds one GPU per task), and one the communication device: :func:`comm_device`,
+``cuda:<current>`` when the group's backend is NCCL (which serves no CPU tensor: "No backend type associated with
+device type cpu"), ``cpu`` for gloo. Every collective of ours goes through :func:`all_reduce`,
+:func:`broadcast_object` or :func:`barrier`, which move their tensors to that device and back. No other file of
+ours calls ``torch.distributed`` or ``deepspeed.comm`` collectives: ``tests/unit/test_comm_device.py`` checks the
+source, and :func:`guard` (on whenever ``TUCANO2_COMM_GUARD=1``, which the test suite sets for every learner it
+starts) refuses at run time a collective that our code issues from anywhere else, so a new direct call fails the
+two-rank CPU tests although gloo itself would take its CPU tensor.
 
 Rendezvous (:func:`init`). torch.distributed's store is unauthenticated: whoever reaches it can join the
 group or rewrite its keys, and the gloo/NCCL data plane trusts every peer the store introduced. So:
@@ -51,6 +52,30 @@ def _listening_socket(addr: str, port: int) -> socket.socket:
     return s
 
 
+def cuda_index(env=None, visible: int | None = None) -> int:
+    """This rank's CUDA device, decided here for the whole learner (its model, the NCCL group's device, DeepSpeed's
+    engine). Two layouts put ranks on GPUs:
+
+    * plain: every rank sees all of its node's GPUs (the DeepSpeed launcher's ``--include``, srun without GPU
+      binding); ``LOCAL_RANK`` picks one: ``cuda:LOCAL_RANK``;
+    * bound: each rank sees only its own GPU (``srun --gpus-per-task=1``, ``--gpu-bind``, a cgroup per task):
+      ``CUDA_VISIBLE_DEVICES`` lists one GPU, which is ``cuda:0`` whatever ``LOCAL_RANK`` is.
+
+    ``visible``: how many GPUs this process sees (default: the entries of ``CUDA_VISIBLE_DEVICES`` when it is set,
+    else ``torch.cuda.device_count()``). A ``LOCAL_RANK`` that fits neither layout is one line of error."""
+    env = os.environ if env is None else env
+    local = int(env.get("LOCAL_RANK", "0"))
+    cvd = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        visible = len([x for x in cvd.split(",") if x.strip()]) if cvd is not None else torch.cuda.device_count()
+    if visible == 1:
+        return 0
+    if 0 <= local < visible:
+        return local
+    raise RuntimeError(f"learner rank with LOCAL_RANK {local} sees {visible} GPU(s) (CUDA_VISIBLE_DEVICES="
+                       f"{cvd if cvd is not None else 'unset'}): give each rank its node's GPUs or exactly one")
+
+
 def make_store(rank: int, world: int, store_dir: Path, timeout_s: float = 1800.0):
     """The rendezvous store for this group (see the module docstring); the caller keeps it alive."""
     import torch.distributed as dist
@@ -90,7 +115,7 @@ def init(cpu: bool, store_dir: Path) -> tuple[int, int]:
         store = make_store(rank, world, store_dir)
         kw = {}
         if not cpu:
-            kw["device_id"] = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            kw["device_id"] = torch.device("cuda", cuda_index())
         dist.init_process_group("gloo" if cpu else "nccl", store=store, rank=rank, world_size=world, **kw)
     import deepspeed
 

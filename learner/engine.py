@@ -24,6 +24,7 @@ import json
 import math
 import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,14 +65,29 @@ def init_distributed(cpu: bool, store_dir: str | os.PathLike) -> tuple[int, int]
     return comm.init(cpu, Path(store_dir))
 
 
+def select_device_dtype(precision: str, cuda: bool, env=None) -> tuple[torch.device, torch.dtype]:
+    """The learner's device and dtype: this rank's GPU (:func:`learner.comm.cuda_index`) in bf16 unless ``fp32``,
+    or the CPU in float32 unless ``bf16``."""
+    from learner.comm import cuda_index
+
+    if cuda:
+        return torch.device("cuda", cuda_index(env)), (torch.float32 if precision == "fp32" else torch.bfloat16)
+    return torch.device("cpu"), (torch.bfloat16 if precision == "bf16" else torch.float32)
+
+
 def pick_device_dtype(precision: str) -> tuple[torch.device, torch.dtype]:
-    if torch.cuda.is_available():
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    dev, dtype = select_device_dtype(precision, torch.cuda.is_available())
+    if dev.type == "cuda":
         torch.cuda.set_device(dev)
-        return dev, (torch.float32 if precision == "fp32" else torch.bfloat16)
-    if precision == "bf16":
-        return torch.device("cpu"), torch.bfloat16
-    return torch.device("cpu"), torch.float32
+    return dev, dtype
+
+
+def deepspeed_args(device: torch.device):
+    """``deepspeed.initialize``'s ``args``: on a GPU the device to use (``device_rank``), or DeepSpeed takes
+    ``LOCAL_RANK`` for it, which is wrong when Slurm binds one GPU per task; None on the CPU."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(device_rank=device.index) if device.type == "cuda" else None
 
 
 def load_tokenizer(model_id: str):
@@ -164,14 +180,20 @@ class PolicyEngine:
     """The trainable policy behind DeepSpeed. ``module`` is the PEFT model, ``engine`` the DS engine."""
 
     def __init__(self, cfg, *, init_adapter=None, base_model=None):
+        t0 = time.perf_counter()
         import deepspeed
 
         from learner.schedule import make_scheduler
 
+        self.startup: dict[str, float] = {"deepspeed import": time.perf_counter() - t0}
+        """Seconds of each start-up phase (``learner/__main__`` prints them)."""
+        t0 = time.perf_counter()
         self.cfg = cfg
         self.device, self.dtype = pick_device_dtype(cfg.learner.precision)
         self.cpu = self.device.type == "cpu"
         self.rank, self.world = init_distributed(self.cpu, Path(cfg.run_dir) / ".dist")
+        self.startup["process group"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         self.tokenizer = load_tokenizer(cfg.model_id) if base_model is None else None
         adapter = init_adapter if init_adapter is not None else cfg.init_adapter
         if base_model is not None:
@@ -187,16 +209,20 @@ class PolicyEngine:
             base=base_model,
         )
         self.vocab_size = self.module.get_input_embeddings().weight.shape[0]
+        self.startup["model"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         params = [p for p in self.module.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
         sched = make_scheduler(opt, cfg.lr_scheduler_type, cfg.warmup_ratio, cfg.max_steps)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            args=deepspeed_args(self.device),
             model=self.module,
             optimizer=opt,
             lr_scheduler=sched,
             config=deepspeed_config(cfg, cfg.learner.micro_batch_size, self.dtype == torch.bfloat16),
         )
         self.engine.train()
+        self.startup["deepspeed init"] = time.perf_counter() - t0
         self._grad_bad = torch.zeros((), dtype=torch.bool, device=self.device)
         self._loss_bad = False
         for p in params:

@@ -112,3 +112,18 @@ class TaskBalancedSampler:
         for t, s in self.samplers.items():
             s.load_state_dict(state["tasks"][t])
         self.drawn = state["drawn"]
+
+
+def make_sampler(cfg, items) -> EpochSampler | TaskBalancedSampler:
+    """The run's training-prompt sampler over ``items`` (:func:`learner.data.load_items` of its train pairs):
+    :class:`TaskBalancedSampler` with ``data.balance_tasks``, else :class:`EpochSampler`, seeded by ``cfg.seed``.
+    The learner draws through it, and so does TRL's peer in ``python -m launch.compare``: one function, so both
+    systems of the race train on the same prompts in the same order."""
+    if cfg.data.balance_tasks:
+        return TaskBalancedSampler([it.task for it in items], cfg.seed)
+    return EpochSampler(len(items), cfg.seed)
+
+
+def prompts_per_update(cfg) -> int:
+    """Prompts one optimizer step draws: ``prompts_per_step`` x ``grad_accum``."""
+    return cfg.prompts_per_step * cfg.grad_accum

@@ -56,7 +56,7 @@ from learner.data import load_items, make_reward_fn, stratified_subset
 from learner.engine import nonfinite_tensors
 from learner.evaluate import Broker, Interrupted, LearnerError, evaluate, probe
 from learner.rollouts import StepBatch, build_batch, out_of_bounds, rollout_request, rollout_seed, version_metrics
-from learner.sampler import EpochSampler, TaskBalancedSampler
+from learner.sampler import make_sampler, prompts_per_update
 from learner.step import forward_backward
 from learner.watchdog import Watchdog
 
@@ -138,8 +138,7 @@ class Trainer:
             self.eval_items = stratified_subset(eval_all, cfg.eval.subset_size, cfg.seed)
             self.probe_item = (self.eval_items or self.train_items)[0]
             self.reward_fn = reward_fn or make_reward_fn(cfg)
-            self.sampler = (TaskBalancedSampler([it.task for it in self.train_items], cfg.seed)
-                            if cfg.data.balance_tasks else EpochSampler(len(self.train_items), cfg.seed))
+            self.sampler = make_sampler(cfg, self.train_items)
             self.broker = Broker(transport, cfg.sync.request_timeout_s * 3, stop=lambda: self._sigterm)
         self.sampler_snapshots: dict[int, dict] = {}
         self.pending: dict[int, list[str]] = {}
@@ -210,7 +209,7 @@ class Trainer:
         while self.next_submit <= last:
             s = self.next_submit
             self.sampler_snapshots[s] = self.sampler.state_dict()
-            idx = self.sampler.take(cfg.prompts_per_step * cfg.grad_accum)
+            idx = self.sampler.take(prompts_per_update(cfg))
             self.pending[s] = [
                 self._request(
                     "train",

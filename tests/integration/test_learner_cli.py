@@ -222,3 +222,23 @@ def test_bench_compares_zero_advantage_skipping_side_by_side(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "learner.bench", "--zero-std-frac", "1.5"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--zero-std-frac" in bad.stderr
+
+
+def test_learner_without_actors_stops_after_its_start_timeout_on_every_rank(tiny_model, tmp_path):
+    """The launchers start the learner with the actors; it waits for them to connect, on every rank (rank 0
+    broadcasts what it sees), and stops with one line when none came within sync.actor_start_timeout_s."""
+    over = toy_overrides(tiny_model, tmp_path / "run", tmp_path / "pairs", **{"sync.actor_start_timeout_s": 3})
+    port = free_port()
+    cmd = [a if a != "local" else "zmq" for a in learner_cmd(over)]
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=env_for(r, 2, port), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for r in range(2)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    assert [p.returncode for p in procs] == [1, 1], outs
+    line = ("learner: 0 of 1 actor(s) connected within 3 s of the learner's start-up (connected: none); not "
+            "training. See the actors' logs (RUN_DIR/logs/actor-K.log); a slow engine start needs a longer "
+            "--ready-timeout (sync.actor_start_timeout_s)")
+    for _, err in outs:
+        assert err.strip().splitlines()[-1] == line, err[-2000:]
+    assert "learner: waiting for actors: 0 of 1 connected" in outs[0][0]
+    assert not (tmp_path / "run" / "metrics.jsonl").exists() or "train/loss" not in (
+        tmp_path / "run" / "metrics.jsonl").read_text()

@@ -174,6 +174,10 @@ def test_run_on_two_nodes_survives_a_lost_actor_step_and_a_requeue(slurm_cluster
     assert train_steps(read_metrics(run)) == list(range(1, steps + 1))
     # Every line names its component and its Slurm node, in the job's output and in the per-component logs.
     assert re.search(r"^\[actor-0\] \(n2\) actor n2-a0: READY", out, re.M)
+    # Each start checked first that both nodes share the filesystem; actors and learner then started together.
+    assert len(re.findall(r"^slurm: [\d:]+ shared filesystem: n1, n2 see the venv, the code, the run directory and "
+                          r"the keys$", out, re.M)) == 2
+    assert re.search(r"^\[learner\] \(n1\) learner: start-up: .*actors [\d.]+ s", out, re.M), out[-3000:]
     assert re.search(r"^\[learner\] \(n1\) learner: stopped at step \d+: SIGTERM", out, re.M)
     assert all(ln.startswith("(n2) ") for ln in (run / "logs" / "actor-0.log").read_text().splitlines())
     # CURVE keys made in the run directory, private.
@@ -222,3 +226,30 @@ def test_submit_checks_the_cluster_and_the_run_dir_first(slurm_cluster, tiny_mod
     assert not (run / "job.sbatch").exists()
     queue = subprocess.run(["squeue", "-h"], env=slurm_cluster.env, capture_output=True, text=True, timeout=60)
     assert queue.returncode == 0 and queue.stdout == ""  # nothing was submitted
+
+
+def test_a_node_that_cannot_see_the_run_directory_stops_the_job_first(slurm_cluster, tiny_model, tmp_path):
+    """n2's slurmd restarted in a mount namespace where the run directory is an empty tmpfs: that node cannot
+    see what the job writes there, as a node without the cluster's shared filesystem. The job ends with one line
+    naming n2 before any component starts, and n2 is restored afterwards."""
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    over = e2e_overrides(tiny_model, tmp_path / "pairs", max_steps=4, **SMALL)
+
+    def cluster(*a):
+        r = subprocess.run(["bash", str(REPO / "tests" / "slurm" / "cluster.sh"), *a], env=slurm_cluster.env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    cluster("hide", "n2", str(run))
+    try:
+        with SlurmRun(slurm_cluster, run, over) as job:
+            job.wait_until(lambda: job.state() in ("FAILED", "COMPLETED", "CANCELLED"), 180, "the job to end")
+            info, out = job.job_info(), job.output()
+    finally:
+        cluster("unhide", "n2")
+    assert info["JobState"] == "FAILED" and info["ExitCode"] == "1:0", info
+    said = [ln for ln in out.splitlines() if "cannot see" in ln]
+    assert said == [f"slurm: node n2 cannot see the run directory {run} (the marker the job wrote there): the venv, "
+                    "the code, the run directory and the keys must be on a filesystem every node of the job shares"]
+    assert "starting actor-0" not in out and "[learner]" not in out and "[actor-0]" not in out

@@ -6,6 +6,10 @@
 #   tests/slurm/cluster.sh down      stop what `up` started (by its pid files) and remove the directory
 #   tests/slurm/cluster.sh status    sinfo / squeue of the private cluster
 #   tests/slurm/cluster.sh env       the line to eval to talk to it: export SLURM_CONF=...
+#   tests/slurm/cluster.sh hide NODE DIR   restart NODE's slurmd in a private mount namespace where DIR is an empty
+#                                          tmpfs: that node (and every step it runs) cannot see what DIR holds, as a
+#                                          node without the cluster's shared filesystem would not
+#   tests/slurm/cluster.sh unhide NODE     restart NODE's slurmd as `up` started it
 # Environment: TUCANO2_SLURM_DIR (default /tmp/tucano2-slurm), TUCANO2_SLURM_PORT (default 46817:
 # slurmctld; slurmd of node k on PORT+k), TUCANO2_SLURM_NODES (default 2).
 #
@@ -137,11 +141,38 @@ down() {
   echo "cluster: down"
 }
 
+wait_idle() {
+  for _ in $(seq 1 60); do
+    if sinfo -h -N -t idle -o %N 2>/dev/null | grep -qx "$1"; then return 0; fi
+    sleep 1
+  done
+  sinfo -N >&2 || true
+  die "node $1 not idle after 60 s (logs in $D/log)"
+}
+
+restart_node() {  # NODE [DIR]: stop its slurmd, start it again (with DIR hidden when given), wait until idle
+  local node="$1" dir="${2:-}"
+  pid_alive "$D/run/slurmctld.pid" || die "not up ($D)"
+  stop_pidfile "$D/run/slurmd-$node.pid"
+  if [ -n "$dir" ]; then
+    [ -d "$dir" ] || die "hide: no directory $dir"
+    # slurmd forks into the background inside the namespace; its steps inherit the tmpfs over DIR
+    unshare --mount --propagation private sh -c 'mount -t tmpfs -o size=1m,mode=0700 tucano2-hidden "$1" &&
+      exec slurmd -f "$2" -N "$3"' hide "$dir" "$CONF" "$node"
+  else
+    slurmd -f "$CONF" -N "$node"
+  fi
+  wait_idle "$node"
+  echo "cluster: $node restarted${dir:+ without $dir}"
+}
+
 case "$cmd" in
   install) install ;;
   up) up ;;
   down) down ;;
   status) sinfo -N; squeue ;;
   env) echo "export SLURM_CONF=$CONF" ;;
-  *) echo "usage: tests/slurm/cluster.sh install|up|down|status|env" >&2; exit 2 ;;
+  hide) [ $# -eq 3 ] || die "usage: tests/slurm/cluster.sh hide NODE DIR"; restart_node "$2" "$3" ;;
+  unhide) [ $# -eq 2 ] || die "usage: tests/slurm/cluster.sh unhide NODE"; restart_node "$2" ;;
+  *) echo "usage: tests/slurm/cluster.sh install|up|down|status|env|hide|unhide" >&2; exit 2 ;;
 esac

@@ -121,3 +121,42 @@ def test_comm_device_follows_the_backend(monkeypatch, group):
     assert comm.comm_device() == torch.device("cuda", 3)
     monkeypatch.setattr(group, "get_backend", lambda *a: "gloo")
     assert comm.comm_device() == torch.device("cpu")
+
+
+# ------------------------------------------------------------------------------- which GPU a rank uses
+# A fake of what this CPU box lacks: the GPUs a process sees, as CUDA_VISIBLE_DEVICES in a fake environment.
+NODE = "0,1,2,3,4,5,6,7"
+
+
+def test_each_rank_gets_its_gpu_in_plain_and_bound_layouts():
+    from learner.engine import deepspeed_args, select_device_dtype
+
+    for local in range(8):
+        plain = {"LOCAL_RANK": str(local), "CUDA_VISIBLE_DEVICES": NODE}           # every rank sees the node
+        bound = {"LOCAL_RANK": str(local), "CUDA_VISIBLE_DEVICES": str(local)}     # srun --gpus-per-task=1
+        assert comm.cuda_index(plain) == local
+        assert comm.cuda_index(bound) == 0  # its one GPU is cuda:0, whatever LOCAL_RANK says
+        assert select_device_dtype("auto", True, bound) == (torch.device("cuda", 0), torch.bfloat16)
+        assert select_device_dtype("fp32", True, plain) == (torch.device("cuda", local), torch.float32)
+    assert comm.cuda_index({"LOCAL_RANK": "5"}, visible=8) == 5  # no CUDA_VISIBLE_DEVICES: torch's count
+    assert comm.cuda_index({"LOCAL_RANK": "0", "CUDA_VISIBLE_DEVICES": "GPU-1f2e"}) == 0
+    # DeepSpeed would take LOCAL_RANK for its device: it is handed the one decided here
+    assert deepspeed_args(torch.device("cuda", 0)).device_rank == 0
+    assert deepspeed_args(torch.device("cpu")) is None
+    assert select_device_dtype("auto", False) == (torch.device("cpu"), torch.float32)
+
+
+def test_a_local_rank_that_fits_no_layout_is_one_line():
+    with pytest.raises(RuntimeError, match=r"LOCAL_RANK 3 sees 2 GPU\(s\) \(CUDA_VISIBLE_DEVICES=4,5\)"):
+        comm.cuda_index({"LOCAL_RANK": "3", "CUDA_VISIBLE_DEVICES": "4,5"})
+
+
+def test_no_other_file_picks_a_gpu_from_local_rank():
+    """LOCAL_RANK is read for a device in learner/comm.py only (the launchers set it; DeepSpeed is handed the
+    device through deepspeed_args)."""
+    hits = [f"{f.relative_to(REPO)}:{n}" for pkg in ("actor", "learner", "sync", "zoo")
+            for f in sorted((REPO / pkg).rglob("*.py")) if f != REPO / "learner" / "comm.py"
+            for n, line in enumerate(f.read_text().splitlines(), 1)
+            if "LOCAL_RANK" in line and not line.lstrip().startswith(("#", "``"))
+            and "environ" in line]
+    assert not hits, hits

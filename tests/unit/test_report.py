@@ -55,9 +55,11 @@ def test_compare_race_arithmetic():
     """The side-by-side's finish line: the moving average and the first time it reaches a target."""
     import doctest
 
-    import launch.compare as C
+    import launch.race as C
+    import launch.racewatch as W
 
-    assert doctest.testmod(C).attempted >= 2 and doctest.testmod(C).failed == 0
+    assert doctest.testmod(C).attempted >= 4 and doctest.testmod(C).failed == 0
+    assert doctest.testmod(W).attempted >= 1 and doctest.testmod(W).failed == 0
     curve = C.race([{"step_s": 2.0, "reward": 0.0}, {"step_s": 1.0, "reward": 1.0}, {"step_s": 1.0, "reward": 1.0}], 2)
     assert curve == {"clock_s": [2.0, 3.0, 4.0], "ma": [0.0, 0.5, 1.0]}
     assert C.time_to(curve, 0.5) == 3.0 and C.time_to(curve, 1.01) is None
@@ -75,3 +77,27 @@ def test_load_modes_run_metrics():
     assert m["actor_tokens_per_s"] == (80 + 160 + 60) / 8.0
     assert m["step_s"] == 2.0 and m["mixed_version_frac"] == 0.25
     assert m["curve"]["clock_s"] == [4.0, 5.0, 8.0]
+
+
+def test_compare_pairs_each_seed_and_reports_median_and_spread():
+    """Ours against a peer seed by seed (both trained on that seed's prompts), then median and min-max."""
+    import pytest
+
+    import launch.race as C
+
+    def res(system, seed, rewards, step_s):
+        return C.summarize(system, seed, [{"step_s": step_s, "reward": r} for r in rewards], 1)
+
+    rs = [res("ours", 42, [0.0, 1.0, 1.0], 1.0), res("trl_x", 42, [0.0, 0.5, 0.9], 3.0),
+          res("ours", 43, [0.0, 0.2, 0.4], 1.0), res("trl_x", 43, [0.0, 0.8, 0.8], 2.0),
+          res("trl_x", 44, [0.0, 0.1, 0.2], 1.0)]  # a seed ours did not run: left out, not paired with another
+    out = C.races(rs, ("trl_x", "trl_y"))
+    assert set(out) == {"trl_x"}
+    per = out["trl_x"]["per_seed"]
+    # seed 42: the line is 0.9 (the peer's final): ours at 2 s, the peer at 9 s; seed 43: 0.4 (ours): 3 s vs 4 s
+    assert [(p["seed"], p["target"], p["time_ours_s"], p["time_peer_s"]) for p in per] == [
+        (42, 0.9, 2.0, 9.0), (43, 0.4, 3.0, 4.0)]
+    assert out["trl_x"]["ratio"] == {"median": pytest.approx((4.5 + 4 / 3) / 2), "min": pytest.approx(4 / 3),
+                                     "max": 4.5, "n": 2}
+    systems = C.per_system(rs)
+    assert systems["trl_x"]["seeds"] == [42, 43, 44] and systems["ours"]["step_s"]["median"] == 1.0

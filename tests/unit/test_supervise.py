@@ -21,7 +21,20 @@ CHILD = textwrap.dedent("""
     with open(pids, "a") as f:
         f.write(f"{os.getpid()}\\n{kid.pid}\\n")
     print(f"{name} up", flush=True)
+    up = os.path.join(os.path.dirname(pids), "learner-up")
+    if name == "learner":
+        open(up, "w").close()
     if name.startswith("actor"):
+        if mode == "failearly":
+            time.sleep(0.5)
+            sys.exit(3)
+        if mode == "together":  # READY only once the learner runs: a launcher that waits for READY hangs here
+            for _ in range(200):
+                if os.path.exists(up):
+                    break
+                time.sleep(0.1)
+            else:
+                sys.exit(4)
         time.sleep(0.5)
         print("actor READY", flush=True)
     if mode == "fail" and name.startswith("actor"):
@@ -39,10 +52,11 @@ DRIVER = textwrap.dedent("""
     from configs import load_config
     from launch.plan import Component, Plan
     from launch.supervise import run
-    child, pids, mode, run_dir, cfg_path = sys.argv[1:6]
+    child, pids, mode, run_dir, cfg_path, first = sys.argv[1:7]
     cfg = load_config(cfg_path)
     comp = lambda n: Component(name=n, argv=[sys.executable, child, n, pids, mode])
-    plan = Plan("cpu", Path(run_dir), cfg, [comp("actor-0"), comp("actor-1")], comp("learner"))
+    plan = Plan("cpu", Path(run_dir), cfg, [comp("actor-0"), comp("actor-1")], comp("learner"),
+                actors_first=first == "1")
     sys.exit(run(plan, ready_timeout_s=60, grace_s=5))
 """)
 
@@ -58,14 +72,14 @@ def alive(pid: int) -> bool:
         return False
 
 
-def start(tmp_path, mode):
+def start(tmp_path, mode, actors_first=False):
     (tmp_path / "child.py").write_text(CHILD)
     (tmp_path / "driver.py").write_text(DRIVER)
     pids = tmp_path / "pids"
     cfg = Path(__file__).resolve().parents[2] / "configs" / "smoke_cpu.yaml"
     proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(tmp_path / "child.py"), str(pids),
-                             mode, str(tmp_path / "run"), str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                             mode, str(tmp_path / "run"), str(cfg), "1" if actors_first else "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return proc, pids
 
 
@@ -79,13 +93,15 @@ def wait_for_pids(pids: Path, n: int, timeout: float = 30) -> list[int]:
 
 
 def test_ctrl_c_stops_everything(tmp_path):
-    proc, pids = start(tmp_path, "hang")
+    """Actors first (a GPU they share with the learner): the learner starts once both are READY."""
+    proc, pids = start(tmp_path, "hang", actors_first=True)
     all_pids = wait_for_pids(pids, 6)  # 2 actors + learner, each with a grandchild
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 130, out
     assert "[actor-0] actor-0 up" in out and "[learner] learner up" in out
     assert out.index("starting the learner") > out.index("[actor-1] actor READY")
+    assert out.index("[learner] learner up") > out.index("[actor-1] actor READY")
     time.sleep(0.5)
     assert not [p for p in all_pids if alive(p)]
     assert (tmp_path / "run" / "logs" / "learner.log").read_text().startswith("learner up")
@@ -108,3 +124,30 @@ def test_learner_exit_ends_the_run(tmp_path, mode):
     assert "learner exited with code 0" in out
     time.sleep(0.5)
     assert not [p for p in wait_for_pids(pids, 6) if alive(p)]
+
+
+def test_actors_and_learner_start_together(tmp_path):
+    """Without a shared GPU the learner does not wait for READY: these actors print it only once the learner
+    runs, so a launcher that waited would never start it (the actors give up after 20 s, exit 4)."""
+    proc, pids = start(tmp_path, "together")
+    seen = []
+    for line in proc.stdout:  # ends when the run does (actors that never see the learner exit after 20 s)
+        seen.append(line)
+        if sum("ready after" in x for x in seen) == 2:
+            break
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=30)
+    out = "".join(seen) + rest
+    assert proc.returncode == 130, out
+    assert "started 2 actor(s) and the learner together" in out
+    assert "launch: actor-0 ready after" in out and "launch: actor-1 ready after" in out
+    assert out.index("[learner] learner up") < out.index("[actor-0] actor READY")
+
+
+def test_an_actor_that_dies_before_it_is_ready_fails_the_run(tmp_path):
+    proc, pids = start(tmp_path, "failearly")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out
+    assert "exited with code 3 before it was ready" in out
+    time.sleep(0.5)
+    assert not [p for p in wait_for_pids(pids, 2) if alive(p)]
