@@ -66,7 +66,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() and not cfg.actor.inline_engine:  # inline: the engine sets its threads
         # This process only drives the engine; tensor math runs in EngineCore's workers. One thread keeps
         # an inherited OpenMP runtime (an LD_PRELOADed libiomp spins 200 ms after each parallel region)
         # from competing with the workers for the cores (here, with libiomp inherited: 926 tok/s without

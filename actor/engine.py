@@ -24,6 +24,7 @@ needs. TRL's vLLM path returns raw model logprobs instead.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import itertools
 import logging
@@ -38,7 +39,8 @@ from pathlib import Path
 from configs import RunConfig
 from sync.prompts import encode_prompt
 
-from actor.runtime import configure_cpu_env, engine_dtype, lora_rank_slot, on_gpu, private_rpc_dir, serve_mode
+from actor.runtime import (configure_cpu_env, cpu_core_list, engine_dtype, lora_rank_slot, on_gpu, private_rpc_dir,
+                           serve_mode)
 
 log = logging.getLogger("actor.engine")
 
@@ -124,8 +126,15 @@ class RolloutEngine:
         self.gpu = on_gpu()
         self.dtype = engine_dtype(cfg.actor.dtype, self.gpu)
         self.mode = serve_mode(cfg.actor.serve_mode, self.dtype)
+        self.inline = cfg.actor.inline_engine
         if not self.gpu:
             configure_cpu_env(cfg.actor.cpu_threads, replica, cfg.actor.tensor_parallel_size)
+            if self.inline:  # no worker process to bind: this process's threads run the model, on the same cores
+                import torch
+
+                cores = cpu_core_list(cfg.actor.cpu_threads, replica)
+                os.sched_setaffinity(0, cores)
+                torch.set_num_threads(len(cores))
         self._rpc_env = os.environ.get("VLLM_RPC_BASE_PATH")
         self.rpc_dir = private_rpc_dir()  # vLLM's own ipc sockets: private, and removed on close
         kwargs = engine_kwargs(cfg, gpu=self.gpu, dtype=self.dtype, mode=self.mode,
@@ -133,8 +142,12 @@ class RolloutEngine:
         self.engine_kwargs = kwargs
         t0 = time.perf_counter()
         before = _child_pids()
-        self.llm = LLM(**kwargs)
-        self.engine_pids = sorted(_child_pids() - before)   # EngineCore process(es) this engine spawned
+        import torch
+
+        self._set_num_threads = torch.set_num_threads  # vLLM's CPU worker replaces it in the process it runs in
+        with _inline(self.inline):
+            self.llm = LLM(**kwargs)
+        self.engine_pids = sorted(_child_pids() - before)   # EngineCore process(es) this engine spawned (none inline)
         self.start_s = time.perf_counter() - t0
         self.tokenizer = self.llm.get_tokenizer()
         self._version = -1  # the base weights; the learner's first version is 0
@@ -151,8 +164,8 @@ class RolloutEngine:
         self._ids = itertools.count()
         self.generated_tokens = 0               # lifetime counters, for metrics
         self.completed_requests = 0
-        log.info("engine ready in %.1fs (%s mode, %s, %s)", self.start_s, self.mode, self.dtype,
-                 "GPU" if self.gpu else "CPU")
+        log.info("engine ready in %.1fs (%s mode, %s, %s%s)", self.start_s, self.mode, self.dtype,
+                 "GPU" if self.gpu else "CPU", ", inline" if self.inline else "")
 
     # ----------------------------------------------------------------------------- versions
     @property
@@ -379,6 +392,8 @@ class RolloutEngine:
         self.llm = None
         del llm
         gc.collect()
+        if self.inline:
+            _release_inline_engine(self._set_num_threads)
         left = reap(self.engine_pids)
         if left:
             log.warning("engine processes %s survived shutdown", left)
@@ -401,6 +416,37 @@ previous version's adapter while the actor reports (and reads back) the new one;
 def _stale_fault(load: int) -> bool:
     n = os.environ.get(STALE_FAULT_ENV)
     return bool(n) and load >= int(n)
+
+
+@contextlib.contextmanager
+def _inline(on: bool):
+    """While an inline engine is built, ``VLLM_ENABLE_V1_MULTIPROCESSING=0``: vLLM 0.32 then runs EngineCore and its
+    worker in the calling process (its CPU platform forces the multiprocess executor only while the variable is 1).
+    Otherwise the environment is left as it is."""
+    if not on:
+        yield
+        return
+    key = "VLLM_ENABLE_V1_MULTIPROCESSING"
+    old = os.environ.get(key)
+    os.environ[key] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key)
+        else:
+            os.environ[key] = old
+
+
+def _release_inline_engine(set_num_threads) -> None:
+    """What an inline engine leaves in its process, undone so the process can build another engine or train:
+    vLLM's one-rank torch.distributed group and model-parallel groups, its environment cache and frozen GC heap
+    (``cleanup_dist_env_and_memory``), and the CPU worker's no-op ``torch.set_num_threads``."""
+    import torch
+    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+    cleanup_dist_env_and_memory()
+    torch.set_num_threads = set_num_threads
 
 
 def _child_pids() -> set[int]:

@@ -282,6 +282,18 @@ class ActorConfig(Section):
     """Nucleus sampling for rollouts."""
     enforce_eager: bool = False
     """Disable CUDA graphs (debugging)."""
+    inline_engine: bool = False
+    """Run vLLM's engine inside the actor process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``: no EngineCore and
+    worker processes; on CPU the engine starts in ~9 s instead of ~25 s, BENCHMARKS.md "CI time"). Needs
+    ``tensor_parallel_size: 1``. Off by default: the separate EngineCore is what a GPU run uses (its scheduler
+    overlaps the actor's own work), and what a kill or a crash of the engine looks like there."""
+
+    @model_validator(mode="after")
+    def _check(self) -> ActorConfig:
+        if self.inline_engine and self.tensor_parallel_size > 1:
+            raise ValueError(f"actor.inline_engine runs one engine in the actor process: it needs "
+                             f"actor.tensor_parallel_size 1, not {self.tensor_parallel_size}")
+        return self
 
 
 class LearnerConfig(Section):

@@ -1,9 +1,10 @@
 """Worker of ``test_learner_skip.py`` (not a test): one learner rank on the tiny model computes the LoRA
 gradients of a fixed step, once forwarding every completion and once skipping the zero-advantage ones, and
-rank 0 writes both (after DeepSpeed's all-reduce) to ``OUT/<share>-<skip>-w<world>.safetensors``.
+rank 0 writes both (after DeepSpeed's all-reduce) to ``OUT/<share>-<skip>-w<world>.safetensors``, for each
+``learner.share_prompt`` value given (one engine: the step reads the setting at each call, and no step is taken).
 
-``python grad_worker.py MODEL OUT SHARE_PROMPT`` under RANK/WORLD_SIZE/MASTER_* (gloo, ZeRO stage 0 so the
-reduced gradients sit in ``param.grad``).
+``python grad_worker.py MODEL OUT SHARE_PROMPT[,SHARE_PROMPT]`` under RANK/WORLD_SIZE/MASTER_* (gloo, ZeRO stage 0
+so the reduced gradients sit in ``param.grad``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def samples(vocab: int):
     return out
 
 
-def main(model: str, out: str, share: str) -> int:
+def main(model: str, out: str, shares: str) -> int:
     sys.path.insert(0, str(REPO))
     import torch
     from safetensors.torch import save_file
@@ -44,28 +45,29 @@ def main(model: str, out: str, share: str) -> int:
     from learner.engine import PolicyEngine
     from learner.step import forward_backward
 
-    cfg = load_config(REPO / "configs" / "smoke_cpu.yaml",
-                      [f"model_id={model}", "learner.zero_stage=0", f"learner.share_prompt={share}",
-                       "learner.micro_batch_size=3", "temperature=0.8", "max_completion_length=8",
-                       "logging.wandb_mode=disabled"])
-    pol = PolicyEngine(cfg)
+    over = [f"model_id={model}", "learner.zero_stage=0", "learner.micro_batch_size=3", "temperature=0.8",
+            "max_completion_length=8", "logging.wandb_mode=disabled"]
+    shares = shares.split(",")
+    pol = PolicyEngine(load_config(REPO / "configs" / "smoke_cpu.yaml", [*over, f"learner.share_prompt={shares[0]}"]))
     gen = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for name, p in pol.module.named_parameters():
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
     data = samples(pol.vocab_size)
-    info = {}
-    for skip in (False, True):
-        fb = forward_backward(pol, cfg, data, None, skip_zero_advantage=skip)
-        grads = {n: p.grad.detach().clone().contiguous() for n, p in pol.module.named_parameters()
-                 if p.requires_grad}
-        pol.engine.zero_grad()
-        info[str(skip)] = {"skipped": fb.skipped, "tokens": fb.learner_tokens}
+    for share in shares:
+        cfg = load_config(REPO / "configs" / "smoke_cpu.yaml", [*over, f"learner.share_prompt={share}"])
+        info = {}
+        for skip in (False, True):
+            fb = forward_backward(pol, cfg, data, None, skip_zero_advantage=skip)
+            grads = {n: p.grad.detach().clone().contiguous() for n, p in pol.module.named_parameters()
+                     if p.requires_grad}
+            pol.engine.zero_grad()
+            info[str(skip)] = {"skipped": fb.skipped, "tokens": fb.learner_tokens}
+            if pol.rank == 0:
+                save_file(grads, str(Path(out) / f"{share}-{skip}-w{pol.world}.safetensors"))
         if pol.rank == 0:
-            save_file(grads, str(Path(out) / f"{share}-{skip}-w{pol.world}.safetensors"))
-    if pol.rank == 0:
-        (Path(out) / f"{share}-w{pol.world}.json").write_text(json.dumps(info))
+            (Path(out) / f"{share}-w{pol.world}.json").write_text(json.dumps(info))
     return 0
 
 

@@ -2,7 +2,9 @@
 cosine tells merged serving's rounding apart, and tensor parallelism keeps logprob parity in both modes.
 
 Real vLLM engines on the tiny model: bf16 (emulated on this CPU, slower but exact bf16 arithmetic) and
-``tensor_parallel_size: 2`` (two worker processes, one core each).
+``tensor_parallel_size: 2`` (two worker processes, one core each). The single-rank engines run inline
+(``actor.inline_engine``: in this process, seconds to start); the TP=2 ones are separate processes, EngineCore and
+a worker per rank, and after their parity test they are killed during a load, which must read as the engine gone.
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ def engine(kit, *overrides):
 
     from actor.engine import RolloutEngine
 
-    cfg = load_config(kit.config, [f"model_id={kit.model}", "actor.enforce_eager=true", *overrides])
+    inline = not any(o.startswith("actor.tensor_parallel_size=") for o in overrides)
+    cfg = load_config(kit.config, [f"model_id={kit.model}", "actor.enforce_eager=true",
+                                   f"actor.inline_engine={str(inline).lower()}", *overrides])
     return RolloutEngine(cfg)
 
 
@@ -57,6 +61,7 @@ def close(eng):
     pids = list(eng.engine_pids)
     eng.close()
     assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    return pids
 
 
 def load_copy(eng, version, src, tmp_path):
@@ -99,20 +104,6 @@ def test_merged_bf16_rounds_a_small_delta_away_and_says_so(actor_kit, adapters, 
 
 
 @pytest.mark.parametrize("mode", ["merged", "adapter"])
-def test_tensor_parallel_2_keeps_logprob_parity(actor_kit, adapters, tmp_path, mode):
-    eng = engine(actor_kit, "actor.tensor_parallel_size=2", f"actor.serve_mode={mode}")
-    try:
-        assert len(eng.engine_pids) >= 3  # EngineCore and one worker per rank
-        load_copy(eng, 0, adapters["small"], tmp_path)
-        assert eng.readback["ranks"] == 2 and eng.delta_cosine > 0.999999  # read back from both ranks
-        load_copy(eng, 1, adapters["large"], tmp_path)
-        assert eng.delta_cosine > 0.999999
-        assert parity(eng, actor_kit, adapters["large"]) < 1e-3  # each rank merged/served its shard exactly
-    finally:
-        close(eng)
-
-
-@pytest.mark.parametrize("mode", ["merged", "adapter"])
 def test_readback_sees_a_module_the_engine_does_not_serve(actor_kit, adapters, tmp_path, monkeypatch, mode):
     """The cosine is read out of the engine: with v_proj's delta zeroed inside each worker from the second load on
     (``TUCANO2_FAULT_ZERO_SERVED``), the same adapter files read back below the floor, naming v_proj."""
@@ -138,3 +129,50 @@ def test_readback_sees_a_module_the_engine_does_not_serve(actor_kit, adapters, t
     assert faulty[1]["worst"][0] == "v_proj" and faulty[1]["worst"][1] < 0.01, faulty
     assert "v_proj served at cosine 0.0000" in describe(faulty[1])
     assert gap > 1e-3  # the fault is real: the engine's samples no longer match the trained policy
+
+
+@pytest.fixture(scope="module", params=["merged", "adapter"])
+def tp2(request, actor_kit):
+    """A TP=2 engine per mode (separate processes), for the parity test and then the engine-death test."""
+    eng = engine(actor_kit, "actor.tensor_parallel_size=2", f"actor.serve_mode={request.param}")
+    yield eng
+    assert close(eng)
+
+
+def test_tensor_parallel_2_keeps_logprob_parity(tp2, actor_kit, adapters, tmp_path):
+    eng = tp2
+    assert len(eng.engine_pids) >= 3  # EngineCore and one worker per rank
+    load_copy(eng, 0, adapters["small"], tmp_path)
+    assert eng.readback["ranks"] == 2 and eng.delta_cosine > 0.999999  # read back from both ranks
+    load_copy(eng, 1, adapters["large"], tmp_path)
+    assert eng.delta_cosine > 0.999999
+    assert parity(eng, actor_kit, adapters["large"]) < 1e-3  # each rank merged/served its shard exactly
+
+
+def test_engine_death_during_a_load_is_engine_gone(tp2, actor_kit, adapters, tmp_path):
+    """After the parity test, on the same engine: EngineCore and its workers are killed once the load has begun
+    (before the add_lora / collective_rpc reaches them); the error must classify as engine gone, not a bad
+    adapter (``actor.serve.engine_gone``: the actor then exits as a lost actor instead of refusing the version)."""
+    from actor.serve import engine_gone
+
+    eng = tp2
+    core = [psutil.Process(p) for p in eng.engine_pids if psutil.pid_exists(p)]
+    assert core, "no EngineCore process to kill"
+    target = eng.llm if eng.mode == "merged" else eng.llm.llm_engine
+    name = "collective_rpc" if eng.mode == "merged" else "add_lora"
+    real = getattr(target, name)
+
+    def killing(*a, **kw):
+        for p in core:
+            p.kill()
+        psutil.wait_procs(core, timeout=10)
+        return real(*a, **kw)
+
+    setattr(target, name, killing)
+    try:
+        with pytest.raises(Exception) as err:
+            load_copy(eng, 99, adapters["large"], tmp_path)
+    finally:
+        setattr(target, name, real)
+    assert engine_gone(err.value), f"{type(err.value).__name__}: {err.value} not classified as engine gone"
+    assert eng.version != 99

@@ -7,6 +7,7 @@ own logprobs of fixed completion tokens (temperature 1, float32) within 1e-3.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -52,7 +53,8 @@ def vllm_sampled(trained, tmp_path_factory):
     script = tmp_path_factory.mktemp("vllm_adapter") / "sample.py"
     script.write_text(VLLM)
     proc = subprocess.run([sys.executable, str(script), str(cfg.model_id), str(adapter), json.dumps(CHAT)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})  # in-process: ~15 s sooner
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     assert line is not None, proc.stderr[-3000:]
     return json.loads(line[len("RESULT "):])

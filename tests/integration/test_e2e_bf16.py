@@ -9,13 +9,13 @@ import socket
 
 import pytest
 
-from e2e_helpers import Launch, e2e_overrides, train_steps
+from e2e_helpers import INLINE, Launch, e2e_overrides, train_steps
 
 pytestmark = pytest.mark.slow
 
 BF16 = {"actor.dtype": "bfloat16", "learner.precision": "bf16", "learning_rate": 5e-6, "warmup_ratio": 0.0,
         "lr_scheduler_type": "constant", "num_generations": 4, "prompts_per_step": 2, "max_completion_length": 16,
-        "sync.heartbeat_s": 0.5, "learner.checkpoint_every": 100}
+        "sync.heartbeat_s": 0.5, "learner.checkpoint_every": 100, **INLINE}
 
 
 def syncs(rows):
@@ -66,7 +66,7 @@ def test_a_module_the_engine_stops_serving_stops_the_run_naming_actor_and_module
 
     monkeypatch.setenv(FAULT_ENV, "v_proj@2")
     over = e2e_overrides(tiny_model, tmp_path / "pairs", max_steps=4, num_generations=4, prompts_per_step=2,
-                         max_completion_length=16, **{"learner.checkpoint_every": 100})
+                         max_completion_length=16, **{"learner.checkpoint_every": 100}, **INLINE)
     with Launch(tmp_path / "run", over, tmp_path / "launch.log") as la:
         assert la.wait(timeout=600) == 1, la.log()[-4000:]
         log = la.log()
@@ -91,7 +91,8 @@ def test_the_probe_gate_stops_a_run_whose_actor_samples_from_the_previous_versio
         monkeypatch.setenv(STALE_FAULT_ENV, "2")
     over = e2e_overrides(tiny_model, tmp_path / "pairs", max_steps=4, num_generations=4, prompts_per_step=2,
                          max_completion_length=16, learning_rate=3e-3, warmup_ratio=0.0,
-                         **{"learner.checkpoint_every": 100, "learner.probe_every": 1, "actor.serve_mode": "adapter"})
+                         **{"learner.checkpoint_every": 100, "learner.probe_every": 1, "actor.serve_mode": "adapter"},
+                         **INLINE)
     with Launch(tmp_path / "run", over, tmp_path / "launch.log") as la:
         assert la.wait(timeout=600) == int(stale), la.log()[-4000:]
         log = la.log()

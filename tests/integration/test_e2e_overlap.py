@@ -18,7 +18,7 @@ import statistics
 
 import pytest
 
-from e2e_helpers import Launch, e2e_overrides, read_metrics, train_steps
+from e2e_helpers import INLINE, Launch, e2e_overrides, read_metrics, train_steps
 
 pytestmark = pytest.mark.slow
 
@@ -32,6 +32,7 @@ SETTINGS = {
     "learner.micro_batch_size": 1,
     "learner.checkpoint_every": 100,
     "rewards.toy_token": "q",
+    **INLINE,  # the actor's engine in the actor process, on the actor's cores
 }
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from configs.schema import SyncConfig
-from e2e_helpers import Launch, e2e_overrides, train_steps
+from e2e_helpers import INLINE, Launch, e2e_overrides, train_steps
 from sync._net import ipc_path
 
 pytestmark = pytest.mark.slow
@@ -325,7 +325,7 @@ def test_another_local_user_gets_nothing_over_tcp_curve(tmp_path):
 
 
 def test_hostile_input_on_every_socket_gets_a_bounded_logged_refusal(tiny_model, tmp_path):
-    run = {**RUN, "max_steps": 24}
+    run = {**RUN, "max_steps": 24, **INLINE}  # the learner's sockets are under test, not the actor's processes
     over = e2e_overrides(tiny_model, tmp_path / "pairs", **run)
     d, script = peer_script()
     out, go = d / "report.json", d / "go"

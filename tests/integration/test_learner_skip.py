@@ -18,13 +18,13 @@ pytestmark = pytest.mark.slow
 WORKER = Path(__file__).with_name("grad_worker.py")
 
 
-def run_ranks(model, out, share: bool, world: int) -> None:
+def run_ranks(model, out, shares: str, world: int) -> None:
     port = free_port()
     procs = []
     for rank in range(world):
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                    MASTER_PORT=str(port), OMP_NUM_THREADS="1", WANDB_MODE="disabled")
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(model), str(out), str(share).lower()],
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(model), str(out), shares],
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     logs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0] * world, "\n".join(x[-2000:] for x in logs)
@@ -36,10 +36,18 @@ def max_rel_diff(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a) / scale
 
 
-@pytest.mark.parametrize("share", [False, True], ids=["row-per-completion", "share-prompt"])
-def test_skipping_zero_advantages_leaves_the_gradient_unchanged(tiny_model, tmp_path, share):
+@pytest.fixture(scope="module")
+def grads(tiny_model, tmp_path_factory):
+    """Both prompt-sharing settings' gradients, from one worker process per rank (three processes, not six)."""
+    out = tmp_path_factory.mktemp("grads")
     for world in (1, 2):
-        run_ranks(tiny_model, tmp_path, share, world)
+        run_ranks(tiny_model, out, "false,true", world)
+    return out
+
+
+@pytest.mark.parametrize("share", [False, True], ids=["row-per-completion", "share-prompt"])
+def test_skipping_zero_advantages_leaves_the_gradient_unchanged(grads, share):
+    tmp_path = grads
     tag = str(share).lower()
     full1 = load_file(tmp_path / f"{tag}-False-w1.safetensors")
     skip1 = load_file(tmp_path / f"{tag}-True-w1.safetensors")

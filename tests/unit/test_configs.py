@@ -119,6 +119,14 @@ def test_bad_values_are_refused_naming_the_field(override, field):
     assert f": {field}:" in msg or f": {field} " in msg, msg
 
 
+def test_inline_engine_needs_one_rank():
+    with pytest.raises(ConfigError) as e:
+        load_config(CONFIG_DIR / "v4_1.yaml", ["actor.inline_engine=true", "actor.tensor_parallel_size=2"])
+    msg = str(e.value)
+    assert "\n" not in msg and "actor.inline_engine" in msg and "tensor_parallel_size 1" in msg, msg
+    assert load_config(CONFIG_DIR / "v4_1.yaml", ["actor.inline_engine=true"]).actor.inline_engine
+
+
 def test_scale_rewards_accepts_the_handoffs_booleans():
     assert load_config(CONFIG_DIR / "v4_1.yaml", ["scale_rewards=true"]).scale_rewards == "group"
     assert load_config(CONFIG_DIR / "v4_1.yaml", ["scale_rewards=false"]).scale_rewards == "none"
