@@ -40,10 +40,11 @@ LISTED = 20  # bad rows and failing queries listed per file without --all
 FALLBACK = {
     "extraction": ("values", "valid_json, schema", None, None),
     "sql_qa": ("result_match", "has_sql, executes, explanation", None, None),
-    "insights": ("grounded", "bullets, action_verbs, portuguese, length", "the numbers in the prompt",
-                 "grounded has no number to check against: every number cited counts as invented (0.3 when "
-                 "none is cited)"),
-    "push": ("mentions_product", "length, portuguese, tone", "the prompt's 'Produto: X (categoria: Y)' line", None),
+    "insights": ("grounded", "insightful, bullets, action_verbs, portuguese, length", "the numbers in the prompt",
+                 "grounded and insightful have no number to check against: every number cited counts as invented "
+                 "(rewards.insights.no_number_credit when none is cited)"),
+    "push": ("situation", "length, tone", "the prompt's 'Produto: X (categoria: Y)' and 'Situação:' lines",
+             "no situation component and no product gate: format, tone, Portuguese and novelty only"),
 }
 """What each task's reward does for a row without its reference column (see ``rewards/<task>.py``):
 (the component the column feeds, the other components, what the reward reads from the prompt

@@ -20,7 +20,8 @@ Accepted, one JSON object per line (blank lines are skipped):
 Refused (:class:`BadRow`, ``FILE:LINE: FIELD: reason``, nothing trained on it): a line that is not
 UTF-8 or not JSON, not an object, no ``prompt``/``messages`` (or both), a prompt or conversation
 that is not a string or a list of messages with string ``role`` and ``content``, no non-empty user
-turn, an ``answer``/``completion`` of the wrong type, a ``task`` that is not one of the four, a
+turn, an ``answer``/``completion`` of the wrong type, a ``task`` that is not one of the four (or of the
+run's own tasks, ``rewards.custom``), a
 reference column of the wrong type (``reference_sql`` a string; ``reference``, ``facts``,
 ``context`` an object or a JSON string).
 
@@ -101,10 +102,10 @@ class PairFile:
     total: int = 0
 
     def counts(self) -> dict[str, int]:
-        """Accepted rows per task, in the four tasks' order."""
+        """Accepted rows per task, the four tasks first in their order, then the user's own tasks."""
         out = {t: 0 for t in TASKS}
         for r in self.rows:
-            out[r.task] += 1
+            out[r.task] = out.get(r.task, 0) + 1
         return {t: n for t, n in out.items() if n}
 
     def refusal(self, max_bad_share: float = MAX_BAD_SHARE) -> str | None:
@@ -161,8 +162,11 @@ def _last_assistant(msgs: list[dict]) -> str | None:
     return next((m["content"] for m in reversed(msgs) if m["role"] == "assistant"), None)
 
 
-def parse_row(obj: Any, path: str, line: int) -> PairRow | BadRow:
-    """One decoded JSON value -> :class:`PairRow`, or the :class:`BadRow` naming its first fault."""
+def parse_row(obj: Any, path: str, line: int, custom_tasks: tuple[str, ...] = ()) -> PairRow | BadRow:
+    """One decoded JSON value -> :class:`PairRow`, or the :class:`BadRow` naming its first fault.
+
+    ``custom_tasks``: task names the run declares with their own reward (``rewards.custom``), accepted as
+    labels beside the four (a row of a custom task must say so: the classifier knows only the four)."""
 
     def bad(fld: str, reason: str) -> BadRow:
         return BadRow(path, line, fld, reason)
@@ -221,8 +225,9 @@ def parse_row(obj: Any, path: str, line: int) -> PairRow | BadRow:
     if labelled:
         if not isinstance(task, str):
             return bad("task", f"must be a string, got {_type(task)}")
-        if task not in TASKS:
-            return bad("task", f"unknown task {task!r} (one of {', '.join(TASKS)}, or empty to classify)")
+        if task not in TASKS and task not in custom_tasks:
+            known = ", ".join((*TASKS, *custom_tasks))
+            return bad("task", f"unknown task {task!r} (one of {known}, or empty to classify)")
     else:
         task = classify_task(user_text(prompt))
     for col in _STR_COLUMNS:
@@ -240,7 +245,7 @@ def parse_row(obj: Any, path: str, line: int) -> PairRow | BadRow:
     return PairRow(line, prompt, answer, task, labelled, columns)
 
 
-def read_pairs(path: str | Path) -> PairFile:
+def read_pairs(path: str | Path, custom_tasks: tuple[str, ...] = ()) -> PairFile:
     """Read every line of a pair file (nothing is dropped silently: each line is a row or a BadRow).
 
     Raises :class:`PairsError` only when the file itself cannot be read.
@@ -270,17 +275,18 @@ def read_pairs(path: str | Path) -> PairFile:
                     msg = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e)
                     out.bad.append(BadRow(name, n, "json", f"not valid JSON ({msg})"))
                     continue
-                r = parse_row(obj, name, n)
+                r = parse_row(obj, name, n, tuple(custom_tasks))
                 (out.bad if isinstance(r, BadRow) else out.rows).append(r)
     except OSError as e:
         raise PairsError(f"{name}: cannot read ({e.strerror or e})") from None
     return out
 
 
-def load_pairs(path: str | Path, max_bad_share: float = MAX_BAD_SHARE) -> PairFile:
+def load_pairs(path: str | Path, max_bad_share: float = MAX_BAD_SHARE, custom_tasks: tuple[str, ...] = ()
+               ) -> PairFile:
     """:func:`read_pairs`, then refuse the file (:class:`PairsError`, one line) above ``max_bad_share``
     malformed rows, else warn (:class:`BadRowsWarning`) about the ones skipped."""
-    pf = read_pairs(path)
+    pf = read_pairs(path, custom_tasks)
     why = pf.refusal(max_bad_share)
     if why:
         raise PairsError(why)

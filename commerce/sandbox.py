@@ -66,6 +66,9 @@ class SqlResult:
     error: str | None = None
     truncated: bool = False
     ms: float = 0.0
+    reads: frozenset[tuple[str, str]] = frozenset()
+    """``(table, column)`` pairs the statement reads (SQLite's authorizer; column ``""`` for a table read as a
+    whole, ``COUNT(*)``); empty when it reads no data at all (``SELECT 'SP'``)."""
 
 
 def split_statements(sql: str) -> list[str]:
@@ -147,7 +150,10 @@ class Sandbox:
         self.max_result_chars = max_result_chars
         self._lock = threading.Lock()
         self._deadline = 0.0
-        con = sqlite3.connect(_db_uri(path), uri=True, check_same_thread=False, isolation_level=None)
+        self._reads: set[tuple[str, str]] = set()
+        # cached_statements=0: a statement is prepared, and so authorized and its reads recorded, on every run
+        con = sqlite3.connect(_db_uri(path), uri=True, check_same_thread=False, isolation_level=None,
+                              cached_statements=0)
         con.execute("PRAGMA query_only=1")
         con.execute("PRAGMA temp_store=MEMORY")
         con.execute("PRAGMA trusted_schema=OFF")
@@ -160,12 +166,15 @@ class Sandbox:
         con.set_progress_handler(self._progress, 500)
         self._con = con
 
-    @staticmethod
-    def _authorize(action: int, arg1, arg2, dbname, source) -> int:
+    def _authorize(self, action: int, arg1, arg2, dbname, source) -> int:
         if action == sqlite3.SQLITE_SELECT:
             return sqlite3.SQLITE_OK
         if action == sqlite3.SQLITE_READ:
-            return sqlite3.SQLITE_OK if dbname in ("main", None) else sqlite3.SQLITE_DENY
+            if dbname not in ("main", None):
+                return sqlite3.SQLITE_DENY
+            if arg1:  # a table of the database (also when read inside a CTE or view; COUNT(*) reads one as a whole)
+                self._reads.add((str(arg1), str(arg2 or "")))
+            return sqlite3.SQLITE_OK
         if action == sqlite3.SQLITE_FUNCTION:
             return sqlite3.SQLITE_OK if (arg2 or "").lower() in ALLOWED_FUNCTIONS else sqlite3.SQLITE_DENY
         return sqlite3.SQLITE_DENY
@@ -195,6 +204,7 @@ class Sandbox:
 
     def _execute(self, sql: str, t0: float, timeout_ms: int) -> SqlResult:
         self._deadline = t0 + timeout_ms / 1000.0
+        self._reads = set()
         rows: list[tuple] = []
         size, truncated = 0, False
         cur = None
@@ -213,7 +223,8 @@ class Sandbox:
                     break
             else:
                 truncated = cur.fetchone() is not None
-            return SqlResult(True, rows, columns, None, truncated, (time.perf_counter() - t0) * 1e3)
+            return SqlResult(True, rows, columns, None, truncated, (time.perf_counter() - t0) * 1e3,
+                             frozenset(self._reads))
         except Exception as e:  # noqa: BLE001
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             if msg == "interrupted":

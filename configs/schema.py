@@ -39,8 +39,9 @@ class DataConfig(Section):
     (``commerce.rows.MAX_BAD_SHARE``). ``python -m commerce check --pairs FILE`` reports on a file."""
     eval_pairs: Path = Path("data/pairs/eval.jsonl")
     """Held-out prompts for eval; never overlapping train."""
-    tasks: list[Literal["extraction", "sql_qa", "insights", "push"]] = list(TASKS)
-    """Tasks kept from the pair files (others are filtered out at load)."""
+    tasks: list[str] = list(TASKS)
+    """Tasks kept from the pair files (others are filtered out at load): the four, and your own tasks of
+    ``rewards.custom`` (added here by default when this field is not set)."""
     balance_tasks: bool = False
     """Draw the training prompts with the tasks in turn (one of each per four prompts) instead of in proportion
     to their pairs (~40/40/10/10): push and insights then get a quarter of the updates each."""
@@ -59,61 +60,162 @@ class DataConfig(Section):
 
 
 class ExtractionWeights(Section):
-    valid_json: float = Field(0.2, ge=0)
+    valid_json: float = Field(0.05, ge=0)
     """A JSON object could be extracted from the completion."""
-    schema_: float = Field(0.3, ge=0, alias="schema")
+    schema_: float = Field(0.1, ge=0, alias="schema")
     """Fields present with the right types and allowed values."""
-    values: float = Field(0.5, ge=0)
-    """Field values agree with the reference record (partial credit per field)."""
+    values: float = Field(0.85, ge=0)
+    """Field values agree with the reference record (per field, then the key gate)."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, populate_by_name=True,
-                              serialize_by_alias=True)
+                              serialize_by_alias=True, validate_assignment=True)
+
+
+class ExtractionFieldWeights(Section):
+    """Weight of each field in ``values``. The three booleans follow from the complaint and the stars, and a
+    constant guesses them right by the class prior (78/74/65% in the synthetic data): they weigh little."""
+
+    sentiment: float = Field(0.25, ge=0)
+    """positive / neutral / negative."""
+    complaint_category: float = Field(0.25, ge=0)
+    """One of the complaint themes or ``nenhuma``."""
+    sentiment_score: float = Field(0.15, ge=0)
+    """0-5 stars, by closeness (1 - |difference|)."""
+    churn_risk: float = Field(0.05, ge=0)
+    """low / medium / high."""
+    delivery_issue: float = Field(0.02, ge=0)
+    """Boolean."""
+    product_issue: float = Field(0.02, ge=0)
+    """Boolean."""
+    recommends: float = Field(0.03, ge=0)
+    """Boolean."""
+    urgency: float = Field(0.05, ge=0)
+    """low / medium / high."""
+    product_category: float = Field(0.08, ge=0)
+    """The category the prompt names."""
+    summary: float = Field(0.1, ge=0)
+    """Share of the reference summary's words (4+ letters) the summary has."""
+
+
+class ExtractionReward(Section):
+    """The extraction reward (``rewards.extraction``): a review to a 10-field JSON record."""
+
+    weights: ExtractionWeights = ExtractionWeights()
+    """Component weights (normalised to sum 1)."""
+    field_weights: ExtractionFieldWeights = ExtractionFieldWeights()
+    """Weight of each field in the ``values`` component (normalised over the reference's fields)."""
+    key_gate: float = Field(0.5, ge=0, le=1)
+    """``values`` is multiplied by ``1 - key_gate + key_gate * sentiment * complaint_category`` (those fields'
+    credits): a record must get sentiment and complaint right together to keep its value credit. A constant
+    record, right on each by the class prior but rarely on both, earns under half the reward with it."""
+    extra_key_penalty: float = Field(0.05, ge=0, le=1)
+    """``schema`` loses this per key outside the 10 fields (0.3 at most)."""
+    ordinal_near_credit: float = Field(0.25, ge=0, le=1)
+    """Credit for churn_risk or urgency one level off."""
+    related_complaint_credit: float = Field(0.5, ge=0, le=1)
+    """Credit for a related complaint (defeito/avaria, extravio/nao_recebido, ...)."""
 
 
 class SqlQaWeights(Section):
     has_sql: float = Field(0.1, ge=0)
     """A SQL statement could be extracted (```sql block or bare SELECT)."""
     executes: float = Field(0.2, ge=0)
-    """The statement runs in the read-only sandbox within the deadline."""
+    """The statement runs in the read-only sandbox within the deadline and reads the database."""
     result_match: float = Field(0.6, ge=0)
     """Its result equals the reference query's result (order-insensitive unless ORDER BY)."""
     explanation: float = Field(0.1, ge=0)
-    """A short PT-BR explanation follows the SQL."""
+    """A short PT-BR explanation follows SQL that runs and reads the database."""
+
+
+class SqlQaReward(Section):
+    """The sql_qa reward (``rewards.sql_qa``): a question to SQL over ``data.db_path``, executed."""
+
+    weights: SqlQaWeights = SqlQaWeights()
+    """Component weights (normalised to sum 1)."""
+    partial_credit: float = Field(0.25, ge=0, le=1)
+    """``result_match`` of a wrong result: up to this for asking what the reference asks (half for comparing
+    against its string literals in a filter, half for the Jaccard overlap of the columns read). 0 turns it
+    off: only right results then earn ``result_match``."""
+    max_extra_columns: int = Field(2, ge=0)
+    """A result with the reference's columns plus at most this many others earns 0.8 of a match; with more
+    (``SELECT *``) the answer is not looked for among them."""
 
 
 class InsightsWeights(Section):
-    bullets: float = Field(0.25, ge=0)
-    """Three to five bullet points."""
-    action_verbs: float = Field(0.2, ge=0)
-    """Bullets open with strategic action verbs (priorizar, reduzir, investir...)."""
-    portuguese: float = Field(0.15, ge=0)
-    """The text reads as PT-BR."""
-    length: float = Field(0.1, ge=0)
-    """Total and per-bullet length within bounds."""
-    grounded: float = Field(0.3, ge=0)
+    insightful: float = Field(0.6, ge=0)
+    """Share of bullets that open with an action verb, cite a figure of the facts and none invented, and add
+    words of their own (not a fact line copied back)."""
+    grounded: float = Field(0.2, ge=0)
     """Numbers cited appear in the given facts; invented numbers cost reward."""
+    bullets: float = Field(0.05, ge=0)
+    """Three to five bullet points."""
+    action_verbs: float = Field(0.05, ge=0)
+    """Bullets open with strategic action verbs (priorizar, reduzir, investir...)."""
+    portuguese: float = Field(0.05, ge=0)
+    """The text reads as PT-BR."""
+    length: float = Field(0.05, ge=0)
+    """Total and per-bullet length within bounds."""
+
+
+class InsightsReward(Section):
+    """The insights reward (``rewards.insights``): facts to 3-5 strategic PT-BR bullets."""
+
+    weights: InsightsWeights = InsightsWeights()
+    """Component weights (normalised to sum 1)."""
+    no_number_credit: float = Field(0.0, ge=0, le=1)
+    """``grounded`` of a text that cites no number at all (it was 0.3, which paid a template without figures)."""
+    min_new_words: int = Field(2, ge=0)
+    """Words (3+ letters) beyond its opening verb that a bullet must add to the prompt's to count as insightful."""
+    min_bullets: int = Field(3, ge=1)
+    """``insightful`` is the share of good bullets over at least this many (one good bullet of one earns 1/3)."""
 
 
 class PushWeights(Section):
-    length: float = Field(0.35, ge=0)
-    """At most 120 characters (over length is heavily penalised)."""
-    portuguese: float = Field(0.2, ge=0)
-    """The text reads as PT-BR."""
-    mentions_product: float = Field(0.25, ge=0)
-    """Mentions the product or its category."""
-    tone: float = Field(0.2, ge=0)
+    situation: float = Field(0.5, ge=0)
+    """Fits the order's situation (the context's ``situacao``): its cues, none of the others'."""
+    length: float = Field(0.25, ge=0)
+    """At most ``max_chars`` characters (over length is also a multiplier)."""
+    tone: float = Field(0.25, ge=0)
     """Informal and engaging rather than formal."""
 
 
+class PushReward(Section):
+    """The push reward (``rewards.push``): a notification of at most ``max_chars`` characters. The gates
+    multiply the whole reward by ``floor + (1 - floor) * value``."""
+
+    weights: PushWeights = PushWeights()
+    """Component weights (normalised to sum 1)."""
+    max_chars: int = Field(120, ge=1)
+    """The length limit (the handoff's 120)."""
+    product_floor: float = Field(0.4, ge=0, le=1)
+    """Gate: the reward of a notification that names neither the product nor its category."""
+    portuguese_floor: float = Field(0.3, ge=0, le=1)
+    """Gate: the reward of a notification with no Portuguese at all."""
+    portuguese_full: float = Field(0.6, gt=0, le=1)
+    """The PT-BR score (share of Portuguese function words, by density) from which the gate is open."""
+    novelty_floor: float = Field(0.3, ge=0, le=1)
+    """Gate: the reward of a notification made only of the prompt's words (the context copied back)."""
+    novelty_full: float = Field(0.4, gt=0, le=1)
+    """The share of words not in the prompt from which the gate is open."""
+    salad_penalty: float = Field(0.25, ge=0, le=1)
+    """``situation`` loses this for each other situation a notification also cues."""
+    over_length_scale: float = Field(0.5, ge=0, le=1)
+    """Past ``max_chars`` the reward is multiplied by ``over_length_scale * (max_chars / n) ** over_length_power``."""
+    over_length_power: float = Field(2.0, ge=0)
+    """See ``over_length_scale``; never 0, so a group of over-long pushes still ranks the shorter higher."""
+
+
 class RewardsConfig(Section):
-    extraction: ExtractionWeights = ExtractionWeights()
-    """Component weights of the extraction reward (normalised to sum 1 by the reward)."""
-    sql_qa: SqlQaWeights = SqlQaWeights()
-    """Component weights of the sql_qa reward."""
-    insights: InsightsWeights = InsightsWeights()
-    """Component weights of the insights reward."""
-    push: PushWeights = PushWeights()
-    """Component weights of the push reward."""
+    """Every shaping choice of the rewards: what each component weighs and each knob (README "Rewards")."""
+
+    extraction: ExtractionReward = ExtractionReward()
+    """The extraction reward's weights and knobs."""
+    sql_qa: SqlQaReward = SqlQaReward()
+    """The sql_qa reward's weights and knobs."""
+    insights: InsightsReward = InsightsReward()
+    """The insights reward's weights and knobs."""
+    push: PushReward = PushReward()
+    """The push reward's weights and knobs."""
     sql_timeout_ms: int = Field(200, gt=0)
     """Deadline for one policy-written SQL statement in the sandbox."""
     sql_max_rows: int = Field(1000, gt=0)
@@ -121,9 +223,23 @@ class RewardsConfig(Section):
     toy_token: str | None = None
     """When set, the task rewards are replaced by a toy reward: the share of this string's
     occurrences in the completion (see ``rewards.toy``). Used by the end-to-end learning proof."""
+    custom: dict[str, str] = {}
+    """Your own rewards, as TRL's ``reward_funcs``: a task name mapped to ``package.module:function`` taking
+    ``(completions, prompts, **columns)``. That task's pairs say ``task: <name>`` and carry the columns the
+    function reads; ``eval/<name>`` and the report include it. A built-in task's name replaces our reward."""
+
+    @field_validator("custom")
+    @classmethod
+    def _custom(cls, v: dict[str, str]) -> dict[str, str]:
+        for task, spec in v.items():
+            if not task or not task.replace("_", "").isalnum():
+                raise ValueError(f"task name {task!r} must be letters, digits and underscores")
+            if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
+                raise ValueError(f"{task}: {spec!r} is not 'package.module:function'")
+        return v
 
     def reward_kwargs(self) -> dict:
-        """Keyword arguments for ``rewards.make_reward(db_path, **kwargs)``."""
+        """Keyword arguments for ``rewards.make_reward(db_path, **kwargs)``: every weight and knob."""
         return {
             "extraction": self.extraction.model_dump(by_alias=True),
             "sql_qa": self.sql_qa.model_dump(),
@@ -131,6 +247,7 @@ class RewardsConfig(Section):
             "push": self.push.model_dump(),
             "sql_timeout_ms": self.sql_timeout_ms,
             "sql_max_rows": self.sql_max_rows,
+            "custom": dict(self.custom),
         }
 
 
@@ -490,6 +607,13 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _cross(self) -> RunConfig:
+        custom = list(self.rewards.custom)
+        if custom and "tasks" not in self.data.model_fields_set:
+            self.data.tasks = list(dict.fromkeys([*self.data.tasks, *custom]))
+        unknown = [t for t in self.data.tasks if t not in TASKS and t not in custom]
+        if unknown:
+            raise ValueError(f"data.tasks: unknown task {unknown[0]!r} (one of {', '.join(TASKS)}, or a task of "
+                             "your own with its reward in rewards.custom)")
         if self.max_completion_length >= self.max_seq_length:
             raise ValueError(f"max_completion_length ({self.max_completion_length}) must be < "
                              f"max_seq_length ({self.max_seq_length})")

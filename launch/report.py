@@ -1,9 +1,10 @@
 """``python -m launch.report RUN_DIR``: plots (PNG) and ``report.md`` from a run's ``metrics.jsonl``.
 
 Writes ``eval_rewards.png`` (eval reward per task over steps), ``train_curves.png`` (train reward,
-completion length, grad norm) and ``report.md`` (eval reward per task before and after, and the run's
-headline numbers). Evals that carry ``eval_se/*`` (their standard error over the eval prompts) get a
-band on the plot and a noise column in the table.
+completion length, grad norm) and ``report.md`` (eval reward per task before and after, the reward component
+that moved most in each task, and the run's headline numbers). Evals that carry ``eval_se/*`` (their standard
+error over the eval prompts) get a band on the plot and a noise column in the table. Tasks are the four and any
+of the run's own (``rewards.custom``) found in the metrics.
 """
 
 from __future__ import annotations
@@ -15,6 +16,34 @@ from pathlib import Path
 from learner.metrics import read_metrics
 
 TASKS = ("extraction", "sql_qa", "insights", "push")
+_NOT_TASKS = {"mean_reward", "best_mean_reward", "best_step"}
+
+
+def tasks_in(rows: list[dict]) -> list[str]:
+    """The tasks with an ``eval/<task>`` metric: the four in their order, then the run's own, sorted.
+
+    >>> tasks_in([{"eval/push": 0.5, "eval/push/tone": 1.0, "eval/mean_reward": 0.5, "eval/faq": 0.2}])
+    ['push', 'faq']
+    """
+    found = {k.split("/")[1] for r in rows for k in r if k.startswith("eval/") and k.count("/") == 1}
+    found -= _NOT_TASKS
+    return [t for t in TASKS if t in found] + sorted(found - set(TASKS))
+
+
+def moved_most(first: dict, last: dict, task: str) -> tuple[str, float] | None:
+    """The component of ``task`` whose eval mean changed most between two evals, with its change.
+
+    >>> moved_most({"eval/push/tone": 0.5, "eval/push/length": 0.9}, {"eval/push/tone": 0.7, "eval/push/length": 0.6},
+    ...            "push")
+    ('length', -0.3)
+    """
+    pre = f"eval/{task}/"
+    deltas = {k[len(pre):]: last[k] - first[k] for k in first
+              if k.startswith(pre) and isinstance(last.get(k), (int, float)) and isinstance(first[k], (int, float))}
+    if not deltas:
+        return None
+    name = max(deltas, key=lambda c: (abs(deltas[c]), c))
+    return name, round(deltas[name], 6)
 
 
 def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -30,7 +59,7 @@ def plot(rows: list[dict], run_dir: Path) -> list[Path]:
 
     out, banded = [], False
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key, style in [("eval/mean_reward", "k-")] + [(f"eval/{t}", "--") for t in TASKS]:
+    for key, style in [("eval/mean_reward", "k-")] + [(f"eval/{t}", "--") for t in tasks_in(rows)]:
         x, y = series(rows, key)
         if x:
             line = ax.plot(x, y, style, marker="o", markersize=3, label=key.split("/")[1])[0]
@@ -76,16 +105,21 @@ def report(rows: list[dict], run_dir: Path, title: str = "Run report") -> str:
     if len(evals) >= 1:
         first, last = evals[0], evals[-1]
         se = "eval_se/mean_reward" in first and "eval_se/mean_reward" in last
+        comp = any(k.count("/") == 2 for k in last if k.startswith("eval/"))
         lines += [f"## Eval reward per task: before (step {first['step']}) and after (step {last['step']})", "",
-                  "| task | before | after | change |" + (" noise (2 s.e.) |" if se else ""),
-                  "| --- | ---: | ---: | ---: |" + (" ---: |" if se else "")]
-        for key in [f"eval/{t}" for t in TASKS] + ["eval/mean_reward"]:
+                  "| task | before | after | change |" + (" noise (2 s.e.) |" if se else "")
+                  + (" component that moved most |" if comp else ""),
+                  "| --- | ---: | ---: | ---: |" + (" ---: |" if se else "") + (" --- |" if comp else "")]
+        for key in [f"eval/{t}" for t in tasks_in(rows)] + ["eval/mean_reward"]:
             if key in first and key in last:
                 name = key.split("/")[1]
                 row = f"| {name} | {first[key]:.3f} | {last[key]:.3f} | {last[key] - first[key]:+.3f} |"
                 k = key.replace("eval/", "eval_se/")
-                if se and k in first and k in last:  # two standard errors of the difference of two means
-                    row += f" {2 * (first[k] ** 2 + last[k] ** 2) ** 0.5:.3f} |"
+                if se:  # two standard errors of the difference of two means
+                    row += f" {2 * (first[k] ** 2 + last[k] ** 2) ** 0.5:.3f} |" if k in first and k in last else " |"
+                if comp:
+                    mm = moved_most(first, last, name)
+                    row += f" {mm[0]} {mm[1]:+.3f} |" if mm else " |"
                 lines.append(row)
         if se:
             lines += ["", "Noise: twice the standard error of the change, from each eval's standard error over its "

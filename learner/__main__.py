@@ -46,6 +46,14 @@ def preflight(cfg, resume: Path | None = None, need_data: bool = True) -> str | 
         return why
     if cfg.init_adapter is not None and not (Path(cfg.init_adapter) / "adapter_config.json").exists():
         return f"init_adapter {cfg.init_adapter} is not a PEFT adapter directory (no adapter_config.json)"
+    if cfg.rewards.custom:  # the user's own rewards import and take TRL's arguments, before any model loads
+        from rewards.custom import load_custom
+
+        for task, spec in cfg.rewards.custom.items():
+            try:
+                load_custom(task, spec)
+            except ValueError as e:
+                return str(e)
     if cfg.sft.enabled and cfg.init_adapter is None:
         sft = Path(cfg.run_dir or "runs/run") / "sft" / "adapter"
         if not (sft / "adapter_config.json").exists():
@@ -65,9 +73,10 @@ def preflight(cfg, resume: Path | None = None, need_data: bool = True) -> str | 
         from commerce.rows import PairsError, load_pairs
 
         files = [cfg.data.train_pairs] + ([cfg.data.eval_pairs] if cfg.eval.every or cfg.eval.at_start else [])
+        custom = tuple(cfg.rewards.custom)
         for path in files:
             try:
-                pf = load_pairs(path)
+                pf = load_pairs(path, custom_tasks=custom)
             except PairsError as e:
                 return f"{e} (`python -m commerce check --pairs {path}` lists every bad row)"
             if not any(r.task in cfg.data.tasks for r in pf.rows):

@@ -25,13 +25,15 @@ __all__ = ["MAX_BAD_SHARE", "BadRowsWarning", "PairsError", "load_items", "strat
            "per_task_means", "ToyTokenReward"]
 
 
-def load_items(path: Path, tasks: list[str] | None = None, max_bad_share: float = MAX_BAD_SHARE) -> list[PromptItem]:
-    """The rows of ``path`` whose task (labelled or classified) is in ``tasks`` (all when None/empty).
+def load_items(path: Path, tasks: list[str] | None = None, max_bad_share: float = MAX_BAD_SHARE,
+               custom_tasks: tuple[str, ...] = ()) -> list[PromptItem]:
+    """The rows of ``path`` whose task (labelled or classified) is in ``tasks`` (all when None/empty);
+    ``custom_tasks`` are the run's own task labels (``rewards.custom``).
 
     Raises :class:`PairsError` (a ``ValueError``, one line) for a missing file or more than
     ``max_bad_share`` malformed rows; warns :class:`BadRowsWarning` when it skips some.
     """
-    pf = load_pairs(path, max_bad_share)
+    pf = load_pairs(path, max_bad_share, tuple(custom_tasks))
     items = []
     for row in pf.rows:
         if tasks and row.task not in tasks:

@@ -5,8 +5,9 @@
 * :func:`evaluate`: the fixed, task-stratified eval subset goes to the actors with
   ``min_version = current version`` (the learner publishes first), ``cfg.eval.samples`` completions per
   prompt at ``cfg.eval.temperature`` with a fixed seed (the same sample every eval);
-  ``eval/mean_reward`` is over all prompts, ``eval/<task>`` per task, ``eval_se/...`` their standard
-  errors over the prompts (the noise band), and the
+  ``eval/mean_reward`` is over all prompts, ``eval/<task>`` per task, ``eval/<task>/<component>`` each of the
+  reward's components (its mean over the prompts where it applies: which part moved), ``eval_se/...`` the
+  standard errors over the prompts (the noise band), and the
   best mean so far with its step (the handoff's eval_best) is kept as ``eval/best_mean_reward`` /
   ``eval/best_step``. A missing completion scores 0.
 * :func:`probe`: one completion of a fixed prompt at the training temperature, scored by the learner
@@ -188,25 +189,32 @@ def evaluate(tr, chunk: int = MAX_PROMPTS_PER_REQUEST) -> dict:
     ]
     groups, waited, _, _ = tr.broker.wait(ids)
     rewards, tasks = [], []
+    comps: dict[str, list[float]] = {}  # "<task>/<component>" -> one mean per prompt
     for grp, items in groups:
         if grp.version < version:
             tr.log.write(f"eval: actor {grp.actor_id} answered at version {grp.version} < {version}")
         scores = [0.0] * len(items)  # a prompt without an answer scores 0
         flat = [(k, c.text) for k, res in enumerate(grp.results[: len(items)]) for c in res.completions]
         if flat:
-            cols: dict[str, list] = {}
-            for k, _ in flat:
-                for key, v in items[k].columns.items():
-                    cols.setdefault(key, []).append(v)
-            got = tr.reward_fn([t for _, t in flat], prompts=[items[k].messages for k, _ in flat], **cols)
+            keys = {key for k, _ in flat for key in items[k].columns}  # aligned: None where a row lacks a column
+            cols = {key: [items[k].columns.get(key) for k, _ in flat] for key in sorted(keys)}
+            texts, prompts = [t for _, t in flat], [items[k].messages for k, _ in flat]
+            scored = tr.reward_fn.score(texts, prompts=prompts, **cols) if hasattr(tr.reward_fn, "score") else None
+            got = [s.reward for s in scored] if scored is not None else tr.reward_fn(texts, prompts=prompts, **cols)
             per: dict[int, list[float]] = {}
-            for (k, _), r in zip(flat, got, strict=True):
+            per_comp: dict[tuple[int, str], list[float]] = {}
+            for j, ((k, _), r) in enumerate(zip(flat, got, strict=True)):
                 per.setdefault(k, []).append(float(r) if r is not None and math.isfinite(r) else 0.0)
+                for name, v in (scored[j].components.items() if scored is not None else ()):
+                    per_comp.setdefault((k, f"{scored[j].task}/{name}"), []).append(float(v))
             for k, vals in per.items():
                 scores[k] = sum(vals) / cfg.eval.samples  # a missing completion counts 0
+            for (_, key), vals in per_comp.items():
+                comps.setdefault(key, []).append(sum(vals) / len(vals))
         rewards += scores
         tasks += [it.task for it in items]
     m = per_task_means(rewards, tasks, "eval")
+    m.update({f"eval/{key}": sum(v) / len(v) for key, v in sorted(comps.items())})  # eval/<task>/<component>
     m.update(standard_errors(rewards, tasks))
     m["perf/eval_s"] = waited
     mean = m.get("eval/mean_reward")

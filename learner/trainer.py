@@ -124,13 +124,14 @@ class Trainer:
             if transport is None or publisher is None:
                 raise LearnerError("rank 0 needs a rollout transport and a weight publisher")
             self.train_items = (
-                train_items if train_items is not None else load_items(cfg.data.train_pairs, cfg.data.tasks)
+                train_items if train_items is not None
+                else load_items(cfg.data.train_pairs, cfg.data.tasks, custom_tasks=tuple(cfg.rewards.custom))
             )
             eval_all = (
                 eval_items
                 if eval_items is not None
                 else (
-                    load_items(cfg.data.eval_pairs, cfg.data.tasks)
+                    load_items(cfg.data.eval_pairs, cfg.data.tasks, custom_tasks=tuple(cfg.rewards.custom))
                     if cfg.eval.every or cfg.eval.at_start
                     else []
                 )

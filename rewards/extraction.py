@@ -1,17 +1,28 @@
 """extraction reward: a review to a 10-field JSON record.
 
-Components (weights from ``RewardsConfig.extraction``, normalised to sum 1):
+Components (weights from ``rewards.extraction.weights``, normalised to sum 1):
 
-- ``valid_json`` (0.2): :func:`rewards.extract_json` finds an object (fences, prose, PT-BR decimals,
+- ``valid_json`` (0.05): :func:`rewards.extract_json` finds an object (fences, prose, PT-BR decimals,
   trailing commas, single quotes and Python literals are all fine);
-- ``schema`` (0.3): share of the 10 fields present with the right type and an allowed value; a
+- ``schema`` (0.1): share of the 10 fields present with the right type and an allowed value; a
   PT label (``"negativo"``, ``"alto"``), a number or boolean written as a string earns half; each
-  extra key costs 0.05 (at most 0.3);
-- ``values`` (0.5): agreement with the reference record, field by field with partial credit
-  (weights in :data:`VALUE_WEIGHTS`): the right ``complaint_category`` earns even with the wrong
-  sentiment; ordinal fields one step off earn 0.3-0.5; ``sentiment_score`` by closeness
-  (1 - |diff| / 2); related complaints (defeito/avaria, extravio/nao_recebido) earn 0.5; the summary
-  by word overlap. Without a reference the component is dropped and the others renormalised.
+  extra key costs ``extra_key_penalty`` (0.05, at most 0.3);
+- ``values`` (0.85): agreement with the reference record, field by field (``field_weights``): the right
+  ``complaint_category`` earns even with the wrong sentiment; ordinal fields one step off earn
+  ``ordinal_near_credit`` (0.25), related complaints (defeito/avaria, extravio/nao_recebido) earn
+  ``related_complaint_credit`` (0.5); ``sentiment_score`` by closeness (1 - |diff|, 0 from one star off); the
+  summary by its share of the reference summary's words. Then the **key gate**: the agreement is multiplied by
+  ``1 - key_gate + key_gate * sentiment * complaint_category`` (those two fields' credits), so a record has to
+  get the review's sentiment and its complaint right *together* to keep its value credit. Without a reference
+  the component is dropped and the others renormalised.
+
+Why the gate and the weights: the review classes are unbalanced (in the synthetic data 44% negative, 46% without
+complaint, 78% without a delivery issue), so one constant record, each field at its most common value, agreed
+with 52% of the reference fields and earned 0.56 under the old weights (0.2/0.3/0.5, 0.5 for any summary). A
+constant cannot be right on sentiment and complaint together often (negative reviews have complaints, positive
+ones have none), the format earns 0.15 at most, the fields that a constant gets right by the class prior
+(the three booleans) weigh little, and the summary earns only the words it shares. The best constant record now
+earns under 0.45 (tests/unit/test_reward_attacks.py).
 
 How it departs from the user's earlier reward: that one was "schema validity plus field
 correctness" on top of a ``json.loads`` that failed on ``"sentiment_score": 4,5`` -- correct PT-BR
@@ -28,7 +39,7 @@ from typing import Any
 from .common import as_dict, combine, fold
 from .jsonx import extract_json
 
-COMPONENTS = {"valid_json": 0.2, "schema": 0.3, "values": 0.5}
+COMPONENTS = {"valid_json": 0.05, "schema": 0.1, "values": 0.85}
 
 SENTIMENTS = ("negative", "neutral", "positive")
 LEVELS = ("low", "medium", "high")
@@ -37,9 +48,12 @@ COMPLAINTS = ("atraso_entrega", "produto_errado", "defeito", "avaria", "item_fal
 BOOL_FIELDS = ("delivery_issue", "product_issue", "recommends")
 FIELDS = ("sentiment", "sentiment_score", "churn_risk", "complaint_category", "delivery_issue", "product_issue",
           "recommends", "urgency", "product_category", "summary")
-VALUE_WEIGHTS = {"sentiment": 0.2, "complaint_category": 0.2, "sentiment_score": 0.15, "churn_risk": 0.1,
-                 "delivery_issue": 0.07, "product_issue": 0.07, "recommends": 0.06, "urgency": 0.05,
-                 "product_category": 0.05, "summary": 0.05}
+VALUE_WEIGHTS = {"sentiment": 0.25, "complaint_category": 0.25, "sentiment_score": 0.15, "churn_risk": 0.05,
+                 "delivery_issue": 0.02, "product_issue": 0.02, "recommends": 0.03, "urgency": 0.05,
+                 "product_category": 0.08, "summary": 0.1}
+SHAPING = {"key_gate": 0.5, "extra_key_penalty": 0.05, "ordinal_near_credit": 0.25, "related_complaint_credit": 0.5,
+           "field_weights": VALUE_WEIGHTS}
+"""Defaults of the knobs (``rewards.extraction`` in the run config passes every one of them explicitly)."""
 
 _SYN = {
     "positivo": "positive", "positiva": "positive", "negativo": "negative", "negativa": "negative",
@@ -103,8 +117,8 @@ def _field_schema(name: str, v: Any) -> float:
     return 0.5 if _label(v) in allowed else 0.0
 
 
-def schema_score(record: dict) -> float:
-    """Share of the 10 fields with the right type and an allowed value, minus 0.05 per extra key.
+def schema_score(record: dict, extra_key_penalty: float = SHAPING["extra_key_penalty"]) -> float:
+    """Share of the 10 fields with the right type and an allowed value, minus ``extra_key_penalty`` per extra key.
 
     >>> schema_score({"sentiment": "negative", "sentiment_score": 1.5, "churn_risk": "high",
     ...               "complaint_category": "defeito", "delivery_issue": False, "product_issue": True,
@@ -113,7 +127,7 @@ def schema_score(record: dict) -> float:
     0.95
     """
     got = sum(_field_schema(f, record[f]) for f in FIELDS if f in record) / len(FIELDS)
-    extra = min(0.3, 0.05 * sum(1 for k in record if k not in FIELDS))
+    extra = min(0.3, extra_key_penalty * sum(1 for k in record if k not in FIELDS))
     return round(max(0.0, got - extra), 4)
 
 
@@ -124,19 +138,20 @@ def _ordinal(a: str | None, b: str | None, order: tuple[str, ...], near: float) 
     return 1.0 if d == 0 else (near if d == 1 else 0.0)
 
 
-def _field_value(name: str, got: Any, ref: Any) -> float:
+def _field_value(name: str, got: Any, ref: Any, shaping: dict | None = None) -> float:
+    sh = shaping or SHAPING
     if name == "sentiment":
-        return _ordinal(_label(got), _label(ref), SENTIMENTS, 0.3)
+        return _ordinal(_label(got), _label(ref), SENTIMENTS, 0.0)
     if name in ("churn_risk", "urgency"):
-        return _ordinal(_label(got), _label(ref), LEVELS, 0.5)
+        return _ordinal(_label(got), _label(ref), LEVELS, sh["ordinal_near_credit"])
     if name == "complaint_category":
         a, b = _label(got), _label(ref)
         if a is None or b is None:
             return 0.0
-        return 1.0 if a == b else (0.5 if frozenset((a, b)) in _RELATED else 0.0)
+        return 1.0 if a == b else (sh["related_complaint_credit"] if frozenset((a, b)) in _RELATED else 0.0)
     if name == "sentiment_score":
         a, b = _number(got), _number(ref)
-        return 0.0 if a is None or b is None else max(0.0, 1.0 - abs(a - b) / 2.0)
+        return 0.0 if a is None or b is None else max(0.0, 1.0 - abs(a - b))
     if name in BOOL_FIELDS:
         a, b = _bool(got), _bool(ref)
         return 1.0 if a is not None and a == b else 0.0
@@ -151,34 +166,46 @@ def _field_value(name: str, got: Any, ref: Any) -> float:
         ref_words = set(_WORDS.findall(fold(ref))) if isinstance(ref, str) else set()
         if not ref_words:
             return 1.0
-        return 0.5 + 0.5 * len(ref_words & set(_WORDS.findall(fold(got)))) / len(ref_words)
+        return len(ref_words & set(_WORDS.findall(fold(got[:300])))) / len(ref_words)
     return 0.0
 
 
-def values_score(record: dict, reference: dict) -> float:
-    """Weighted per-field agreement with the reference record, with partial credit.
+def values_score(record: dict, reference: dict, shaping: dict | None = None) -> float:
+    """Weighted per-field agreement with the reference record, with partial credit, times the key gate.
 
     >>> ref = {"sentiment": "negative", "sentiment_score": 1.0, "complaint_category": "atraso_entrega"}
-    >>> round(values_score({"sentiment": "positive", "sentiment_score": 2,
-    ...                     "complaint_category": "atraso_entrega"}, ref), 3)
-    0.5
+    >>> values_score(dict(ref), ref)
+    1.0
+    >>> round(values_score({"sentiment": "positive", "sentiment_score": 1.5,
+    ...                     "complaint_category": "atraso_entrega"}, ref), 3)  # (0.25 + 0.075) / 0.65, gated by half
+    0.25
     """
-    fields = [f for f in FIELDS if f in reference]
+    sh = shaping or SHAPING
+    weights = sh["field_weights"]
+    fields = [f for f in FIELDS if f in reference and weights.get(f, 0) > 0]
     if not fields:
         return 0.0
-    total = sum(VALUE_WEIGHTS[f] for f in fields)
-    got = sum(VALUE_WEIGHTS[f] * _field_value(f, record.get(f), reference[f]) for f in fields if f in record)
-    return round(got / total, 4)
+    credit = {f: _field_value(f, record.get(f), reference[f], sh) if f in record else 0.0 for f in fields}
+    total = sum(weights[f] for f in fields)
+    v = sum(weights[f] * credit[f] for f in fields) / total
+    keys = [credit[f] for f in ("sentiment", "complaint_category") if f in credit]
+    if keys and sh["key_gate"]:
+        key = 1.0
+        for k in keys:
+            key *= k
+        v *= 1.0 - sh["key_gate"] + sh["key_gate"] * key
+    return round(v, 4)
 
 
-def extraction_parts(text: str, reference: Any = None) -> dict[str, float | None]:
+def extraction_parts(text: str, reference: Any = None, shaping: dict | None = None) -> dict[str, float | None]:
     """Component scores of one completion; ``values`` is None without a reference."""
+    sh = shaping or SHAPING
     record = extract_json(text)
     ref = as_dict(reference)
     if record is None:
         return {"valid_json": 0.0, "schema": 0.0, "values": 0.0 if ref else None}
-    return {"valid_json": 1.0, "schema": schema_score(record),
-            "values": values_score(record, ref) if ref else None}
+    return {"valid_json": 1.0, "schema": schema_score(record, sh["extra_key_penalty"]),
+            "values": values_score(record, ref, sh) if ref else None}
 
 
 def extraction_reward(text: str, reference: Any = None, weights: dict[str, float] | None = None) -> float:

@@ -1,22 +1,28 @@
 """insights reward: facts from the database to 3-5 strategic PT-BR bullets.
 
-Components (weights from ``RewardsConfig.insights``, normalised to sum 1):
+Components (weights from ``rewards.insights.weights``, normalised to sum 1):
 
-- ``bullets`` (0.25): 3 to 5 bullet lines (``-``, ``*``, ``•`` or ``1.``/``1)``) earn 1; 2 or 6 earn 0.5;
-  1 or 7 earn 0.2; otherwise 0;
-- ``action_verbs`` (0.2): share of bullets whose first word is a strategic action verb (infinitive
-  or imperative: priorizar/priorize, reduzir/reduza, investir/invista, ...);
-- ``portuguese`` (0.15): :func:`rewards.common.pt_score` of the text;
-- ``length`` (0.1): half for the total (150-1500 characters; linear below, decaying above), half for
-  the share of bullets of 30-300 characters;
-- ``grounded`` (0.3): numbers cited (ignoring integers up to 10 such as "3 ações") must appear in the
+- ``insightful`` (0.6): the share of bullets that are insights (denominator at least ``min_bullets``, 3): each
+  opens with a strategic action verb, cites at least one figure of the facts and no invented one, and adds,
+  beyond its verb, at least ``min_new_words`` (2) words of 3+ letters that are not in the prompt (a
+  recommendation, not a fact line copied back behind a verb);
+- ``grounded`` (0.2): numbers cited (ignoring integers up to 10 such as "3 ações") must appear in the
   facts (PT-BR or English notation, rounding to the cited precision allowed):
-  ``max(0, (grounded - invented) / cited)``; no number at all earns 0.3. The facts come from the
-  ``facts`` column (dict or JSON string) or, without it, from the numbers in the prompt.
+  ``max(0, (grounded - invented) / cited)``; a text that cites no number earns ``no_number_credit`` (0). The
+  facts come from the ``facts`` column (dict or JSON string) or, without it, from the numbers in the prompt;
+- format, 0.05 each: ``bullets`` (3 to 5 bullet lines earn 1; 2 or 6 earn 0.5; 1 or 7 earn 0.2), ``action_verbs``
+  (share of bullets whose first word is an action verb, infinitive or imperative), ``portuguese``
+  (:func:`rewards.common.pt_score`), ``length`` (half for 150-1500 characters in total, half for the share of
+  bullets of 30-300 characters).
+
+Robustness (tests/unit/test_reward_attacks.py): one five-bullet template without figures earns 0.2, invented
+figures 0.2, the facts copied back as bullets (with or without a verb in front) at most 0.4: the format and
+the figures' grounding are 0.4 of the reward, and the rest is paid only per bullet that recommends something
+with the facts' own numbers. The old weights (format 0.7, 0.3 for citing no number) paid 0.79 for the template.
 
 How it departs from the user's earlier reward (structure, action words, length, domain words): a
-text could score high while inventing every number. Grounding against the facts makes invented
-numbers cost reward, and bullet/verb checks are per bullet instead of keyword counts.
+text could score high while inventing every number or restating the prompt. Grounding against the facts makes
+invented numbers cost reward, and the credit is per bullet instead of keyword counts.
 """
 
 from __future__ import annotations
@@ -27,7 +33,10 @@ from typing import Any
 
 from .common import as_dict, combine, fold, numbers_in, pt_score, walk_numbers
 
-COMPONENTS = {"bullets": 0.25, "action_verbs": 0.2, "portuguese": 0.15, "length": 0.1, "grounded": 0.3}
+COMPONENTS = {"insightful": 0.6, "grounded": 0.2, "bullets": 0.05, "action_verbs": 0.05, "portuguese": 0.05,
+              "length": 0.05}
+SHAPING = {"no_number_credit": 0.0, "min_new_words": 2, "min_bullets": 3}
+"""Defaults of the knobs (``rewards.insights`` in the run config passes every one of them explicitly)."""
 
 _INFINITIVES = """
 priorizar reduzir investir melhorar renegociar monitorar ampliar revisar implementar criar oferecer otimizar
@@ -103,17 +112,22 @@ def _grounded(value: float, facts: set[float]) -> bool:
     return False
 
 
-def grounded_score(text: str, facts: set[float]) -> float:
-    """``max(0, (grounded - invented) / cited)`` over the numbers cited; 0.3 if none is cited.
+def _cited(text: str) -> list[set[float]]:
+    """Numbers cited, each as its set of readings, less small integers (\"3 ações\")."""
+    return [r for r in numbers_in(text) if not all(float(x).is_integer() and abs(x) <= 10 for x in r)]
+
+
+def grounded_score(text: str, facts: set[float], no_number_credit: float = SHAPING["no_number_credit"]) -> float:
+    """``max(0, (grounded - invented) / cited)`` over the numbers cited; ``no_number_credit`` if none is cited.
 
     >>> grounded_score("- Reduzir atrasos: 18,2% das negativas", {18.2, 225.0})
     1.0
     >>> grounded_score("- Reduzir atrasos: 18,2% das negativas e 37% dos pedidos", {18.2})
     0.0
     """
-    cited = [r for r in numbers_in(text) if not all(float(x).is_integer() and abs(x) <= 10 for x in r)]
+    cited = _cited(text)
     if not cited:
-        return 0.3
+        return no_number_credit
     good = sum(any(_grounded(x, facts) for x in r) for r in cited)
     return round(max(0.0, (good - (len(cited) - good)) / len(cited)), 4)
 
@@ -128,24 +142,62 @@ def _fact_numbers(facts: str, prompt: str) -> frozenset[float] | None:
     return None
 
 
-def insights_parts(text: str, facts: Any = None, prompt: str = "") -> dict[str, float | None]:
+_NEW_WORD = re.compile(r"[a-z]{3,}")
+
+
+def insight_share(items: list[str], facts: frozenset[float], prompt: str, shaping: dict | None = None) -> float:
+    """The share of bullets that recommend something with the facts' figures (see the module docstring).
+
+    >>> facts = frozenset({18.2, 7.9, 4.0})
+    >>> prompt = "Fatos: negativas 18,2% dos pedidos; atraso 7,9%; estados: SP (4)"
+    >>> insight_share(["Reduzir o atraso com transportadoras melhores: 7,9% hoje", "Negativas: 18,2% dos pedidos",
+    ...                "Reforçar a operação logística em SP (4 negativas)", "Priorizar negativas: 18,2% dos pedidos"],
+    ...               facts, prompt)
+    0.5
+    """
+    sh = shaping or SHAPING
+    known = set(_NEW_WORD.findall(fold(prompt)))
+    good, seen = 0, set()
+    for b in items:
+        key = fold(b).strip()
+        if key in seen or not starts_with_verb(b):
+            continue
+        seen.add(key)
+        readings = numbers_in(b)
+        if not any(any(_grounded(x, facts) for x in r) for r in readings):
+            continue  # cites none of the facts' figures (small counts such as "(4)" included)
+        if not all(any(_grounded(x, facts) for x in r) for r in _cited(b)):
+            continue  # an invented figure
+        words = _NEW_WORD.findall(key)
+        if len(set(words[1:]) - known) >= sh["min_new_words"]:  # beyond the opening verb
+            good += 1
+    return round(good / max(sh["min_bullets"], len(items)), 4) if items else 0.0
+
+
+def insights_parts(text: str, facts: Any = None, prompt: str = "", shaping: dict | None = None
+                   ) -> dict[str, float | None]:
     """Component scores of one completion."""
+    sh = shaping or SHAPING
     items = bullet_lines(text)
     if isinstance(facts, str) or facts is None:
         fact_numbers = _fact_numbers(facts or "", prompt or "")
     else:
         fd = as_dict(facts)
         fact_numbers = frozenset(walk_numbers(fd)) if fd is not None else _fact_numbers("", prompt or "")
+    grounded = (grounded_score(text, fact_numbers, sh["no_number_credit"]) if fact_numbers is not None else None)
+    given = f"{prompt or ''} {facts if isinstance(facts, str) else as_dict(facts) or ''}"  # what was handed over
     return {
+        "insightful": insight_share(items, fact_numbers or frozenset(), given, sh),
+        "grounded": grounded,
         "bullets": _bullets_score(len(items)),
         "action_verbs": sum(starts_with_verb(b) for b in items) / len(items) if items else 0.0,
         "portuguese": pt_score(text),
         "length": _length_score(text, items),
-        "grounded": grounded_score(text, fact_numbers) if fact_numbers is not None else None,
     }
 
 
-def insights_reward(text: str, facts: Any = None, prompt: str = "", weights: dict[str, float] | None = None) -> float:
+def insights_reward(text: str, facts: Any = None, prompt: str = "", weights: dict[str, float] | None = None,
+                    shaping: dict | None = None) -> float:
     """The insights reward of one completion, in [0, 1].
 
     >>> facts = {"pedidos": 1234, "pct_negativas": 18.2, "pct_atraso": 7.9, "nota_media": 4.05}
@@ -157,4 +209,4 @@ def insights_reward(text: str, facts: Any = None, prompt: str = "", weights: dic
     >>> insights_reward("ok", facts) < 0.2
     True
     """
-    return round(combine(weights or COMPONENTS, insights_parts(text, facts, prompt)), 6)
+    return round(combine(weights or COMPONENTS, insights_parts(text, facts, prompt, shaping)), 6)

@@ -1,27 +1,39 @@
 """push reward: customer and order context to a PT-BR push notification of at most 120 characters.
 
-Components (weights from ``RewardsConfig.push``, normalised to sum 1):
+Components (weights from ``rewards.push.weights``, normalised to sum 1):
 
-- ``length`` (0.35): 1 for 20-120 characters (linear below 20), 0 above 120;
-- ``portuguese`` (0.2): :func:`rewards.common.pt_score`;
-- ``mentions_product`` (0.25): 1 when the product name or the category label appears (accents and
-  case ignored), 0.7 for one of their words (4+ letters); the context comes from the ``context``
-  column (dict or JSON string; keys ``produto``, ``categoria_label``, ``categoria``) or from the
-  prompt's ``Produto: ... (categoria: ...)`` line. Without either, the component is dropped;
-- ``tone`` (0.2): informal, engaging cues (você/vc, seu/sua, pra, "!", emoji, "bora", "aproveite",
+- ``situation`` (0.5): the notification fits the order's situation (the context's ``situacao``, or the
+  prompt's ``Situação:`` line): one of its cues (a caminho/saiu/chega; confirmado/aprovado; cancelado;
+  atraso/demora/desculpa; novidade/curtiu; oferta/promo/off; avalie/achou/conta pra gente; resolver/problema)
+  earns 1, less ``salad_penalty`` (0.25) for each *other* situation cued (a salad of every situation's words
+  fits none). Without a known situation the component is dropped;
+- ``length`` (0.25): 1 for 20-``max_chars`` characters (linear below 20), 0 above;
+- ``tone`` (0.25): informal, engaging cues (você/vc, seu/sua, pra, "!", emoji, "bora", "aproveite",
   "confira", ...) up, formal ones (prezado, senhor(a), informamos, atenciosamente, ...) down.
 
-Over length is penalised heavily: past 120 characters, on top of ``length`` = 0, the whole reward
-is multiplied by ``0.5 * (120 / n) ** 2`` (half at 121 characters, an eighth at 240, 3% at 480).
-The multiplier never reaches 0, so among completions that are all too long the shorter still scores
-higher: a group of over-long pushes keeps a gradient towards the limit (a multiplier that hit 0 at 240
-characters gave such a group the same 0 everywhere, and nothing to learn from). A valid notification
-still outscores any over-long one (at most half of the reward). A leading label (``Notificação:``,
-``Push:``) and surrounding quotes are not counted.
+Then three gates multiply the whole (each ``floor + (1 - floor) * value``; logged as components too):
+
+- ``mentions_product`` (floor ``product_floor`` 0.4): 1 when the product name or the category label appears
+  (accents and case ignored), 0.7 for one of their words (4+ letters); the context comes from the ``context``
+  column (dict or JSON string; keys ``produto``, ``categoria_label``, ``categoria``) or from the prompt's
+  ``Produto: ... (categoria: ...)`` line. Without either, no gate;
+- ``portuguese`` (floor ``portuguese_floor`` 0.3): :func:`rewards.common.pt_score`, full at ``portuguese_full``
+  (0.6);
+- ``novelty`` (floor ``novelty_floor`` 0.3): the share of the notification's words (4+ letters) that are not in
+  the prompt, full at ``novelty_full`` (0.4): the prompt's lines copied back are not a notification.
+
+Over length: past ``max_chars`` the reward is also multiplied by ``over_length_scale * (max_chars / n) **
+over_length_power`` (0.5 and 2: half at 121 characters, an eighth at 240). It never reaches 0, so among
+completions that are all too long the shorter still scores higher (a group keeps a gradient towards the limit).
+A leading label (``Notificação:``, ``Push:``) and surrounding quotes are not counted.
+
+Robustness (tests/unit/test_reward_attacks.py): one generic offer for every prompt earns about 0.2 (it was 0.75),
+the product name alone, the prompt copied, English, a salad of every situation's words and text padded past
+the limit all stay under half of what the reference notifications earn.
 
 How it departs from the user's earlier reward (length, Portuguese, creativity, minus formality):
-"creativity" is replaced by ``mentions_product`` (a checkable, context-grounded property), and the
-length limit became a hard multiplier instead of one component among four, so a long,
+"creativity" is replaced by checkable, context-grounded properties (the product, the situation, words of its
+own), and the length limit became a hard multiplier instead of one component among four, so a long,
 Portuguese, friendly text can no longer outscore a valid notification.
 """
 
@@ -32,8 +44,25 @@ from typing import Any
 
 from .common import as_dict, combine, fold, pt_score
 
-COMPONENTS = {"length": 0.35, "portuguese": 0.2, "mentions_product": 0.25, "tone": 0.2}
-MAX_CHARS = 120
+COMPONENTS = {"situation": 0.5, "length": 0.25, "tone": 0.25}
+GATES = ("mentions_product", "portuguese", "novelty")
+SHAPING = {"max_chars": 120, "product_floor": 0.4, "portuguese_floor": 0.3, "portuguese_full": 0.6,
+           "novelty_floor": 0.3, "novelty_full": 0.4, "salad_penalty": 0.25, "over_length_scale": 0.5,
+           "over_length_power": 2.0}
+"""Defaults of the knobs (``rewards.push`` in the run config passes every one of them explicitly)."""
+MAX_CHARS = SHAPING["max_chars"]
+SITUATION_CUES = {
+    "entrega_a_caminho": r"a caminho|chegando|chega|saiu|estrada|despachad\w*|enviad\w*|rota",
+    "pedido_confirmado": r"confirmad\w*|aprovad\w*|prepar\w*|pagamento",
+    "pedido_cancelado": r"cancel\w*",
+    "desculpas_atraso": r"atras\w*|demora\w*|desculp\w*|foi mal|perdao",
+    "recompra": r"novidades?|mimo|mais um|de novo|volt[ae]\w*",
+    "oferta_categoria": r"ofertas?|promo\w*|descontos?|off|relampago|liquida\w*",
+    "avaliacao": r"avali\w*|achou|conta pra gente|opiniao|estrelas?|⭐",
+    "recuperacao": r"resolv\w*|problema|agradou|chama a gente|fala com a gente|suporte",
+}
+"""The cues of each situation of the synthetic pairs (``commerce.pairs.PUSH_SITUATIONS``), accents folded."""
+_CUES = {k: re.compile(rf"(?<![a-z0-9])(?:{v})(?![a-z0-9])") for k, v in SITUATION_CUES.items()}
 
 _LABEL = re.compile(r"^\s*(?:\*\*)?\s*(?:notifica[cç][aã]o(?:\s+push)?|push|mensagem|texto)\s*(?:\*\*)?\s*[:\-–]\s*",
                     re.I)
@@ -48,6 +77,7 @@ _EMOJI = re.compile("[\U0001f300-\U0001faff\u2600-\u27bf\u2b50\u2705]")
 _PROMPT_PRODUCT = re.compile(r"Produto:\s*(.+?)\s*\(categoria:\s*(.+?)\)")
 _WORD4 = re.compile(r"[a-z]{4,}")
 _GENERIC = {"para", "jogo", "acessorios", "produto", "produtos", "stuff", "cool", "geral", "interesse"}
+_PROMPT_SITUATION = re.compile(r"Situa[cç][aã]o:\s*(.+)")
 
 
 def clean_push(text: str) -> str:
@@ -115,28 +145,90 @@ def tone_score(text: str) -> float:
     return round(max(0.0, min(1.0, 0.3 + 0.2 * min(3, informal) + 0.1 * emoji - 0.4 * formal)), 4)
 
 
-def push_parts(text: str, context: Any = None, prompt: str = "") -> tuple[dict[str, float | None], float]:
-    """(component scores, over-length multiplier) of one completion."""
+def _situation_key(context: Any, prompt: str) -> str | None:
+    ctx = as_dict(context)
+    key = ctx.get("situacao") if ctx else None
+    if isinstance(key, str) and key in _CUES:
+        return key
+    m = _PROMPT_SITUATION.search(prompt or "")
+    if m:
+        from commerce.pairs import PUSH_SITUATIONS
+
+        line = m.group(1).strip()
+        return next((k for k, v in PUSH_SITUATIONS.items() if v == line), None)
+    return None
+
+
+def situation_score(text: str, key: str | None, salad_penalty: float = SHAPING["salad_penalty"]) -> float | None:
+    """1 when the text cues its situation, less ``salad_penalty`` per other situation cued; None without one.
+
+    >>> situation_score("Desculpa a demora com a colônia 😔", "desculpas_atraso")
+    1.0
+    >>> situation_score("Confirmado, a caminho, desculpa o atraso, avalie!", "desculpas_atraso")
+    0.25
+    """
+    if key is None:
+        return None
+    t = fold(text)
+    if not _CUES[key].search(t):
+        return 0.0
+    others = sum(1 for k, rx in _CUES.items() if k != key and rx.search(t))
+    return max(0.0, 1.0 - salad_penalty * others)
+
+
+def novelty_score(text: str, prompt: str) -> float:
+    """The share of the text's words (4+ letters, accents folded) that the prompt does not have.
+
+    >>> novelty_score("Cliente Rio de Janeiro, produto colônia", "Cliente: Rio de Janeiro/RJ Produto: colônia")
+    0.0
+    """
+    words = _WORD4.findall(fold(text))
+    if not words:
+        return 0.0
+    known = set(_WORD4.findall(fold(prompt or "")))
+    return round(sum(w not in known for w in words) / len(words), 4)
+
+
+def _gate(value: float | None, floor: float, full: float = 1.0) -> float:
+    return 1.0 if value is None else floor + (1.0 - floor) * min(1.0, value / full)
+
+
+def push_parts(text: str, context: Any = None, prompt: str = "", shaping: dict | None = None
+               ) -> tuple[dict[str, float | None], float]:
+    """(component scores, the gates' and the over-length multiplier) of one completion."""
+    sh = shaping or SHAPING
     t = clean_push(text[:20000])
-    n = len(t)
-    length = 0.0 if n == 0 or n > MAX_CHARS else min(1.0, n / 20)
-    mult = 1.0 if n <= MAX_CHARS else 0.5 * (MAX_CHARS / n) ** 2
-    parts = {"length": length, "portuguese": pt_score(t), "mentions_product": mentions_score(t, context, prompt),
-             "tone": tone_score(t) if t else 0.0}
+    n, cap = len(t), sh["max_chars"]
+    length = 0.0 if n == 0 or n > cap else min(1.0, n / 20)
+    mult = 1.0 if n <= cap else sh["over_length_scale"] * (cap / n) ** sh["over_length_power"]
+    ctx_prompt = prompt or ""
+    if not ctx_prompt:
+        ctx = as_dict(context) or {}
+        ctx_prompt = " ".join(str(v) for v in ctx.values())
+    parts = {"situation": situation_score(t, _situation_key(context, prompt), sh["salad_penalty"]),
+             "length": length, "tone": tone_score(t) if t else 0.0,
+             "mentions_product": mentions_score(t, context, prompt), "portuguese": pt_score(t),
+             "novelty": novelty_score(t, ctx_prompt)}
+    mult *= _gate(parts["mentions_product"], sh["product_floor"])
+    mult *= _gate(parts["portuguese"], sh["portuguese_floor"], sh["portuguese_full"])
+    mult *= _gate(parts["novelty"], sh["novelty_floor"], sh["novelty_full"])
     return parts, mult
 
 
-def push_reward(text: str, context: Any = None, prompt: str = "", weights: dict[str, float] | None = None) -> float:
+def push_reward(text: str, context: Any = None, prompt: str = "", weights: dict[str, float] | None = None,
+                shaping: dict | None = None) -> float:
     """The push reward of one completion, in [0, 1].
 
-    >>> ctx = {"produto": "jogo de lençol", "categoria_label": "cama, mesa e banho"}
+    >>> ctx = {"produto": "jogo de lençol", "categoria_label": "cama, mesa e banho", "situacao": "entrega_a_caminho"}
     >>> push_reward("Oba! Seu jogo de lençol já está a caminho 🚚 Acompanhe pelo app!", ctx)
     1.0
+    >>> push_reward("Aproveite as ofertas de hoje no app!", ctx) < 0.3
+    True
     >>> push_reward("Oba! Seu jogo de lençol já está a caminho! " * 4, ctx) < 0.3
     True
     >>> 0 < push_reward("Oba! Seu jogo de lençol já está a caminho! " * 12, ctx) < push_reward(
     ...     "Oba! Seu jogo de lençol já está a caminho! " * 6, ctx) < 0.1
     True
     """
-    parts, mult = push_parts(text, context, prompt)
+    parts, mult = push_parts(text, context, prompt, shaping)
     return round(mult * combine(weights or COMPONENTS, parts), 6)

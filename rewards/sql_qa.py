@@ -1,30 +1,32 @@
 """sql_qa reward: a PT-BR question to SQL (in a ```sql block) plus a one-line explanation.
 
-Components (weights from ``RewardsConfig.sql_qa``, normalised to sum 1):
+Components (weights from ``rewards.sql_qa.weights``, normalised to sum 1):
 
 - ``has_sql`` (0.1): a read statement (SELECT/WITH/VALUES) could be extracted (```sql/```sqlite
   block, any fenced block that starts with SELECT/WITH, an unclosed fence, or a bare ``SELECT ...;``);
-- ``executes`` (0.2): it runs in the read-only :class:`rewards.sandbox.Sandbox` within the deadline
-  (an empty result still executes);
-- ``result_match`` (0.6): its result against the reference query's result (see
-  :func:`match_results`): 1.0 equal (order-insensitive unless the reference has ORDER BY, numbers
-  compared at the reference's precision, at most 2 decimals), 0.8 when the right rows come in the
-  wrong order or with extra columns, 0.5 when only some of the reference's columns are returned,
-  up to 0.5 for partially overlapping rows; a result that matches in none of these ways still earns
-  up to 0.25 for filtering on what the question asks: 0.25 x the share of the reference's string
-  literals (``'esporte_lazer'``, ``'DF'``: the category, state, status or month named in the question)
-  that the query compares against too (see :func:`literal_share`);
-- ``explanation`` (0.1): a short (15-300 characters) PT-BR explanation outside the SQL, counted only
-  when the SQL executes (an explanation of a query that does not run explains nothing).
+- ``executes`` (0.2): it runs in the read-only :class:`rewards.sandbox.Sandbox` within the deadline **and reads
+  the database** (SQLite's authorizer reports every table and column a statement reads). ``SELECT 'DF',
+  'esporte_lazer'`` runs but reads nothing: it answers nothing and earns neither this nor anything below;
+- ``result_match`` (0.6): its result against the reference query's result (see :func:`match_results`): 1.0
+  equal (order-insensitive unless the reference has ORDER BY, numbers compared at the reference's precision, at
+  most 2 decimals), 0.8 when the right rows come in the wrong order or with at most ``max_extra_columns`` extra
+  columns (``SELECT *`` does not find the answer among 28 columns), 0.5 when only some of the reference's columns
+  are returned, up to 0.5 for partially overlapping rows. A result that matches in none of these ways earns up to
+  ``partial_credit`` (0.25) for asking the right thing (:func:`relevance`): half for comparing against the
+  reference's string literals in a filter (``WHERE customer_state = 'DF'``; a literal selected, or in a
+  comment, is not a filter), half for reading the columns the reference reads (Jaccard: reading every column
+  earns little);
+- ``explanation`` (0.1): a short (15-300 characters) PT-BR explanation outside the SQL, counted only when the
+  SQL executes and reads data (an explanation of a query that answers nothing explains nothing).
+
+Robustness (tests/unit/test_reward_attacks.py): SQL that answers nothing (the question's literals selected or
+commented, a guessed constant, an empty fence, the question or the schema echoed) never scores more than an
+honest query that runs and returns wrong rows; one query for every question (a count, ``SELECT *``) earns at
+most 0.4, the format's share.
 
 Reference results are cached per ``reference_sql``; candidate results per statement text (GRPO's
 16 samples of a prompt often agree), both for the life of the reward function (the db is
 read-only). Without a ``reference_sql`` ``result_match`` is dropped and the rest renormalised.
-
-Why the literal credit: a small model's queries usually have the right shape and run, and then all
-score the same 0.4 whether they filter on the state the question names or on another one, so a group
-of them has no reward variance and teaches nothing; naming the asked values is a necessary step
-towards the right result, and at a quarter of ``result_match`` it never competes with a correct one.
 
 How it departs from the user's earlier reward ("SQL structure, numbers, domain coherence", scored
 on the text): a query that looks right but does not run, or runs and answers something else,
@@ -44,13 +46,18 @@ from .common import combine, pt_score
 from .sandbox import Sandbox, SqlResult
 
 COMPONENTS = {"has_sql": 0.1, "executes": 0.2, "result_match": 0.6, "explanation": 0.1}
+SHAPING = {"partial_credit": 0.25, "max_extra_columns": 2}
+"""Defaults of the knobs (``rewards.sql_qa`` in the run config passes every one of them explicitly)."""
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 _BARE = re.compile(r"(?is)\b(?:SELECT|WITH)\b.*?(?:;|\n\s*\n|\Z)")
 _STARTS = re.compile(r"(?is)^\s*(?:--[^\n]*\n\s*)*\(?\s*(?:SELECT|WITH|VALUES)\b")
 _ORDER_BY = re.compile(r"(?i)\border\s+by\b")
 _LITERAL = re.compile(r"'((?:[^']|'')*)'")
-LITERAL_CREDIT = 0.25
+_LIT = r"'(?:[^']|'')*'"
+_OP = r"(?:=|==|<>|!=|<=|>=|<|>|\bLIKE\b|\bGLOB\b|\bIS\b)"
+_COMPARED = re.compile(rf"{_OP}\s*({_LIT})|({_LIT})\s*{_OP}", re.I)
+_IN_LIST = re.compile(r"\bIN\s*\(([^()]*)\)", re.I)
 
 
 def extract_sql(text: str) -> str | None:
@@ -131,7 +138,7 @@ def _same(a: list[tuple], b: list[tuple], ordered: bool) -> float:
     return 0.0
 
 
-def match_results(got: list[tuple], ref: list[tuple], ordered: bool = False) -> float:
+def match_results(got: list[tuple], ref: list[tuple], ordered: bool = False, max_extra_columns: int = 2) -> float:
     """Compare a candidate result with the reference result, in [0, 1].
 
     >>> match_results([(4.0712,)], [(4.07,)])
@@ -143,6 +150,8 @@ def match_results(got: list[tuple], ref: list[tuple], ordered: bool = False) -> 
     >>> match_results([(9,)], [("SP", 9)])
     0.5
     >>> match_results([], [(1,)])
+    0.0
+    >>> match_results([("SP", 9, 1, 2, 3)], [("SP", 9)])  # the answer somewhere among many columns: no credit
     0.0
     """
     if not ref or not ref[0]:
@@ -159,7 +168,7 @@ def match_results(got: list[tuple], ref: list[tuple], ordered: bool = False) -> 
         if s:
             return s
     best = 0.0
-    if ng > nr:  # extra columns: find the reference's columns among the candidate's
+    if nr < ng <= nr + max_extra_columns:  # extra columns: find the reference's columns among the candidate's
         for perm in itertools.islice(itertools.permutations(range(ng), nr), 720):
             s = _same(_canon(got, list(perm), dec), ref_c, ordered)
             if s:
@@ -185,20 +194,54 @@ def literals(sql: str) -> set[str]:
     return {m.replace("''", "'").strip().lower() for m in _LITERAL.findall(sql or "")} - {""}
 
 
-def literal_share(sql: str, reference_sql: str) -> float | None:
-    """Share of the reference's string literals that the query uses; None when the reference has none.
+def compared_literals(sql: str) -> set[str]:
+    """The string literals a statement compares against (``col = 'x'``, ``'x' = col``, ``LIKE 'x%'``,
+    ``IN ('x', 'y')``), case-folded; literals that are selected, or sit in comments, are not compared.
 
-    >>> literal_share("SELECT AVG(price) FROM t WHERE uf = 'SP'", "SELECT COUNT(*) FROM t WHERE uf = 'SP' AND c = 'x'")
-    0.5
+    >>> sorted(compared_literals("SELECT 'DF', COUNT(*) FROM t WHERE uf IN ('SP', 'RJ') AND c = 'x' -- 'y'"))
+    ['rj', 'sp', 'x']
     """
-    ref = literals(reference_sql)
-    return len(ref & literals(sql)) / len(ref) if ref else None
+    from .sandbox import split_statements
+
+    stmts = split_statements(sql or "")  # comments removed, string literals kept
+    body = " ".join(stmts)
+    out = {(a or b) for a, b in _COMPARED.findall(body)}
+    for group in _IN_LIST.findall(body):
+        out |= set(_LIT_RE.findall(group))
+    return {x[1:-1].replace("''", "'").strip().lower() for x in out} - {""}
+
+
+_LIT_RE = re.compile(_LIT)
+
+
+def relevance(sql: str, reads: frozenset, reference_sql: str, reference_reads: frozenset) -> float:
+    """How much a wrong query asks what the reference asks, in [0, 1]: half the share of the reference's string
+    literals it compares against, half the Jaccard overlap of the columns both read (a reference without
+    literals or without column reads gives its half to the other part).
+
+    >>> ref = "SELECT COUNT(*) FROM t WHERE uf = 'SP' AND c = 'x'"
+    >>> relevance("SELECT AVG(p) FROM t WHERE uf = 'SP'", frozenset({("t", "uf"), ("t", "p")}), ref,
+    ...           frozenset({("t", "uf"), ("t", "c")}))
+    0.4167
+    """
+    parts = []
+    ref_lits = literals(reference_sql)
+    if ref_lits:
+        parts.append(len(ref_lits & compared_literals(sql)) / len(ref_lits))
+    ref_cols = {c for c in reference_reads if c[1]}
+    cols = {c for c in reads if c[1]}
+    if ref_cols:
+        parts.append(len(ref_cols & cols) / len(ref_cols | cols))
+    return round(sum(parts) / len(parts), 4) if parts else 0.0
 
 
 class SqlQaScorer:
     """Scores sql_qa completions against a database through a :class:`Sandbox`."""
 
-    def __init__(self, db_path, timeout_ms: int = 200, max_rows: int = 1000, cache_size: int = 4096):
+    def __init__(self, db_path, timeout_ms: int = 200, max_rows: int = 1000, cache_size: int = 4096,
+                 partial_credit: float = SHAPING["partial_credit"],
+                 max_extra_columns: int = SHAPING["max_extra_columns"]):
+        self.partial_credit, self.max_extra_columns = float(partial_credit), int(max_extra_columns)
         self.sandbox = Sandbox(db_path, timeout_ms=timeout_ms, max_rows=max_rows) if db_path else None
         self._ref_cache: dict[str, SqlResult] = {}
         self._cand_cache: OrderedDict[str, SqlResult] = OrderedDict()
@@ -241,16 +284,16 @@ class SqlQaScorer:
         if not is_read:
             return parts
         got = self.candidate_result(sql)
-        if not got.ok:
+        if not got.ok or not got.reads:  # fails, or reads no data: answers nothing
             return parts
         parts["executes"] = 1.0
         parts["explanation"] = explanation_score(text, sql)
         if ref_sql:
             ref = self.reference_result(ref_sql)
             if ref is not None and ref.ok:
-                match = match_results(got.rows, ref.rows, bool(_ORDER_BY.search(ref_sql)))
+                match = match_results(got.rows, ref.rows, bool(_ORDER_BY.search(ref_sql)), self.max_extra_columns)
                 if match == 0.0:
-                    match = round(LITERAL_CREDIT * (literal_share(sql, ref_sql) or 0.0), 4)
+                    match = round(self.partial_credit * relevance(sql, got.reads, ref_sql, ref.reads), 4)
                 parts["result_match"] = match
             else:
                 parts["result_match"] = None

@@ -242,3 +242,59 @@ def test_learner_without_actors_stops_after_its_start_timeout_on_every_rank(tiny
     assert "learner: waiting for actors: 0 of 1 connected" in outs[0][0]
     assert not (tmp_path / "run" / "metrics.jsonl").exists() or "train/loss" not in (
         tmp_path / "run" / "metrics.jsonl").read_text()
+
+
+def _faq_rows(n: int, offset: int) -> list[dict]:
+    words = ["pix", "boleto", "frete", "cupom", "troca", "prazo"]
+    return [{"task": "faq", "keyword": words[(i + offset) % len(words)],
+             "prompt": [{"role": "user", "content": f"Responda em uma frase citando a palavra "
+                                                    f"{words[(i + offset) % len(words)]} ({i + offset})."}]}
+            for i in range(n)]
+
+
+def test_a_task_of_your_own_trains_and_evaluates_with_your_reward(tiny_model, commerce_data, tmp_path):
+    """rewards.custom maps a fifth task to a function in a file of the user's (TRL's reward signature): its rows
+    carry their own column, the learner scores them with it beside a built-in task, logs eval/<task> and the
+    report lists it; an import or a signature that does not fit is refused in one line before any model loads."""
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    push = [json.loads(x) for x in (commerce_data / "pairs" / "train.jsonl").read_text().splitlines()
+            if '"task": "push"' in x]
+    for name, rows in (("train", _faq_rows(8, 0) + push[:8]), ("eval", _faq_rows(4, 100) + push[8:12])):
+        (pairs / f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    log = tmp_path / "calls.jsonl"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), str(REPO)]),
+               CUSTOM_REWARD_LOG=str(log), TUCANO2_NO_PROGRESS="1", WANDB_MODE="disabled")
+
+    def run(spec: str, run_dir: Path):
+        over = [f"model_id={tiny_model}", f"run_dir={run_dir}", f"data.db_path={commerce_data / 'commerce.db'}",
+                f"data.train_pairs={pairs / 'train.jsonl'}", f"data.eval_pairs={pairs / 'eval.jsonl'}",
+                f"rewards.custom={{faq: '{spec}'}}", "data.tasks=[push, faq]", "max_steps=2",
+                "eval.at_start=true", "eval.every=2", "eval.subset_size=8", "learner.probe_every=0",
+                "max_completion_length=16", "num_generations=4", "prompts_per_step=2", "logging.wandb_mode=disabled"]
+        return subprocess.run(learner_cmd(over), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+    bad = run("custom_reward:needs_a_label", tmp_path / "bad")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith(
+        "learner: rewards.custom.faq: custom_reward:needs_a_label must take TRL's reward arguments")
+    missing = run("not_a_module_of_yours:f", tmp_path / "missing")
+    assert missing.returncode == 2 and "learner: rewards.custom.faq: cannot import not_a_module_of_yours" in \
+        missing.stderr
+    assert not (tmp_path / "bad" / "checkpoints").exists() and not log.exists()  # refused before anything ran
+
+    r = run("custom_reward:keyword_reward", tmp_path / "run")
+    assert r.returncode == 0, r.stderr[-3000:]
+    calls = [json.loads(x) for x in log.read_text().splitlines()]
+    assert calls and all(c["task"] == ["faq"] * c["n"] and len(c["keyword"]) == c["n"] == c["prompts"]
+                         for c in calls)
+    assert {kw for c in calls for kw in c["keyword"]} <= {"pix", "boleto", "frete", "cupom", "troca", "prazo"}
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [m for m in rows if "eval/mean_reward" in m]
+    assert len(evals) == 2 and all("eval/faq" in m and "eval/push" in m for m in evals)
+    assert any(k.startswith("eval/push/") for k in evals[-1])  # the built-in reward's components beside it
+    assert not any(k.startswith("eval/faq/") for k in evals[-1])
+    from launch.report import main as report
+
+    assert report([str(tmp_path / "run")]) == 0
+    assert "| faq |" in (tmp_path / "run" / "report.md").read_text()

@@ -142,7 +142,7 @@ def test_fallbacks_it_reports_are_what_the_rewards_do(data):
     assert insights_parts(ins["answer"], None, _user(ins))["grounded"] == 1.0  # grounded on the prompt's numbers
     cited = "- Priorizar o Norte: 37% dos pedidos atrasam\n- Reduzir o frete\n- Rever prazos"
     assert insights_parts(cited, None, "sem números")["grounded"] == 0.0  # every cited number invented
-    assert insights_parts("- Priorizar\n- Reduzir\n- Rever", None, "sem números")["grounded"] == 0.3
+    assert insights_parts("- Priorizar\n- Reduzir\n- Rever", None, "sem números")["grounded"] == 0.0  # no_number_credit
     push = ans["push"]
     assert push_parts(push["answer"], None, "")[0]["mentions_product"] is None
     assert push_parts(push["answer"], None, _user(push))[0]["mentions_product"] is not None
@@ -284,5 +284,5 @@ def test_insights_without_facts_or_numbers_in_the_prompt(tmp_path, data):
     rep = check_data(None, [p])
     assert rep.no_fallback == {"insights": 1} and rep.prompt_fallback == {"insights": 1}
     assert rep.warnings == [f"insights: 1 of 2 rows lack facts ({p} line 1): and their prompt has no number either: "
-                            "grounded has no number to check against: every number cited counts as invented (0.3 "
-                            "when none is cited)"]
+                            "grounded and insightful have no number to check against: every number cited counts as "
+                            "invented (rewards.insights.no_number_credit when none is cited)"]

@@ -11,6 +11,7 @@ import pytest
 
 from configs import ConfigError, load_config
 from configs.loader import apply_overrides, resolve_file
+from configs.schema import RewardsConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -80,8 +81,9 @@ def test_scenario_b_switches_to_base_with_sft():
 
 def test_scenario_c_variants_touch_only_their_task():
     ext = diff("v4_1.yaml", "v4_2_c_extraction.yaml")
-    assert set(ext) == {f"rewards.extraction.{k}" for k in ("valid_json", "schema", "values")}
-    assert ext["rewards.extraction.values"] > load_config(CONFIG_DIR / "v4_1.yaml").rewards.extraction.values
+    assert set(ext) == {f"rewards.extraction.weights.{k}" for k in ("schema", "values")}
+    assert ext["rewards.extraction.weights.values"] > load_config(
+        CONFIG_DIR / "v4_1.yaml").rewards.extraction.weights.values
     assert diff("v4_1.yaml", "v4_2_c_sql_qa.yaml") == {"data.tasks": ["extraction", "push"]}
     ins = diff("v4_1.yaml", "v4_2_c_insights.yaml")
     assert ins.pop("data.insights_pairs") == 350
@@ -240,3 +242,31 @@ def test_the_rendezvous_port_is_kept_free(override):
     with pytest.raises(ConfigError, match="rendezvous") as e:
         load_config(CONFIG_DIR / "v4_1.yaml", [override])
     assert "\n" not in str(e.value)
+
+
+def test_reward_defaults_are_the_rewards_own():
+    """The run config passes every weight and knob; its defaults are the ones ``rewards`` applies when called
+    without them (TRL users, doctests), so no module constant differs from what a config says."""
+    from rewards.core import DEFAULT_SHAPING, DEFAULT_WEIGHTS, task_shaping
+
+    kwargs = RewardsConfig().reward_kwargs()
+    for task in DEFAULT_WEIGHTS:
+        weights, shaping = task_shaping(task, kwargs[task])
+        assert weights == task_shaping(task, None)[0]
+        assert shaping == DEFAULT_SHAPING[task], task
+        assert set(kwargs[task]) == {"weights", *DEFAULT_SHAPING[task]}, task
+
+
+def test_unknown_reward_knob_and_bad_custom_reward_are_refused(tmp_path):
+    with pytest.raises(Exception, match="push.*lenght"):
+        load_config(CONFIG_DIR / "smoke_cpu.yaml", ["rewards.push.lenght=1"])
+    with pytest.raises(Exception, match="rewards.custom"):
+        load_config(CONFIG_DIR / "smoke_cpu.yaml", ["rewards.custom={'my task': 'm:f'}"])
+    with pytest.raises(Exception, match="not 'package.module:function'"):
+        load_config(CONFIG_DIR / "smoke_cpu.yaml", ["rewards.custom={'mine': 'nofunction'}"])
+    with pytest.raises(Exception, match="data.tasks: unknown task 'mine'"):
+        load_config(CONFIG_DIR / "smoke_cpu.yaml", ["data.tasks=[push, mine]"])
+    cfg = load_config(CONFIG_DIR / "smoke_cpu.yaml", ["rewards.custom={'mine': 'pkg.mod:fn'}"])
+    assert cfg.data.tasks == ["extraction", "sql_qa", "insights", "push", "mine"]
+    cfg = load_config(CONFIG_DIR / "smoke_cpu.yaml", ["rewards.custom={'mine': 'pkg.mod:fn'}", "data.tasks=[mine]"])
+    assert cfg.data.tasks == ["mine"]

@@ -41,6 +41,25 @@ def test_report_carries_the_noise_band_when_evals_have_standard_errors(tmp_path)
     assert "train/clipped_ratio, mean of the first and the last 1 steps: 0.50 -> 0.00" in md
 
 
+def test_report_names_the_component_that_moved_most_and_the_runs_own_tasks(tmp_path):
+    import doctest
+
+    import launch.report as R
+
+    assert doctest.testmod(R).attempted >= 2 and doctest.testmod(R).failed == 0
+    rows = []
+    for step, k in ((0, 0.0), (50, 1.0)):
+        rows.append({"step": step, "eval/mean_reward": 0.4 + 0.1 * k, "eval/sql_qa": 0.3 + 0.1 * k,
+                     "eval/sql_qa/executes": 0.5 + 0.4 * k, "eval/sql_qa/result_match": 0.1 + 0.05 * k,
+                     "eval/faq": 0.2 + 0.3 * k, "eval_se/mean_reward": 0.02, "eval_se/sql_qa": 0.03,
+                     "eval_se/faq": 0.05})
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert main([str(tmp_path)]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "| sql_qa | 0.300 | 0.400 | +0.100 | 0.085 | executes +0.400 |" in md
+    assert "| faq | 0.200 | 0.500 | +0.300 | 0.141 | |" in md  # a task of the run's own: no components
+
+
 def test_eval_standard_errors_are_over_prompts():
     import doctest
 

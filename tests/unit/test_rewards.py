@@ -77,7 +77,7 @@ def test_extraction_partial_credit():
     wrong_sentiment = dict(REF, sentiment="positive", sentiment_score=4.0)
     p = extraction_parts(json.dumps(wrong_sentiment), REF)
     assert p["valid_json"] == 1.0 and p["schema"] == 1.0
-    assert 0.5 < p["values"] < 0.8  # the right complaint category still earns
+    assert 0.2 < p["values"] < 0.5  # the right complaint still earns, halved by the key gate (sentiment wrong)
     near = values_score(dict(REF, sentiment_score=2.0), REF)
     far = values_score(dict(REF, sentiment_score=4.5), REF)
     assert 1.0 > near > far
@@ -128,8 +128,11 @@ def test_sql_components(fn, pairs):
              + " AND ".join(f"coalesce(product_category_name, customer_state) <> {x}" for x in lits)
              + ";\n```\nSoma os preços.")
     a = fn.score([asked], **cols([row]))[0]
-    assert a.components["executes"] == 1.0 and a.components["result_match"] == 0.25
+    assert a.components["executes"] == 1.0 and 0.1 < a.components["result_match"] <= 0.25
     assert s.reward < a.reward < 0.6 < good_reward(fn, row)
+    nothing = "```sql\nSELECT " + ", ".join(lits) + ";\n```\nConta os pedidos."
+    n = fn.score([nothing], **cols([row]))[0]  # runs, reads no data: answers nothing
+    assert n.components == {"has_sql": 1.0, "executes": 0.0, "result_match": 0.0, "explanation": 0.0}
     broken = "```sql\nSELEC COUNT(*) FROM tabela_que_nao_existe\n```"
     assert fn([broken], **cols([row]))[0] == 0.0
     runs = "```sql\nSELECT COUNT(*) FROM nao_existe\n```\nConta os pedidos."
@@ -140,18 +143,22 @@ def good_reward(fn, row):
     return fn([row["answer"]], **cols([row]))[0]
 
 
-def test_sql_literal_credit_only_when_the_result_is_wrong(fn, pairs):
-    """A right result is scored on the result alone; half the asked literals earn half the literal credit."""
-    from rewards.sql_qa import LITERAL_CREDIT, literal_share
+def test_sql_partial_credit_only_when_the_result_is_wrong(fn, pairs):
+    """A right result is scored on the result alone; a wrong one earns partial credit for the asked filters (a
+    literal compared, not selected or commented) and the columns the reference reads."""
+    from rewards.sql_qa import compared_literals, relevance
 
     row = next(r for r in pairs if r["task"] == "sql_qa" and r["reference_sql"].count("'") == 4)
     assert fn.score([row["answer"]], **cols([row]))[0].components["result_match"] == 1.0
     first = re.findall(r"'[^']*'", row["reference_sql"])[0]
     half = f"```sql\nSELECT COUNT(*) FROM orders_enriched WHERE customer_city = {first};\n```\nConta."
     s = fn.score([half], **cols([row]))[0]
-    assert literal_share(half, row["reference_sql"]) == 0.5
-    assert s.components["executes"] == 1.0 and s.components["result_match"] == LITERAL_CREDIT * 0.5  # no city
-    assert literal_share("SELECT 1", "SELECT COUNT(*) FROM t") is None
+    assert s.components["executes"] == 1.0 and 0 < s.components["result_match"] < 0.25 * 0.5 + 0.25 * 0.5
+    assert compared_literals(f"SELECT {first} FROM t -- {first}") == set()
+    assert relevance("SELECT 1", frozenset(), "SELECT COUNT(*) FROM t", frozenset()) == 0.0
+    off = make_reward(fn.sql.sandbox.path, sql_qa={"partial_credit": 0.0})
+    assert off.score([half], **cols([row]))[0].components["result_match"] == 0.0
+    off.close()
 
 
 def test_sql_reference_results_cached(fn, pairs):
@@ -176,7 +183,10 @@ def test_insights_components():
     assert p["portuguese"] > 0.9 and p["length"] > 0.9
     invented = GOOD.replace("12,4%", "57,9%").replace("3,95", "4,61")
     assert insights_parts(invented, FACTS)["grounded"] < 0.5
-    assert grounded_score("- Priorizar 3 ações rápidas", set()) == 0.3  # small integers are not citations
+    assert grounded_score("- Priorizar 3 ações rápidas", set()) == 0.0  # small integers are not citations
+    assert grounded_score("- Priorizar 3 ações rápidas", set(), no_number_credit=0.3) == 0.3
+    assert p["insightful"] == 1.0  # every bullet: a verb, a figure of the facts, words of its own
+    assert insights_parts("- Reduzir 41,3% atraso na entrega", FACTS)["insightful"] == 0.0  # only a fact restated
     assert insights_parts("Texto corrido sem tópicos.", FACTS)["bullets"] == 0.0
     assert starts_with_verb("Invista em logística") and starts_with_verb("1. **Reduzir** custos")
     assert not starts_with_verb("O atraso cresceu")
@@ -192,18 +202,22 @@ def test_insights_grounding_from_prompt_without_facts_column():
 
 # ---- push -----------------------------------------------------------------------------------------
 
-CTX = {"produto": "jogo de lençol", "categoria_label": "cama, mesa e banho", "categoria": "cama_mesa_banho"}
+CTX = {"produto": "jogo de lençol", "categoria_label": "cama, mesa e banho", "categoria": "cama_mesa_banho",
+       "situacao": "entrega_a_caminho"}
 
 
 def test_push_components():
     parts, mult = push_parts("Oba! Seu jogo de lençol já está a caminho 🚚 Acompanhe pelo app!", CTX)
-    assert mult == 1.0 and parts == {"length": 1.0, "portuguese": 1.0, "mentions_product": 1.0, "tone": 1.0}
+    assert mult == 1.0 and parts == {"situation": 1.0, "length": 1.0, "portuguese": 1.0, "mentions_product": 1.0,
+                                     "tone": 1.0, "novelty": 0.5}  # jogo, lençol, caminho are the context's
     parts, _ = push_parts("Novidades em cama, mesa e banho pra você! Confira 😉", CTX)
     assert parts["mentions_product"] == 1.0
     parts, _ = push_parts("Seu lençol chegou! Conta pra gente o que achou?", CTX)
     assert parts["mentions_product"] == 0.7
-    parts, _ = push_parts("Your order is on the way!", CTX)
-    assert parts["portuguese"] == 0.0 and parts["mentions_product"] == 0.0
+    parts, mult = push_parts("Your order is on the way!", CTX)
+    assert parts["portuguese"] == 0.0 and parts["mentions_product"] == 0.0 and mult == pytest.approx(0.3 * 0.4)
+    parts, _ = push_parts("Seu jogo de lençol foi cancelado, desculpa o atraso!", CTX)
+    assert parts["situation"] == 0.0  # another situation's words
     assert tone_score("Prezado cliente, informamos que o pedido foi enviado. Atenciosamente.") == 0.0
 
 
@@ -261,15 +275,21 @@ def test_weights_from_config_normalised_and_validated():
     fn = make_reward(None, **kwargs)
     for task, w in fn.weights.items():
         assert abs(sum(w.values()) - 1) < 1e-9, task
-    assert fn.weights["extraction"] == {"valid_json": 0.2, "schema": 0.3, "values": 0.5}
-    fn2 = make_reward(None, extraction={"valid_json": 1, "schema": 2, "values": 7})
+    assert fn.weights["extraction"] == {"valid_json": 0.05, "schema": 0.1, "values": 0.85}
+    fn2 = make_reward(None, extraction={"weights": {"valid_json": 1, "schema": 2, "values": 7}})
     assert fn2.weights["extraction"]["values"] == pytest.approx(0.7)
     with pytest.raises(ValueError, match="unknown extraction reward component.*valid"):
-        make_reward(None, extraction={"valid": 1.0})
+        make_reward(None, extraction={"weights": {"valid": 1.0}})
+    with pytest.raises(ValueError, match="unknown extraction knob.*gate"):
+        make_reward(None, extraction={"gate": 1.0})
+    with pytest.raises(ValueError, match="unknown extraction.field_weights name.*sentimento"):
+        make_reward(None, extraction={"field_weights": {"sentimento": 1.0}})
     with pytest.raises(ValueError, match="sql_timeout"):
         make_reward(None, sql_timeout=5)
     with pytest.raises(ValueError, match=">= 0"):
-        make_reward(None, push={"length": -1})
+        make_reward(None, push={"weights": {"length": -1}})
+    with pytest.raises(ValueError, match="push.salad_penalty must be a number"):
+        make_reward(None, push={"salad_penalty": "x"})
 
 
 def test_toy_reward_route():
