@@ -61,12 +61,13 @@ def test_killed_actor_is_restarted_and_no_step_is_lost(tiny_model, tmp_path):
 
 def test_killed_learner_resumes_from_its_checkpoint(tiny_model, tmp_path):
     """Resume is exact whichever way the actor loads: the first learner's actor loads in flight (the default), the
-    resumed one's drains. Completions long enough (8 x 40 tokens a prompt) that the actor is still generating the
-    next batch when a version arrives: the first run loads with requests running, the drained one never does."""
+    resumed one's drains. Completions long enough (8 x 40 tokens a prompt, at most 4 sequences at once) that the actor
+    is still generating the next batch when a version arrives: the first run loads with requests running, the
+    drained one never does."""
     steps, every = 8, 3
     run = tmp_path / "run"
     over = e2e_overrides(tiny_model, tmp_path / "pairs", max_steps=steps,
-                         **{**SMALL, "num_generations": 8, "max_completion_length": 40},
+                         **{**SMALL, "num_generations": 8, "max_completion_length": 40, "actor.max_num_seqs": 4},
                          **{"learner.checkpoint_every": every})
     with Launch(run, over, tmp_path / "first.log") as la:
         la.wait_until(lambda: list_checkpoints(run) and last_step(la) >= every + 1, 240, "a checkpoint")
@@ -119,7 +120,7 @@ def test_resumed_learner_takes_over_live_actors(tiny_model, tmp_path, actor_kit)
 
     from configs import dump_config, load_config
 
-    steps, every = 9, 3
+    steps, every = 10, 4  # killed at step >= 5: three steps of slack before the next checkpoint (at 8)
     run = tmp_path / "run"
     over = e2e_overrides(tiny_model, tmp_path / "pairs", max_steps=steps, **SMALL,
                          **{"learner.checkpoint_every": every, "sync.max_staleness": 1, "run_dir": run}, **INLINE)
@@ -138,7 +139,7 @@ def test_resumed_learner_takes_over_live_actors(tiny_model, tmp_path, actor_kit)
     try:
         first, log1 = learner()
         deadline = time.monotonic() + 300
-        while not (list_checkpoints(run) and last_step_of(run) >= every + 2):
+        while not (list_checkpoints(run) and last_step_of(run) >= every + 1):
             assert first.poll() is None, (tmp_path / "learner0.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the first learner made no progress"
             time.sleep(0.2)

@@ -37,6 +37,9 @@ SETTINGS = {
     "learner.micro_batch_size": 1,
     "learner.checkpoint_every": 100,
     "rewards.toy_token": "q",
+    # at most 4 sequences at once: a batch takes the actor longer than a step takes the learner, so with staleness 1
+    # each version reaches an actor still generating (a load in flight), on a quiet box as on a loaded one
+    "actor.max_num_seqs": 4,
     **INLINE,  # the actor's engine in the actor process, on the actor's cores
 }
 

@@ -3,7 +3,8 @@
 engine), given the race's run config, train on the same prompts in the same order.
 
 Each side's order is read where its trainer is fed: TRL's from the prompts its ``_generate`` receives while it
-trains (the peer records them per step), ours from the rollout requests the learner submits (the in-process
+trains (the peer records them per step; it runs as ``python -m launch.trl_peer``, its own process, as the race runs
+it), ours from the rollout requests the learner submits (the in-process
 actor's ``submit``, wrapped to record what it is asked). The config is the race's own (``configs/demo_cpu.yaml`` +
 :func:`launch.compare.race_sets`, so ``data.balance_tasks`` is on as in the demo) on the tiny model and toy pairs
 of four tasks, three steps of three prompts.
@@ -11,12 +12,17 @@ of four tasks, three steps of three prompts.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from configs import load_config
+from configs.loader import dump_config
 from e2e_helpers import toy_overrides
 
 pytestmark = pytest.mark.slow
@@ -37,17 +43,20 @@ def race_config(tiny_model, tmp: Path, seed: int):
 
 
 def test_trl_peer_and_our_learner_get_the_same_prompts_in_the_same_order(tiny_model, tmp_path, single_process):
-    from launch.trl_peer import Peer, prompt_key
+    from launch.trl_peer import prompt_key
     from learner.rollouts_local import HFLocalActor
     from learner.trainer import Trainer
 
     cfg = race_config(tiny_model, tmp_path, seed=7)
     assert cfg.data.balance_tasks, "the race's config is the demo's, which balances the tasks"
 
-    # TRL first: accelerate wants this process alone (our learner leaves a one-rank group behind)
-    peer = Peer(cfg, vllm=False, out_dir=str(tmp_path / "trl"))
-    peer.train()
-    theirs = [r["prompts"] for r in peer.rows]
+    conf, out = tmp_path / "race.yaml", tmp_path / "trl.json"
+    conf.write_text(dump_config(cfg))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
+    peer = subprocess.run([sys.executable, "-m", "launch.trl_peer", "--config", str(conf), "--out", str(out)],
+                          cwd=REPO, env={**env, "WANDB_MODE": "disabled"}, capture_output=True, text=True, timeout=600)
+    assert peer.returncode == 0, peer.stderr[-3000:]
+    theirs = [r["prompts"] for r in json.loads(out.read_text())["steps"]]
 
     actor = HFLocalActor(cfg.model_id, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, wire_dtype=cfg.sync.wire_dtype)
     asked: dict[int, list[str]] = {}
