@@ -135,6 +135,12 @@ def report(rows: list[dict], run_dir: Path, title: str = "Run report") -> str:
                   f"- train/reward first -> last: {train[0]['train/reward']:.3f} -> {train[-1]['train/reward']:.3f}"]
         if steps:
             lines.append(f"- mean step time: {sum(steps) / len(steps):.2f} s")
+            both = [(r["perf/learner_wait_s"], r["perf/step_s"]) for r in train
+                    if isinstance(r.get("perf/learner_wait_s"), (int, float)) and r.get("perf/step_s")]
+            if both:
+                wait, total = sum(w for w, _ in both), sum(t for _, t in both)
+                lines.append(f"- the learner waited (rollouts, publishing, acknowledgements, probes) "
+                             f"{wait / len(both):.2f} s a step: {wait / total:.0%} of the step time")
         for key, what in (("train/completion_length", "tokens"), ("train/clipped_ratio", "of completions cut at "
                                                                   "max_completion_length")):
             vals = [r[key] for r in train if isinstance(r.get(key), (int, float))]

@@ -23,6 +23,9 @@ and is the policy version the actors serve):
    ``sync.min_delta_cosine`` stops the run (after a checkpoint) with one clear line instead of training
    against weights the actors do not serve;
 5. probe (actor vs learner logprobs on a fixed prompt), eval, metrics, watchdog, checkpoint.
+   ``perf/learner_wait_s`` is the step's time on anything but the learner's own compute (``perf/train_s``)
+   and the eval (``perf/eval_s``): waiting for rollouts, publishing and acknowledgements, the probe, batching;
+   ``perf/learner_wait_frac`` its share of the step.
 
 Rank 0 owns the transports, data, rewards, eval and logging; other ranks only train.
 
@@ -524,6 +527,11 @@ class Trainer:
                 if eval_now and self.stop_reason is None:
                     m.update(self._eval())
                 m["perf/step_s"] = time.perf_counter() - t_step
+                # everything but the learner's own compute (and the eval, logged apart): waiting for rollouts,
+                # publishing and acknowledgements, the probe, batching
+                m["perf/learner_wait_s"] = max(0.0, m["perf/step_s"] - m.get("perf/train_s", 0.0)
+                                               - m.get("perf/eval_s", 0.0))
+                m["perf/learner_wait_frac"] = m["perf/learner_wait_s"] / m["perf/step_s"]
                 self._emit(m)
                 self.log.progress(self.step)
                 if self._sigterm:

@@ -63,9 +63,11 @@ def test_staleness_one_overlaps_generation_with_training(tiny_model, tmp_path):
         every = [r for r in read_metrics(run) if "perf/step_s" in r]
         rows = every[2:]
         parts[key] = {k: round(statistics.median(r[k] for r in rows), 3)
-                      for k in ("perf/train_s", "perf/generation_wait_s", "perf/sync_s")}
+                      for k in ("perf/train_s", "perf/generation_wait_s", "perf/sync_s", "perf/learner_wait_s")}
         assert all(r["train/token_staleness_max"] <= staleness for r in every), run
         assert all(r["train/dropped_stale"] == 0 and r["train/refused_version"] == 0 for r in every), run
+        # the learner's time on anything but its compute: the rest of the step, never more
+        assert all(0 <= r["perf/learner_wait_s"] <= r["perf/step_s"] - r["perf/train_s"] + 1e-9 for r in every), run
         cos = [r["sync/served_delta_cosine"] for r in every if "sync/served_delta_cosine" in r]
         assert len(cos) >= STEPS - 1 and min(cos) >= 0.99, run
         mixed[key] = sum(r["train/mixed_version_frac"] * r["train/completions"] for r in every)
@@ -78,6 +80,7 @@ def test_staleness_one_overlaps_generation_with_training(tiny_model, tmp_path):
           f"{mixed[0]:.0f} and {mixed[1]:.0f} of {STEPS * 16}")
     # With staleness 1 the learner never waits for generation after the first step.
     assert parts[1]["perf/generation_wait_s"] < parts[0]["perf/generation_wait_s"]
+    assert parts[1]["perf/learner_wait_s"] < parts[0]["perf/learner_wait_s"]
     assert ratio < 1.0, (times, parts)
 
 

@@ -11,7 +11,7 @@ def test_report_and_plots(tmp_path):
     rows = []
     for step in range(0, 21):
         rows.append({"step": step, "train/reward": 0.1 + step / 40, "train/completion_length": 30 + step,
-                     "train/grad_norm": 0.2, "perf/step_s": 1.5})
+                     "train/grad_norm": 0.2, "perf/step_s": 1.5, "perf/learner_wait_s": 0.3 if step % 2 else 0.0})
         if step % 5 == 0:
             rows.append({"step": step, "eval/mean_reward": 0.2 + step / 50, "eval/extraction": 0.1 + step / 40,
                          "eval/sql_qa": 0.3, "eval/insights": 0.2, "eval/push": 0.4})
@@ -22,6 +22,7 @@ def test_report_and_plots(tmp_path):
     assert "| extraction | 0.100 | 0.600 | +0.500 |" in md
     assert "| mean_reward | 0.200 | 0.600 | +0.400 |" in md
     assert "Best eval/mean_reward: 0.600 at step 20." in md
+    assert "waited (rollouts, publishing, acknowledgements, probes) 0.14 s a step: 10% of the step time" in md
     for png in ("eval_rewards.png", "train_curves.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main([str(tmp_path / "missing")]) == 2
