@@ -322,7 +322,11 @@ class IoThread:
     A message is read frame by frame and at most ``max_frames`` of them are kept: a longer one (more frames
     than the protocol ever sends) is read to its end, dropped and counted as a refusal. ZeroMQ bounds each
     frame (``MAXMSGSIZE``) and the queue by messages (HWM), not a message's frames, so this is what bounds
-    the memory one message can take: ``max_frames`` x the socket's ``MAXMSGSIZE``."""
+    the memory one message keeps in our process: ``max_frames`` x the socket's ``MAXMSGSIZE``. The bound that
+    remains: libzmq delivers a multipart message whole, so before the first frame is read it has buffered all of
+    them (a 501-part message of 64 KB frames: ~32 MB, once, then freed frame by frame here). No socket option
+    caps a message's frame count; only peers that passed the channel's admission (a 0700 directory on one node,
+    CURVE keys across nodes) can send one."""
 
     max_frames = 2
     """A ROUTER's: the peer's identity and one msgpack frame (:mod:`sync.wire`)."""
