@@ -69,7 +69,10 @@ def test_killed_learner_resumes_from_its_checkpoint(tiny_model, tmp_path):
     over = e2e_overrides(tiny_model, tmp_path / "pairs", max_steps=steps,
                          **{**SMALL, "num_generations": 8, "max_completion_length": 40, "actor.max_num_seqs": 4},
                          **{"learner.checkpoint_every": every})
-    with Launch(run, over, tmp_path / "first.log") as la:
+    # actor and learner on separate cores (the learner is the slower of the two when vLLM's worker threads share its
+    # core): each batch then outlasts a learner step, and versions reach an actor that is generating
+    pins = ["--actor-cores", "0", "--learner-cores", "1"] if (os.cpu_count() or 1) >= 2 else []
+    with Launch(run, over, tmp_path / "first.log", *pins) as la:
         la.wait_until(lambda: list_checkpoints(run) and last_step(la) >= every + 1, 240, "a checkpoint")
         la.processes()
         learner = la.component_pids("learner")
@@ -78,7 +81,8 @@ def test_killed_learner_resumes_from_its_checkpoint(tiny_model, tmp_path):
         rc = la.wait(timeout=120)
         assert rc != 0, la.log()[-3000:]
         assert la.alive() == [], "the launcher left processes behind"
-        assert INFLIGHT_LOAD.search(la.log()), "the first run's actor never loaded with requests running"
+        if pins:  # one core: actor and learner take turns on it, and where a version lands is up to the scheduler
+            assert INFLIGHT_LOAD.search(la.log()), "the first run's actor never loaded with requests running"
     ckpt = list_checkpoints(run)[-1]
     resumed_from = int(ckpt.name.split("-")[1])
     assert resumed_from >= every and resumed_from < steps
