@@ -39,8 +39,13 @@ def single_process():
     if dist.is_initialized():
         dist.destroy_process_group()
     import deepspeed.comm.comm as dcc
+    from deepspeed.utils import groups
 
     dcc.cdb = None
+    # DeepSpeed's own references to the destroyed groups (its world and data-parallel groups): a later engine in this
+    # process would broadcast over them ("Group ... is not registered"). deepspeed.comm.destroy_process_group drops
+    # them the same way; torch's was called here.
+    groups._release_process_group_references(None)
     with pytest.MonkeyPatch.context() as mp:
         for k in DIST_ENV:
             mp.delenv(k, raising=False)
