@@ -173,11 +173,19 @@ class SyncConfig(Section):
     publish_weights: bool = True
     """Publish each new adapter to the actors. ``false`` is an ablation only (the actors keep serving the first
     version and every rollout is treated as on-policy): it shows that the sync carries the learning."""
-    wait_for_acks: bool = True
-    """Block after each publication until every actor acknowledged it; else go on within the
-    staleness bound."""
+    wait_for_acks: bool = False
+    """Block after each publication until every actor acknowledged it (the learner idles through every actor's
+    load and readback: for debugging, and the baseline ``python -m learner.ack_bench`` compares with). Off: the
+    learner goes on to its next step at once and checks the acknowledgements in the background, with the same
+    timeout and the same stop lines; it trains only on rollouts of versions their actor acknowledged and whose
+    readback passed (``learner.acks``)."""
     wire_dtype: Literal["bf16", "fp32"] = "bf16"
     """Dtype of LoRA tensors on the wire."""
+    weight_transfer: Literal["auto", "inline", "file"] = "auto"
+    """How each version reaches the actors (``sync.carry``). ``file`` (one node; what ``auto`` picks with ipc):
+    written once to the learner's private directory on /dev/shm, each actor links it and checks its checksum.
+    ``inline`` (what ``auto`` picks with tcp): the tensors in the message to each actor (over TCP CURVE encrypts
+    them once per actor)."""
     max_message_mb: int = Field(1024, ge=1)
     """Ceiling for a weight update when the actor cannot derive the adapter's size from the model config;
     the other messages' caps are derived from the run's lengths (``sync.limits``)."""
@@ -223,6 +231,9 @@ class SyncConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> SyncConfig:
+        if self.weight_transfer == "file" and self.kind != "ipc":
+            raise ValueError("sync.weight_transfer file needs every actor on the learner's node (transport ipc); "
+                             "across nodes use inline or auto")
         if self.rollout_port == self.weight_port:
             raise ValueError("sync.rollout_port and sync.weight_port must differ")
         if self.rollout_port == self.master_port:

@@ -8,8 +8,8 @@ inflight, ...) so a drifting machine load falls on both, and prints per mode the
 - actor tokens/s: completion tokens trained on per second of training wall-clock (``train/completions`` x
   ``train/completion_length`` over ``perf/step_s``): what the actors delivered, idle time included;
 - s/step: the median ``perf/step_s`` of the run (steps after the first), and of its parts the learner spends
-  waiting: ``perf/sync_s`` (publishing and the actors' acks: a drained actor acks after its requests finish) and
-  ``perf/generation_wait_s``;
+  waiting: ``perf/sync_s`` (publishing: the adapter's gather, pack and checksum; the actors' acks are checked in
+  the background unless ``sync.wait_for_acks``) and ``perf/generation_wait_s``;
 - time to reward: wall-clock of training steps until the train reward's moving average first reaches the target,
   the lowest final moving average of all the runs (so every run reaches it);
 - mixed: the share of trained completions whose tokens span two versions (``train/mixed_version_frac``; 0 drained).

@@ -2,16 +2,17 @@
 
 :class:`HFLocalActor` implements both learner-side protocols of :mod:`sync` at once —
 ``RolloutTransport`` (``submit``/``receive``/``actors``/``close``) and ``WeightPublisher``
-(``publish``/``wait_acks``/``latest_version``/``close``) — so the learner can run, be tested and be
-resumed on one CPU without vLLM or sockets. It is not the production actor (that is ``actor/`` behind
+(``publish``/``wait_acks``/``ack_status``/``ack_of``/``latest_version``/``close``) — so the learner can run,
+be tested and be resumed on one CPU without vLLM or sockets. It is not the production actor (that is ``actor/`` behind
 ``sync.Zmq*``); it exists for tests, the resume proof and ``python -m learner --rollouts local``.
 
 Behaviour, mirroring the real pair:
 
 * ``publish`` packs the tensors with :func:`sync.tensors.pack` (wire dtype from the config), checks the
   checksum, loads them into the local PEFT model and records a :class:`sync.WeightAck`; ``wait_acks``
-  returns it, or raises :class:`sync.SyncError` if the load failed (``fail_versions`` injects a failed
-  load for tests).
+  and ``ack_status`` return it, or raise :class:`sync.SyncError` if the load failed (``fail_versions`` injects
+  a failed load for tests). ``lag_versions``: each version after the first loads (and is acked) that many
+  publications late (or once it waited ``lag_s``), as an actor whose acks come late.
 * ``submit`` generates immediately at the currently loaded version (the group is tagged with it) and
   queues the group; ``receive`` pops groups in submission order. Generation is deterministic: each
   request is sampled under ``torch.manual_seed(sampling.seed)`` in a forked RNG, so the same weights
@@ -45,6 +46,7 @@ class HFLocalActor:
         fail_versions: tuple[int, ...] = (),
         init_adapter=None,
         lag_versions: int = 0,
+        lag_s: float = 5.0,
     ):
         from learner.engine import build_peft_model, load_tokenizer
 
@@ -62,6 +64,7 @@ class HFLocalActor:
         self.wire_dtype = wire_dtype
         self.fail_versions = set(fail_versions)
         self.lag_versions = lag_versions
+        self.lag_s = lag_s
         self.version = 0
         self._published: deque = deque()  # (version, tensors) not yet loaded because of lag
         self._acks: dict[int, WeightAck] = {}
@@ -77,9 +80,12 @@ class HFLocalActor:
         blobs, buf = pack(tensors, self.wire_dtype)
         digest = checksum(blobs, buf)
         self._latest = version
-        self._published.append((version, {k: v.clone() for k, v in to_torch(blobs).items()}, digest))
-        while len(self._published) > self.lag_versions:
-            self._load(*self._published.popleft())
+        self._published.append((version, {k: v.clone() for k, v in to_torch(blobs).items()}, digest,
+                                time.monotonic()))
+        # the first version loads at once (a real actor serves nothing before it: the endpoint's gate), later
+        # ones lag_versions publications late
+        while len(self._published) > (self.lag_versions if self._acks else 0):
+            self._load(*self._published.popleft()[:3])
         return digest
 
     def _load(self, version: int, tensors: dict[str, torch.Tensor], digest: str) -> None:
@@ -111,18 +117,31 @@ class HFLocalActor:
         self._acks[version] = WeightAck(self.actor_id, version, True, time.perf_counter() - t0, digest, None,
                                         delta_cosine=cos.value)
 
-    def wait_acks(self, version: int, timeout_s: float, stop=None) -> dict[str, WeightAck]:  # noqa: ARG002
-        ack = self._acks.get(version)
-        if ack is None:
-            later = [v for v in self._acks if v > version and self._acks[v].ok]
-            if later:
-                return {self.actor_id: self._acks[max(later)]}
-            raise SyncError(
-                f"actor {self.actor_id} did not acknowledge version {version} (serves {self.version})"
-            )
+    def ack_status(self, version: int) -> tuple[dict[str, WeightAck], list[str]]:
+        """This actor's ack of ``version`` or a later one (a lagging actor acks late: pending until then, or
+        until the version has waited ``lag_s``, as a real actor would load it once the learner stops publishing)."""
+        while self._published and time.monotonic() - self._published[0][3] > self.lag_s:
+            self._load(*self._published.popleft()[:3])
+        newer = [v for v in self._acks if v >= version]
+        if not newer:
+            return {}, [self.actor_id]
+        ack = self._acks[max(newer)]
         if not ack.ok:
-            raise SyncError(f"actor {self.actor_id} failed to load version {version}: {ack.error}")
-        return {self.actor_id: ack}
+            raise SyncError(f"actor {self.actor_id} failed to load v{ack.version}: {ack.error}")
+        return {self.actor_id: ack}, []
+
+    def ack_of(self, actor_id: str, version: int) -> WeightAck | None:
+        ack = self._acks.get(version) if actor_id == self.actor_id else None
+        if ack is not None and not ack.ok:
+            raise SyncError(f"actor {actor_id} failed to load v{version}: {ack.error}")
+        return ack
+
+    def wait_acks(self, version: int, timeout_s: float, stop=None) -> dict[str, WeightAck]:  # noqa: ARG002
+        done, missing = self.ack_status(version)
+        if missing:  # nothing arrives while the caller waits: loads happen inside publish()
+            raise SyncError(f"timed out after {timeout_s:.1f} s waiting for acks of v{version} from "
+                            f"{self.actor_id} (serves {self.version})")
+        return done
 
     def latest_version(self) -> int:
         return self._latest

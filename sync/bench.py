@@ -6,8 +6,10 @@ measures the latency from ``publish()`` (fp32 tensors in learner memory: bf16 co
 checksum, send) to the learner holding the acks of every subscriber, where each subscriber has
 received the update, verified its checksum and written it to /dev/shm as a PEFT adapter directory
 before acking. Subscribers are separate processes, each with its own endpoint and sockets; with
-``--transports``: the ipc sockets of one node and TCP with CURVE (what crosses nodes), side by side. Also
-reported: the payload, the merged-weights size (bf16) and their ratio.
+``--transports``: the ipc sockets of one node and TCP with CURVE (what crosses nodes), side by side, and on ipc
+each ``--transfers`` way a version travels (``sync.carry``: ``inline`` in the message, ``file`` written once and
+linked by every actor). Also reported: where the learner's part went (pack, checksum, the file's write) and the
+payload, the merged-weights size (bf16) and their ratio.
 """
 
 from __future__ import annotations
@@ -77,7 +79,8 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
-def bench_shape(shape: str, subscribers: int, repeats: int, r: int = 16, transport: str = "ipc") -> dict:
+def bench_shape(shape: str, subscribers: int, repeats: int, r: int = 16, transport: str = "ipc",
+                transfer: str = "inline") -> dict:
     import torch
 
     from configs.schema import SyncConfig
@@ -94,7 +97,7 @@ def bench_shape(shape: str, subscribers: int, repeats: int, r: int = 16, transpo
 
         keys = make_keys(Path(tempfile.mkdtemp(prefix="sync-bench-keys-")) / "k")
     cfg = SyncConfig(heartbeat_s=0.5, max_message_mb=1024, transport=transport, keys_dir=keys)
-    pub = ZmqWeightPublisher(cfg, port=0)
+    pub = ZmqWeightPublisher(cfg, port=0, transfer=transfer)
     ctx = mp.get_context("spawn")
     ready = [ctx.Event() for _ in range(subscribers)]
     stop = ctx.Event()
@@ -120,6 +123,8 @@ def bench_shape(shape: str, subscribers: int, repeats: int, r: int = 16, transpo
             t1 = time.perf_counter()
             if v > 1:
                 lat.append((t1 - t0) * 1e3)
+        parts = {k: statistics.median(pub.timings[v].get(k, 0.0) for v in range(2, repeats + 2))
+                 for k in ("pack_ms", "checksum_ms", "write_ms")}
         out = bytearray(T.packed_nbytes(sd, cfg.wire_dtype))
         for _ in range(min(repeats, 5) + 1):
             t0 = time.perf_counter()
@@ -142,6 +147,7 @@ def bench_shape(shape: str, subscribers: int, repeats: int, r: int = 16, transpo
         "p95": _pct(lat, 0.95),
         "pack_ms_p50": statistics.median(pack),
         "repeats": repeats,
+        **{f"publish_{k}_p50": v for k, v in parts.items()},
     }
 
 
@@ -159,32 +165,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subscribers", default="1,4", help="subscriber counts to measure")
     ap.add_argument("--transports", default="ipc,tcp",
                     help="ipc (one node: Unix sockets in a private directory) and/or tcp (across nodes: CURVE)")
+    ap.add_argument("--transfers", default="inline,file",
+                    help="on ipc: inline (tensors in each actor's message) and/or file (written once, linked)")
     args = ap.parse_args(argv)
     counts = [int(x) for x in args.subscribers.split(",")]
     results = {}
-    for shape, transport in [(s, t) for s in args.shapes.split(",") for t in args.transports.split(",")]:
-        res: dict = {"shape": shape, "transport": transport if transport == "ipc" else "tcp+curve"}
+    combos = [(s, t, x) for s in args.shapes.split(",") for t in args.transports.split(",")
+              for x in (args.transfers.split(",") if t == "ipc" else ["inline"])]
+    for shape, transport, transfer in combos:
+        res: dict = {"shape": shape, "transport": transport if transport == "ipc" else "tcp+curve",
+                     "transfer": transfer}
         for n in counts:
-            m = bench_shape(shape, n, args.repeats, transport=transport)
+            m = bench_shape(shape, n, args.repeats, transport=transport, transfer=transfer)
             res.setdefault("payload_mb", round(m["payload_mb"], 2))
             res.setdefault("tensors", m["tensors"])
             res.setdefault("pack_checksum_ms_p50", round(m["pack_ms_p50"], 1))
+            if n == counts[0]:
+                res["write_ms_p50"] = round(m["publish_write_ms_p50"], 1)
             key = "transport_ms" if n == 1 else f"transport_ms_{n}sub"
             res[f"{key}_p50"] = round(m["p50"], 1)
             res[f"{key}_p95"] = round(m["p95"], 1)
         res["merged_bf16_mb"] = round(merged_mb(shape), 1)
         res["merged_over_adapter"] = round(res["merged_bf16_mb"] / res["payload_mb"], 1)
         res["repeats"] = args.repeats
-        results[f"{shape} {res['transport']}"] = res
+        results[f"{shape} {res['transport']} {transfer}"] = res
     cols = (
-        ["payload_mb", "pack_checksum_ms_p50"]
+        ["payload_mb", "pack_checksum_ms_p50", "write_ms_p50"]
         + [f"{'transport_ms' if n == 1 else f'transport_ms_{n}sub'}_{q}" for n in counts for q in ("p50", "p95")]
         + ["merged_bf16_mb", "merged_over_adapter"]
     )
     print(f"publish -> received -> checksum-verified -> written to /dev/shm -> acked (ms), {args.repeats} repeats")
-    print(f"{'shape':<16} " + " ".join(f"{c:>22}" for c in cols))
+    print(f"{'shape transport transfer':<24} " + " ".join(f"{c:>22}" for c in cols))
     for key, res in results.items():
-        print(f"{key:<16} " + " ".join(f"{res[c]:>22}" for c in cols))
+        print(f"{key:<24} " + " ".join(f"{res[c]:>22}" for c in cols))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

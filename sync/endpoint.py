@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import collections
+import errno
+import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +27,7 @@ from sync.wire import (
     RolloutRequest,
     Shutdown,
     WeightAck,
+    WeightFile,
     WeightUpdate,
     Welcome,
     WireError,
@@ -69,6 +73,10 @@ class ActorEndpoint(IoThread):
       ``limits.weights_bytes`` (``MAXMSGSIZE`` per socket and the decode caps); a group larger than the
       learner's ``limits.group_bytes`` is replaced by an error group before it is sent. Refusals are
       counted and logged rate-limited.
+    * A :class:`sync.wire.WeightFile` (one node, ``sync.weight_transfer: file``) names a file the learner wrote
+      once: it is hard-linked (copied across filesystems) into ``shm_dir/v{version}``, refused unless it is a
+      regular file of this user of the announced size within ``limits.weights_bytes`` whose checksum matches,
+      and then handled as an accepted update.
     * Weight updates are received zero-copy, refused when oversized, malformed, out of order (version <=
       the newest accepted from the same learner) or failing their checksum: logged, and an ``ok=False``
       ack sent where a version can be read. Accepted ones are verified and written to
@@ -294,6 +302,8 @@ class ActorEndpoint(IoThread):
             self._on_request(msg)
         elif isinstance(msg, WeightUpdate):
             self._on_weights(msg)
+        elif isinstance(msg, WeightFile):
+            self._on_weight_file(msg)
         elif isinstance(msg, Welcome):
             if msg.incarnation:
                 self._follow(msg.incarnation)
@@ -339,10 +349,11 @@ class ActorEndpoint(IoThread):
         ack = WeightAck(self.actor_id, version, False, 0.0, checksum, error[:500], learner)
         self._outbox.append((self._wsock, encode(ack)))
 
-    def _on_weights(self, u: WeightUpdate) -> None:
+    def _admit(self, u: WeightUpdate | WeightFile) -> bool:
+        """Whether a version is new for this actor (same checks for both ways a version travels)."""
         if u.learner in self._past:
             self.refusals.refuse("weight update of a replaced learner", f"v{u.version}", logging.INFO)
-            return
+            return False
         if u.learner:
             self._follow(u.learner)
         if u.learner == self._accepted_learner and u.version <= self._accepted:
@@ -350,8 +361,63 @@ class ActorEndpoint(IoThread):
             if (u.version == self._accepted and last is not None and last.version == u.version
                     and last.checksum == u.checksum and last.learner == u.learner):
                 self._outbox.append((self._wsock, encode(last)))  # our ack was lost: resend
-                return
+                return False
             self.refusals.refuse("out-of-order weight update", f"v{u.version} (have v{self._accepted})")
+            return False
+        return True
+
+    def _accept(self, u: WeightUpdate | WeightFile, out: Path) -> None:
+        self._accepted, self._accepted_learner = u.version, u.learner
+        if self._announced is None or u.version > self._announced:
+            self._announced = u.version
+        self._weights.append(ReceivedWeights(u.version, out, u.checksum, u.adapter_config, u.learner))
+        self._prune_due = True  # on the next tick: freeing tmpfs pages costs ~10 ms per 66 MB
+
+    def _on_weight_file(self, u: WeightFile) -> None:
+        """A version written once by the learner on this node: link it into our directory (copy across
+        filesystems), check that file's size, owner and checksum, then serve it like an inline update."""
+        if not self._admit(u):
+            return
+        out = self.shm_dir / f"v{u.version}"
+        tmp = self.shm_dir / f".v{u.version}.tmp{os.getpid()}"
+        try:
+            if u.nbytes > self.limits.weights_bytes:
+                raise ValueError(f"{u.nbytes / 2**20:.1f} MiB, over the {self.limits.weights_bytes / 2**20:.0f} "
+                                 "MiB this actor accepts")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(mode=0o700, parents=True)
+            dst = tmp / "adapter_model.safetensors"
+            try:
+                os.link(u.path, dst, follow_symlinks=False)
+            except OSError as e:  # another filesystem (EXDEV) or no links there: a copy
+                if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                    raise
+                shutil.copyfile(u.path, dst, follow_symlinks=False)
+            st = os.lstat(dst)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_size != u.nbytes:
+                raise ValueError(f"{u.path} is not a regular file of this user of {u.nbytes} bytes")
+            blobs, _ = T.read_safetensors(dst)
+            got = T.checksum(blobs)
+            del blobs
+            if got != u.checksum:
+                self.refusals.refuse("weight file", f"v{u.version}: checksum mismatch (got {got}, sent {u.checksum})")
+                self._refuse(u.version, f"checksum mismatch: got {got}, sent {u.checksum}", got, u.learner)
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
+            (tmp / "adapter_config.json").write_text(json.dumps(u.adapter_config, indent=1))
+            if out.exists():
+                shutil.rmtree(out)
+            tmp.rename(out)
+        except (OSError, ValueError) as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            log.error("endpoint %s: cannot take v%d from %s: %s", self.actor_id, u.version, u.path, e)
+            self.refusals.refuse("weight file", f"v{u.version}: {e}")
+            self._refuse(u.version, f"weight file: {e}", "", u.learner)
+            return
+        self._accept(u, out)
+
+    def _on_weights(self, u: WeightUpdate) -> None:
+        if not self._admit(u):
             return
         got = T.checksum(u.tensors, u.buffer)
         if got != u.checksum:
@@ -370,11 +436,7 @@ class ActorEndpoint(IoThread):
             log.error("endpoint %s: cannot write v%d to %s: %s", self.actor_id, u.version, self.shm_dir, e)
             self._refuse(u.version, f"write failed: {e}", got, u.learner)
             return
-        self._accepted, self._accepted_learner = u.version, u.learner
-        if self._announced is None or u.version > self._announced:
-            self._announced = u.version
-        self._weights.append(ReceivedWeights(u.version, out, u.checksum, u.adapter_config, u.learner))
-        self._prune_due = True  # on the next tick: freeing tmpfs pages costs ~10 ms per 66 MB
+        self._accept(u, out)
 
     def _prune(self) -> None:
         self._prune_due = False

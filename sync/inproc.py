@@ -78,6 +78,7 @@ class InprocWeightPublisher:
         self._latest = -1
         self._checksums: dict[int, str] = {}
         self._acks: dict[str, WeightAck] = {}
+        self._ack_log: dict[tuple[str, int], WeightAck] = {}
 
     def publish(self, version: int, tensors, adapter_config: dict) -> str:
         if version <= self._latest:
@@ -93,24 +94,43 @@ class InprocWeightPublisher:
                 self._acks[aid] = WeightAck(aid, version, True, 0.0, got, delta_cosine=cos)
             except Exception as e:
                 self._acks[aid] = WeightAck(aid, version, False, 0.0, "", repr(e))
+            self._ack_log[(aid, version)] = self._acks[aid]
         return checksum
 
-    def wait_acks(self, version: int, timeout_s: float, stop=None) -> dict[str, WeightAck]:  # noqa: ARG002
-        # loads happen inside publish(): nothing to wait for, so ``stop`` is never consulted
-        out = {}
+    def _check(self, aid: str, ack: WeightAck) -> None:
+        if not ack.ok:
+            raise SyncError(f"actor {aid} failed to load v{ack.version}: {ack.error}")
+        if ack.checksum != self._checksums[ack.version]:
+            raise SyncError(
+                f"actor {aid} acked v{ack.version} with checksum {ack.checksum}, "
+                f"published {self._checksums[ack.version]}"
+            )
+
+    def ack_status(self, version: int) -> tuple[dict[str, WeightAck], list[str]]:
+        done, missing = {}, []
         for aid in self.loaders:
             ack = self._acks.get(aid)
             if ack is None or ack.version < version:
-                raise SyncError(f"timed out after {timeout_s:.1f} s waiting for acks of v{version} from {aid}")
-            if not ack.ok:
-                raise SyncError(f"actor {aid} failed to load v{ack.version}: {ack.error}")
-            if ack.checksum != self._checksums[ack.version]:
-                raise SyncError(
-                    f"actor {aid} acked v{ack.version} with checksum {ack.checksum}, "
-                    f"published {self._checksums[ack.version]}"
-                )
-            out[aid] = ack
-        return out
+                missing.append(aid)
+                continue
+            self._check(aid, ack)
+            done[aid] = ack
+        return done, missing
+
+    def ack_of(self, actor_id: str, version: int) -> WeightAck | None:
+        ack = self._ack_log.get((actor_id, version))
+        if ack is not None:
+            self._check(actor_id, ack)
+        return ack
+
+    def wait_acks(self, version: int, timeout_s: float, stop=None) -> dict[str, WeightAck]:  # noqa: ARG002
+        # loads happen inside publish(): nothing to wait for, so ``stop`` is never consulted
+        from sync.weights import timeout_error
+
+        done, missing = self.ack_status(version)
+        if missing:
+            raise timeout_error(version, timeout_s, done, missing)
+        return done
 
     def latest_version(self) -> int:
         return self._latest

@@ -57,6 +57,14 @@ class WeightPublisher(Protocol):
         """Block until every live actor acknowledged ``version`` (or a later one); SyncError on a
         checksum mismatch, a failed load, the timeout, or ``stop()`` turning true while waiting."""
 
+    def ack_status(self, version: int) -> tuple[dict[str, WeightAck], list[str]]:
+        """Without waiting: (every live actor's ok ack of ``version`` or later, the live actors with none yet);
+        SyncError on a checksum mismatch or a failed load, with the lines of :meth:`wait_acks`."""
+
+    def ack_of(self, actor_id: str, version: int) -> WeightAck | None:
+        """``actor_id``'s ack of exactly ``version``, None if none came yet; SyncError if it failed or its
+        checksum differs from the published one."""
+
     def latest_version(self) -> int:
         """The newest published version; -1 before the first publication (actors serve the base weights)."""
 

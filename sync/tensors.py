@@ -170,9 +170,39 @@ def write_adapter_dir(
     return out
 
 
+def map_file(path: Path) -> memoryview:
+    """The file's bytes as a copy-on-write mapping (``mmap.ACCESS_COPY``): nothing is read or copied until used,
+    pages are shared with the page cache (on /dev/shm: with the file itself), and a write changes only this
+    process's copy. Files of the weight channel are written once and renamed into place, never truncated, so the
+    mapping cannot lose its pages."""
+    import mmap
+
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return memoryview(bytearray())
+        return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY))
+
+
+def write_file_once(path: Path, tensors: Mapping[str, TensorBlob], buffer: Any = None,
+                    metadata: dict[str, str] | None = None) -> int:
+    """Write a safetensors file under a temporary name and rename it to ``path`` (readers see all of it or
+    nothing). Returns its size. Files are written once: a reader that mapped or linked one keeps exactly the
+    bytes it checked."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write_safetensors(tmp, tensors, buffer, metadata)
+        size = os.stat(tmp).st_size
+        os.rename(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return size
+
+
 def read_safetensors(path: Path) -> tuple[dict[str, TensorBlob], dict[str, str]]:
-    """Blobs viewing the file's bytes (read once), and the metadata; ValueError if malformed."""
-    raw = memoryview(Path(path).read_bytes())
+    """Blobs viewing the file's bytes (mapped, :func:`map_file`), and the metadata; ValueError if malformed."""
+    raw = map_file(Path(path))
     if raw.nbytes < 8:
         raise ValueError(f"{path}: too short for safetensors")
     (n,) = struct.unpack("<Q", raw[:8])

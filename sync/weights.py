@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
 import logging
+import os
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import zmq
 
 from sync import tensors as T
-from sync._net import DEAD_AFTER_HEARTBEATS, IoThread, new_incarnation, setup_server
+from sync._net import DEAD_AFTER_HEARTBEATS, IoThread, new_incarnation, pid_dir, setup_server, transport_kind
+from sync.carry import Job, Writer, resolve_transfer, write_file
 from sync.interfaces import SyncError
 from sync.limits import CONTROL_BYTES, ChannelLimits
-from sync.wire import Heartbeat, Hello, WeightAck, WeightUpdate, Welcome, WireError, decode, encode
+from sync.wire import Heartbeat, Hello, TensorBlob, WeightAck, WeightUpdate, Welcome, WireError, decode, encode
 
 log = logging.getLogger("sync.weights")
 
@@ -50,6 +54,25 @@ class _Actor:
     acks: dict[int, WeightAck] = field(default_factory=dict)
 
 
+class _Done:
+    done = True  # a written buffer: nobody holds it any more
+
+
+_DONE = _Done()
+
+
+def _tmp() -> Path:
+    import tempfile
+
+    return Path(tempfile.gettempdir())
+
+
+def timeout_error(version: int, timeout_s: float, done: dict, missing: list[str], min_actors: int = 1) -> SyncError:
+    """The one line a version unacknowledged after ``timeout_s`` stops the run with."""
+    who = ", ".join(missing) or f"(only {len(done)} of {min_actors} actors connected)"
+    return SyncError(f"timed out after {timeout_s:.1f} s waiting for acks of v{version} from {who}")
+
+
 class ZmqWeightPublisher(IoThread):
     """Learner end of the weight channel (implements :class:`sync.WeightPublisher`).
 
@@ -60,9 +83,13 @@ class ZmqWeightPublisher(IoThread):
       connects a DEALER with its actor id as identity. ``ROUTER_MANDATORY`` and ``ROUTER_HANDOVER`` on;
       LINGER 0. Only small messages come back: ``MAXMSGSIZE`` and the decode cap are
       ``sync.limits.CONTROL_BYTES``; refusals are counted and logged rate-limited.
-    * Fan-out, not PUB/SUB: the learner knows each actor (Hello, heartbeats, acks) and sends the full
-      adapter of the latest version to **every** live actor whose reported version is older, once
-      per actor incarnation. An actor that says Hello (started or restarted late) gets
+    * How a version travels is ``transfer`` (``sync.weight_transfer``, :mod:`sync.carry`): inline in the message,
+      or (one node) a file written once in the learner's private directory ``file_dir`` on /dev/shm (0700),
+      which the message names. :meth:`publish` packs the tensors into a buffer of the publisher's (the snapshot:
+      the caller may change its tensors as soon as it returns) and computes the checksum; the file is written
+      by a background thread, after which the version goes out.
+    * Fan-out, not PUB/SUB: the learner knows each actor (Hello, heartbeats, acks) and sends the latest
+      version to **every** live actor whose reported version is older, once per actor incarnation. An actor that says Hello (started or restarted late) gets
       ``Welcome(latest, incarnation)`` and then the latest version at once, so it can serve nothing older.
     * Versions are ordered within one learner ``incarnation``, carried by every update and echoed in acks
       and heartbeats. An actor counts as serving the latest only when it acknowledged it (or reports it)
@@ -72,9 +99,10 @@ class ZmqWeightPublisher(IoThread):
     * Latest wins: only the newest version is ever (re)sent. ``SNDHWM`` is ``hwm`` messages (default
       8); a send that would block is not queued but retried on later ticks with whatever is newest
       then. Tensor frames are built once per version and sent zero-copy to every actor.
-    * Acks are matched against the checksum published for that version; :meth:`wait_acks` takes an
-      ok ack of the version or a later one. Actors silent for 5 heartbeat periods are dropped from
-      the set whose acks are awaited.
+    * Acks are matched against the checksum published for that version: :meth:`ack_status` (without
+      waiting) and :meth:`wait_acks` take an ok ack of the version or a later one; :meth:`ack_of` is one
+      actor's ack of one version (kept across that actor's restarts, the newest 4096). Actors silent for 5
+      heartbeat periods are dropped from the set whose acks are awaited.
     * Payloads over what the actors accept (``limits.weights_bytes``) are refused at :meth:`publish`
       (SyncError) instead of being dropped by every actor.
     """
@@ -88,10 +116,16 @@ class ZmqWeightPublisher(IoThread):
         incarnation: str | None = None,
         hwm: int = 8,
         wire_dtype: str | None = None,
+        transfer: str | None = None,
+        file_dir: str | os.PathLike | None = None,
     ):
         super().__init__("sync-weights", "weights")
         self.cfg = cfg
         self.wire_dtype = wire_dtype or getattr(cfg, "wire_dtype", "bf16")
+        self.transfer = resolve_transfer(cfg, transfer)
+        if self.transfer == "file" and transport_kind(cfg) != "ipc":
+            self._close()
+            raise SyncError("sync.weight_transfer file needs every actor on the learner's node (transport ipc)")
         self.limits = limits or ChannelLimits.default(cfg.max_message_mb)
         self._dead_after = DEAD_AFTER_HEARTBEATS * cfg.heartbeat_s
         sock = self._ctx.socket(zmq.ROUTER)
@@ -111,13 +145,24 @@ class ZmqWeightPublisher(IoThread):
         self._sock = sock
         self._sockets = [sock]
         self._actors: dict[str, _Actor] = {}
-        self._latest = -1  # nothing published: actors serve the base weights
-        self._frames: list = []  # zmq.Frames of the latest version
+        self._latest = -1  # newest version published (actors serve the base weights before the first)
+        self._ready = -1  # newest version going out (file: once written)
+        self._frames: list = []  # zmq.Frames of the ready version
         self._checksums: collections.OrderedDict[int, str] = collections.OrderedDict()
+        self._ack_log: collections.OrderedDict[tuple[str, int], tuple[WeightAck, float]] = collections.OrderedDict()
         self._welcome: list[str] = []  # actors owed a Welcome
         self.incarnation = incarnation or new_incarnation()
-        self._owner: bytearray | None = None  # packing buffer of the latest version
+        self._owner: tuple | None = None  # (tracker, packing buffer) of the ready version (inline)
         self._retiring: list = []  # (tracker, buffer) of superseded versions, reused once done
+        self.timings: collections.OrderedDict[int, dict] = collections.OrderedDict()
+        """Per version: ``pack_ms``, ``checksum_ms``, ``write_ms`` (file), ``t_published``, ``t_ready``."""
+        self.file_dir: Path | None = None
+        self._writer: Writer | None = None
+        if self.transfer == "file":
+            base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
+            self.file_dir = Path(file_dir) if file_dir is not None else pid_dir("tucano2-pub", base or _tmp())
+            self.file_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._writer = Writer("sync-weights-write", self._write, lambda job: self._give_back(job.owner))
         self._start()
 
     # ------------------------------------------------------------------ public API
@@ -125,9 +170,11 @@ class ZmqWeightPublisher(IoThread):
         self._check_alive()
         if version <= self._latest:
             raise SyncError(f"publish: version {version} is not newer than {self._latest}")
+        t0 = time.perf_counter()
         out = self._buffer(T.packed_nbytes(tensors, self.wire_dtype))
         blobs, buf = T.pack(tensors, self.wire_dtype, out=out)
-        return self.publish_blobs(version, blobs, jsonable(adapter_config), buf, _owner=out)
+        pack_ms = (time.perf_counter() - t0) * 1e3
+        return self.publish_blobs(version, blobs, jsonable(adapter_config), buf, _owner=out, _pack_ms=pack_ms)
 
     def _buffer(self, nbytes: int) -> bytearray:
         """A packing buffer of ``nbytes``: one libzmq no longer holds, else a new one."""
@@ -146,10 +193,13 @@ class ZmqWeightPublisher(IoThread):
         buffer=None,
         checksum: str | None = None,
         _owner: bytearray | None = None,
+        _pack_ms: float = 0.0,
     ) -> str:
         """Publish tensors already on the wire's dtype (``buffer``: their packed name-order buffer)."""
         self._check_alive()
+        t_pub, t0 = time.monotonic(), time.perf_counter()
         checksum = checksum or T.checksum(blobs, buffer)
+        checksum_ms = (time.perf_counter() - t0) * 1e3
         frames = encode(WeightUpdate(version, adapter_config, blobs, checksum, buffer, self.incarnation))
         size = sum(memoryview(f).nbytes for f in frames)
         if size > self.limits.weights_bytes:
@@ -157,21 +207,66 @@ class ZmqWeightPublisher(IoThread):
                 f"publish: v{version} is {size / 2**20:.1f} MiB, over what actors accept "
                 f"({self.limits.weights_bytes / 2**20:.1f} MiB; sync.max_message_mb caps it)"
             )
-        # built once, sent zero-copy to every actor; the tracker says when libzmq let go of the buffer
-        zframes = [zmq.Frame(f, track=_owner is not None and i == 1) for i, f in enumerate(frames)]
         with self._cv:
             if version <= self._latest:
                 raise SyncError(f"publish: version {version} is not newer than {self._latest}")
-            if self._owner is not None:
-                self._retiring.append((self._frames[1].tracker, self._owner))
-                del self._retiring[:-4]
-            self._owner = _owner
-            self._latest, self._frames = version, zframes
+            self._latest = version
             self._checksums[version] = checksum
             while len(self._checksums) > 64:
                 self._checksums.popitem(last=False)
-        self._wake()
+            self.timings[version] = {"pack_ms": _pack_ms, "checksum_ms": checksum_ms, "t_published": t_pub}
+            while len(self.timings) > 64:
+                self.timings.popitem(last=False)
+        if self._writer is not None:
+            if buffer is None:  # blobs of their own: one contiguous copy, for a file written in one piece
+                names = sorted(blobs)
+                _owner = bytearray(b"".join(memoryview(blobs[n].data).cast("B") for n in names))
+                buffer, off, blobs = memoryview(_owner), 0, dict(blobs)
+                for n in names:
+                    b = blobs[n]
+                    blobs[n] = TensorBlob(b.dtype, b.shape, buffer[off: off + b.nbytes])
+                    off += b.nbytes
+            self._writer.submit(Job(version, blobs, buffer, adapter_config, checksum, self.incarnation, _owner))
+            return checksum
+        # built once, sent zero-copy to every actor; the tracker says when libzmq let go of the buffer
+        zframes = [zmq.Frame(f, track=_owner is not None and i == 1) for i, f in enumerate(frames)]
+        self._set_ready(version, zframes, (zframes[1].tracker, _owner) if _owner is not None else None)
         return checksum
+
+    def _set_ready(self, version: int, zframes: list, retire: tuple | None) -> None:
+        """``version`` goes out with ``zframes``; ``retire``: (tracker, buffer) reusable once it is superseded
+        and the tracker is done."""
+        with self._cv:
+            if version <= self._ready:  # pragma: no cover - versions are made ready in order
+                return
+            if self._owner is not None:
+                self._retiring.append(self._owner)
+                del self._retiring[:-4]
+            self._owner = retire
+            self._ready, self._frames = version, zframes
+            t = self.timings.get(version)
+            if t is not None:
+                t["t_ready"] = time.monotonic()
+        self._wake()
+
+    def _write(self, job: Job) -> None:
+        """The writer thread: the file, then the version goes out; the packing buffer is free again."""
+        frames, ms = write_file(self.file_dir, job)
+        self._give_back(job.owner)
+        with self._cv:
+            if job.version in self.timings:
+                self.timings[job.version]["write_ms"] = ms
+        self._set_ready(job.version, [zmq.Frame(f) for f in frames], None)
+
+    def _give_back(self, buf) -> None:
+        if isinstance(buf, bytearray):
+            with self._cv:
+                self._retiring.append((_DONE, buf))
+                del self._retiring[:-4]
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Wait until the newest version is written and going out (``file``; tests and benches)."""
+        return self._writer is None or self._writer.idle(timeout_s)
 
     def latest_version(self) -> int:
         return self._latest
@@ -186,6 +281,45 @@ class ZmqWeightPublisher(IoThread):
         with self._cv:
             return {a.actor_id: a.acks[max(a.acks)] for a in self._actors.values() if a.acks}
 
+    def _check_ack(self, actor_id: str, ack: WeightAck) -> None:
+        if not ack.ok:
+            raise SyncError(f"actor {actor_id} failed to load v{ack.version}: {ack.error}")
+        want = self._checksums.get(ack.version)
+        if ack.checksum != want:
+            raise SyncError(f"actor {actor_id} acked v{ack.version} with checksum {ack.checksum}, published {want}")
+
+    def ack_status(self, version: int) -> tuple[dict[str, WeightAck], list[str]]:
+        """Without waiting: (every live actor's ok ack of ``version`` or later, the live actors with none yet).
+        SyncError on a failed load, a checksum mismatch, or a failure of this channel."""
+        with self._cv:
+            self._check_alive()
+            done, missing = {}, []
+            for a in self._actors.values():
+                newer = [v for v in a.acks if v >= version]
+                if not newer:
+                    missing.append(a.actor_id)
+                    continue
+                ack = a.acks[max(newer)]
+                self._check_ack(a.actor_id, ack)
+                done[a.actor_id] = ack
+            return done, missing
+
+    def ack_of(self, actor_id: str, version: int) -> WeightAck | None:
+        """``actor_id``'s ack of exactly ``version`` (None: none came yet); SyncError if it failed or its
+        checksum differs from the published one."""
+        with self._cv:
+            got = self._ack_log.get((actor_id, version))
+            if got is None:
+                return None
+            self._check_ack(actor_id, got[0])
+            return got[0]
+
+    def acked_at(self, actor_id: str, version: int) -> float | None:
+        """When (``time.monotonic``) the learner received that ack."""
+        with self._cv:
+            got = self._ack_log.get((actor_id, version))
+            return None if got is None else got[1]
+
     def wait_acks(
         self, version: int, timeout_s: float, min_actors: int = 1, stop: Callable[[], bool] | None = None
     ) -> dict[str, WeightAck]:
@@ -194,34 +328,28 @@ class ZmqWeightPublisher(IoThread):
         deadline = time.monotonic() + timeout_s
         with self._cv:
             while True:
-                self._check_alive()
                 if stop is not None and stop():
                     raise SyncError(f"interrupted while waiting for acks of v{version}")
-                done, missing = {}, []
-                for a in self._actors.values():
-                    newer = [v for v in a.acks if v >= version]
-                    if not newer:
-                        missing.append(a.actor_id)
-                        continue
-                    ack = a.acks[max(newer)]
-                    if not ack.ok:
-                        raise SyncError(f"actor {a.actor_id} failed to load v{ack.version}: {ack.error}")
-                    want = self._checksums.get(ack.version)
-                    if ack.checksum != want:
-                        raise SyncError(
-                            f"actor {a.actor_id} acked v{ack.version} with checksum {ack.checksum}, published {want}"
-                        )
-                    done[a.actor_id] = ack
+                done, missing = self.ack_status(version)
                 if not missing and len(done) >= min_actors:
                     return done
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    who = ", ".join(missing) or f"(only {len(done)} of {min_actors} actors connected)"
-                    raise SyncError(f"timed out after {timeout_s:.1f} s waiting for acks of v{version} from {who}")
+                    raise timeout_error(version, timeout_s, done, missing, min_actors)
                 self._cv.wait(min(left, 0.1))
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
         self._close(linger_ms=0)
+        if self.file_dir is not None:
+            shutil.rmtree(self.file_dir, ignore_errors=True)
+
+    def _check_alive(self) -> None:
+        super()._check_alive()
+        if self._writer is not None and self._writer.error is not None:
+            e = self._writer.error
+            raise SyncError(f"publish: cannot write the weights to {self.file_dir}: {type(e).__name__}: {e}")
 
     # ------------------------------------------------------------------ I/O thread
     def _on_frames(self, sock, frames) -> None:
@@ -253,6 +381,9 @@ class ZmqWeightPublisher(IoThread):
                 self.refusals.refuse("ack of another learner", f"v{msg.version} from {ident}", logging.INFO)
                 return
             a.acks[msg.version] = msg
+            self._ack_log[(ident, msg.version)] = (msg, now)
+            while len(self._ack_log) > 4096:
+                self._ack_log.popitem(last=False)
             for v in [v for v in a.acks if v < msg.version - 64]:
                 del a.acks[v]
             if msg.ok:
@@ -280,12 +411,12 @@ class ZmqWeightPublisher(IoThread):
             ident = self._welcome.pop(0)
             if ident in self._actors:
                 self._send(ident, encode(Welcome(self._latest, self.incarnation)))
-        if self._latest < 0:
+        if self._ready < 0:
             return
         for a in list(self._actors.values()):
-            if a.sent != self._latest and a.served != self._latest:
+            if a.sent != self._ready and a.served != self._ready:
                 if self._send(a.actor_id, self._frames, copy=False):
-                    a.sent = self._latest
+                    a.sent = self._ready
 
     def _on_tick(self, now: float) -> None:
         for a in list(self._actors.values()):

@@ -4,7 +4,9 @@ One message is a list of ZeroMQ frames. Frame 0 is a msgpack array ``["t2", WIRE
 where ``body`` maps field names to plain values (nested messages become maps). Only a
 :class:`WeightUpdate` has more frames: its tensor bytes, referenced from the body by
 ``[name, dtype, shape, frame, offset, nbytes]`` rows, so tensors cross the wire as raw buffers
-(zero-copy on both ends with pyzmq ``copy=False``) and never through msgpack or pickle.
+(zero-copy on both ends with pyzmq ``copy=False``) and never through msgpack or pickle. On one node a version
+may travel by reference instead: :class:`WeightFile` names a file the learner wrote once in its private
+directory (``sync.weight_transfer``).
 
 :func:`decode` checks everything it reads against the dataclass field types (``int`` fields must be
 ints, lists must hold the declared element type, unknown tags and versions are refused, tensor rows
@@ -145,6 +147,22 @@ class WeightUpdate:
 
 
 @dataclass(slots=True)
+class WeightFile:
+    """Learner -> actor on one node, instead of a :class:`WeightUpdate`: the version was written once, as a
+    safetensors file, to ``path`` in the learner's private directory (never rewritten: a new version is a new file).
+    The actor links it (or copies it) into its own directory, checks that file's ``checksum`` and loads it."""
+
+    version: int
+    adapter_config: dict
+    checksum: str
+    """``xxh3_128:<hex>`` of the tensors in the file (:func:`sync.tensors.checksum`)."""
+    path: str
+    nbytes: int
+    """The file's size: a file of another size, or over the actor's cap, is refused before it is read."""
+    learner: str = ""
+
+
+@dataclass(slots=True)
 class WeightAck:
     actor_id: str
     version: int
@@ -209,9 +227,10 @@ TAGS: dict[str, type] = {
     "hello": Hello,
     "welcome": Welcome,
     "bye": Shutdown,
+    "wf": WeightFile,
 }
 _TAG_OF = {cls: tag for tag, cls in TAGS.items()}
-Message = RolloutRequest | RolloutGroup | WeightUpdate | WeightAck | Heartbeat | Hello | Welcome | Shutdown
+Message = RolloutRequest | RolloutGroup | WeightUpdate | WeightAck | Heartbeat | Hello | Welcome | Shutdown | WeightFile
 
 # ---------------------------------------------------------------------------------------------- encode
 

@@ -282,6 +282,17 @@ def train_steps(rows: list[dict]) -> list[int]:
     return [r["step"] for r in rows if "perf/step_s" in r]
 
 
+def every_load_checked(rows: list[dict], run_dir: Path, last: int, actor: str = "actor-0") -> None:
+    """The learner checked the served cosine of every version the actor loaded (its log's ``serving vN``
+    lines: a version the actor skipped under latest-wins was never served), and the last version was acked."""
+    import re
+
+    loaded = re.findall(r"serving v(\d+) \(loaded", (Path(run_dir) / "logs" / f"{actor}.log").read_text())
+    checked = sum(r.get("sync/served_checked", 0) for r in rows)
+    assert loaded and checked == len(loaded), (checked, loaded)
+    assert max(r.get("sync/acked_version", -1) for r in rows) == last == int(loaded[-1])
+
+
 LEARNING = {
     "max_steps": 15,
     "learning_rate": 2e-3,

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from e2e_helpers import INLINE, Launch, e2e_overrides, train_steps
+from e2e_helpers import INLINE, Launch, e2e_overrides, every_load_checked, train_steps
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ def test_bf16_run_serves_the_trained_delta_at_every_sync(tiny_model, tmp_path):
     rows = la.metrics()
     assert train_steps(rows) == list(range(1, 7))
     got = syncs(rows)
-    assert [r["step"] for r in got] == list(range(0, 7))  # the first publication and every step's
+    every_load_checked(rows, la.run_dir, 6)  # the first publication and every version the actor loaded
     assert all(r["sync/served_delta_cosine"] >= 0.99 for r in got), [r["sync/served_delta_cosine"] for r in got]
     assert all(r["sync/wire_delta_cosine"] >= 0.99 for r in got)
     trained = [r for r in rows if "train/grad_norm" in r]
@@ -54,8 +54,10 @@ def test_merged_bf16_rounds_the_delta_away_and_the_run_stops(tiny_model, tmp_pat
     assert lines and "actor.serve_mode: adapter fixes it" in lines[0]
     got = syncs(la.metrics())
     assert got[0]["sync/served_delta_cosine"] == 1.0  # v0: a fresh LoRA (B = 0) has no delta to lose
-    assert got[-1]["sync/served_delta_cosine"] < 0.99 and got[-1]["step"] == 1  # stopped at the first update
-    assert train_steps(la.metrics()) == [1]
+    # stopped at the first update's ack, which arrives in the background: at most the next step (on a batch of v0,
+    # requested before v1 was published) ran before it
+    assert got[-1]["sync/served_delta_cosine"] < 0.99 and got[-1]["step"] in (1, 2)
+    assert train_steps(la.metrics()) in ([1], [1, 2])
 
 
 def test_a_module_the_engine_stops_serving_stops_the_run_naming_actor_and_module(tiny_model, tmp_path, monkeypatch):
@@ -74,8 +76,8 @@ def test_a_module_the_engine_stops_serving_stops_the_run_naming_actor_and_module
     assert lines and "read back from its engine" in lines[0] and "v_proj served at cosine 0.0000" in lines[0], lines
     assert f"actor {socket.gethostname()}-a0 serves v1" in lines[0], lines[0]  # the actor and the version
     got = syncs(la.metrics())
-    assert got[0]["sync/served_delta_cosine"] > 0.999 and got[-1]["sync/served_delta_cosine"] < 0.99
-    assert train_steps(la.metrics()) == [1]
+    assert got[-1]["sync/served_delta_cosine"] < 0.99  # (v0 passed: the line above names v1)
+    assert train_steps(la.metrics()) in ([1], [1, 2])  # v1's ack is checked in the background (see above)
 
 
 @pytest.mark.parametrize("stale", [False, True])
