@@ -1,5 +1,7 @@
-"""``python -m launch.load_modes [--rounds N] [--work DIR] [--json FILE] [-- compare options]``: how an actor takes a
-new version, ``actor.load_mode`` ``inflight`` against ``drain``, on the race work.
+"""``python -m launch.load_modes [--rounds N] [--work DIR] [--json FILE] [--variants SPEC] [-- compare options]``: how
+an actor takes a new version, ``actor.load_mode`` ``inflight`` against ``drain``, on the race work; or any other
+variants of our run side by side (``--variants "background:sync.wait_for_acks=false;blocking:sync.wait_for_acks=true"``:
+``name:key=value[,key=value]`` separated by ``;``).
 
 Runs ``python -m launch.compare --only ours`` (the demo's SFT'd stand-in, the race's settings: staleness 1, the actor
 and the learner pinned to separate cores) once per mode per round, the modes alternating (inflight, drain, drain,
@@ -12,7 +14,9 @@ inflight, ...) so a drifting machine load falls on both, and prints per mode the
   the background unless ``sync.wait_for_acks``) and ``perf/generation_wait_s``;
 - time to reward: wall-clock of training steps until the train reward's moving average first reaches the target,
   the lowest final moving average of all the runs (so every run reaches it);
-- mixed: the share of trained completions whose tokens span two versions (``train/mixed_version_frac``; 0 drained).
+- mixed: the share of trained completions whose tokens span two versions (``train/mixed_version_frac``; 0 drained);
+- learner wait: the share of the step the learner spends on anything but its own compute and the eval
+  (``perf/learner_wait_s`` over ``perf/step_s``, summed over the steps after the first).
 
 ``--reuse`` keeps the rounds already in ``--work`` and runs only the missing ones (more rounds, later). Writes JSON
 with every run's rows (``runs[]``: mode, round, the compare JSON's per-step rows) and the table.
@@ -30,7 +34,21 @@ from pathlib import Path
 from launch.compare import REPO
 from launch.race import race
 
-MODES = ("inflight", "drain")
+MODES = "inflight:actor.load_mode=inflight;drain:actor.load_mode=drain"
+
+
+def parse_variants(spec: str) -> dict[str, list[str]]:
+    """``"a:k=v,k2=v2;b:k=v"`` -> ``{"a": ["k=v", "k2=v2"], "b": ["k=v"]}``; ValueError naming a bad part."""
+    out = {}
+    for part in filter(None, (x.strip() for x in spec.split(";"))):
+        name, _, sets = part.partition(":")
+        overrides = [x.strip() for x in sets.split(",") if x.strip()]
+        if not name.strip().isidentifier() or not overrides or not all("=" in o for o in overrides):
+            raise ValueError(f"--variants: {part!r} is not name:key=value[,key=value]")
+        out[name.strip()] = overrides
+    if len(out) < 2:
+        raise ValueError("--variants: give at least two variants to compare")
+    return out
 
 
 def run_metrics(rows: list[dict], window: int) -> dict:
@@ -38,6 +56,8 @@ def run_metrics(rows: list[dict], window: int) -> dict:
     tokens = sum((r.get("completions") or 0) * (r.get("completion_length") or 0) for r in rows)
     wall = sum(r["step_s"] for r in rows)
     mixed = [r["mixed_version_frac"] for r in rows if isinstance(r.get("mixed_version_frac"), (int, float))]
+    waited = [(r["learner_wait_s"], r["step_s"]) for r in (rows[1:] if len(rows) > 1 else rows)
+              if isinstance(r.get("learner_wait_s"), (int, float))]
     def median(key):
         vals = [r[key] for r in steady if isinstance(r.get(key), (int, float))]
         return statistics.median(vals) if vals else float("nan")
@@ -45,6 +65,7 @@ def run_metrics(rows: list[dict], window: int) -> dict:
     return {"actor_tokens_per_s": tokens / wall if wall else float("nan"),
             "step_s": median("step_s"), "sync_s": median("sync_s"), "gen_wait_s": median("generation_s"),
             "mixed_version_frac": statistics.fmean(mixed) if mixed else float("nan"),
+            "learner_wait_frac": (sum(w for w, _ in waited) / sum(t for _, t in waited)) if waited else float("nan"),
             "curve": race(rows, window)}
 
 
@@ -54,18 +75,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="runs/load_modes", help="launch.compare's --work (its SFT adapter is reused)")
     p.add_argument("--json", default=None, help="default: WORK/load_modes.json")
     p.add_argument("--window", type=int, default=5)
+    p.add_argument("--variants", default=MODES, help="name:key=value[,key=value];... (default: the two load modes)")
     p.add_argument("--reuse", action="store_true",
                    help="keep the runs already in WORK (their compare JSON) and run only the rounds missing")
     args, rest = p.parse_known_args(argv)
     rest = [a for a in rest if a != "--"]
+    try:
+        variants = parse_variants(args.variants)
+    except ValueError as e:
+        p.error(str(e))
+    modes = tuple(variants)
     work = (REPO / args.work).resolve()
     runs = []
     for rnd in range(args.rounds):
-        for mode in (MODES if rnd % 2 == 0 else MODES[::-1]):
+        for mode in (modes if rnd % 2 == 0 else modes[::-1]):
             out = work / f"{mode}-{rnd}.json"
             cmd = [sys.executable, "-m", "launch.compare", "--only", "ours", "--seeds", "1", "--work", str(work),
                    "--json", str(out), "--plot", str(work / f"{mode}-{rnd}.png"), "--window", str(args.window),
-                   "--set", f"actor.load_mode={mode}", *rest]
+                   *[a for o in variants[mode] for a in ("--set", o)], *rest]
             if args.reuse and out.exists():
                 print(f"load_modes: round {rnd + 1}/{args.rounds}, {mode}: kept {out}", flush=True)
             else:
@@ -79,23 +106,25 @@ def main(argv: list[str] | None = None) -> int:
         r["time_to_reward_s"] = next(c for c, m in zip(r["curve"]["clock_s"], r["curve"]["ma"], strict=True)
                                      if m >= target - 1e-12)
     table = {}
-    for mode in MODES:
+    for mode in modes:
         mine = [r for r in runs if r["mode"] == mode]
         table[mode] = {k: statistics.median(r[k] for r in mine)
                        for k in ("actor_tokens_per_s", "step_s", "sync_s", "gen_wait_s", "time_to_reward_s",
-                                 "mixed_version_frac")}
-    print(f"\nload mode  actor tok/s  s/step  sync s  gen wait s  time to reward {target:.3f} (s)  mixed  "
-          f"({args.rounds} round(s), medians)")
+                                 "mixed_version_frac", "learner_wait_frac")}
+    print(f"\nvariant    actor tok/s  s/step  sync s  gen wait s  time to reward {target:.3f} (s)  mixed  "
+          f"learner wait  ({args.rounds} round(s), medians)")
     for mode, t in table.items():
-        print(f"{mode:<9} {t['actor_tokens_per_s']:>12.0f} {t['step_s']:>7.3f} {t['sync_s']:>7.3f} "
-              f"{t['gen_wait_s']:>11.3f} {t['time_to_reward_s']:>26.1f} {t['mixed_version_frac']:>6.3f}")
+        print(f"{mode:<10} {t['actor_tokens_per_s']:>11.0f} {t['step_s']:>7.3f} {t['sync_s']:>7.3f} "
+              f"{t['gen_wait_s']:>11.3f} {t['time_to_reward_s']:>26.1f} {t['mixed_version_frac']:>6.3f} "
+              f"{t['learner_wait_frac']:>12.1%}")
     for r in runs:
         print(f"  round {r['round'] + 1} {r['mode']:<9} tok/s {r['actor_tokens_per_s']:.0f}  s/step {r['step_s']:.3f}  "
               f"sync {r['sync_s']:.3f}  gen wait {r['gen_wait_s']:.3f}  to reward {r['time_to_reward_s']:.1f} s  "
-              f"mixed {r['mixed_version_frac']:.3f}")
+              f"mixed {r['mixed_version_frac']:.3f}  learner wait {r['learner_wait_frac']:.1%}")
     path = Path(args.json) if args.json else work / "load_modes.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"settings": {**vars(args), "compare_args": rest}, "target_reward": target,
+    path.write_text(json.dumps({"settings": {**vars(args), "variants": variants, "compare_args": rest},
+                                "target_reward": target,
                                 "table": table, "runs": runs}, indent=1))
     print(f"load_modes: wrote {path}")
     return 0

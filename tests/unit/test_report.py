@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from launch.report import main
 
 
@@ -97,6 +99,20 @@ def test_load_modes_run_metrics():
     assert m["actor_tokens_per_s"] == (80 + 160 + 60) / 8.0
     assert m["step_s"] == 2.0 and m["mixed_version_frac"] == 0.25
     assert m["curve"]["clock_s"] == [4.0, 5.0, 8.0]
+    assert m["learner_wait_frac"] != m["learner_wait_frac"]  # NaN: no run logged it
+    rows[1]["learner_wait_s"], rows[2]["learner_wait_s"] = 0.5, 0.1
+    assert run_metrics(rows, 2)["learner_wait_frac"] == pytest.approx(0.6 / 4.0)  # past the first step
+
+
+def test_load_modes_variants_name_their_overrides():
+    from launch.load_modes import MODES, parse_variants
+
+    assert parse_variants(MODES) == {"inflight": ["actor.load_mode=inflight"], "drain": ["actor.load_mode=drain"]}
+    assert parse_variants("bg:sync.wait_for_acks=false;block:sync.wait_for_acks=true,seed=3")["block"] == [
+        "sync.wait_for_acks=true", "seed=3"]
+    for bad in ("bg:sync.wait_for_acks", "only:a=1", "two words:a=1;b:a=2"):
+        with pytest.raises(ValueError, match="--variants"):
+            parse_variants(bad)
 
 
 def test_compare_pairs_each_seed_and_reports_median_and_spread():
