@@ -142,6 +142,7 @@ class ActorServer:
         self.waiting: deque[RolloutRequest] = deque()   # polled, not yet admitted (a load is pending)
         self.requests: dict[str, RolloutRequest] = {}   # admitted, by request id
         self.weights: ReceivedWeights | None = None
+        self._weights_at = 0.0  # when the waiting version arrived (perf_counter)
         self.stop_reason: str | None = None
         self.meter = ThroughputMeter()
         self.groups_sent = 0
@@ -192,6 +193,8 @@ class ActorServer:
                 if self.weights is not None:
                     log.info("actor %s: v%d superseded by v%d before loading", self.actor_id,
                              self.weights.version, item.version)
+                else:
+                    self._weights_at = time.perf_counter()
                 self.weights = item
             elif isinstance(item, RolloutRequest):
                 if self.weights is None and not self.waiting:
@@ -233,6 +236,7 @@ class ActorServer:
 
     def _load(self, w: ReceivedWeights) -> None:
         t0 = time.perf_counter()
+        held_s, running = (t0 - self._weights_at if self._weights_at else 0.0), self.engine.in_flight
         try:
             fingerprint = self.engine.load_adapter(w.version, w.adapter_dir, expect_checksum=w.checksum)
             ok, error = True, None
@@ -248,7 +252,6 @@ class ActorServer:
         load_s = time.perf_counter() - t0
         if ok:
             self.loads += 1
-            running = self.engine.in_flight
             log.info("actor %s: serving v%d (loaded in %.3fs%s, read back on %d rank(s) in %.3fs: delta cosine %.6f)",
                      self.actor_id, w.version, load_s,
                      (f" with {running} requests in flight"
@@ -264,7 +267,7 @@ class ActorServer:
         cosine = self.engine.delta_cosine if ok else None
         detail = describe(self.engine.readback) if ok else ""
         self.endpoint.send_ack(WeightAck(self.actor_id, w.version, ok, load_s, fingerprint or w.checksum,
-                                         error, w.learner, cosine, detail))
+                                         error, w.learner, cosine, detail, running, held_s))
         self._hb_due = 0.0
 
     def heartbeat(self) -> Heartbeat:

@@ -59,7 +59,9 @@ class AckWatch:
     def take_metrics(self) -> dict[str, float]:
         """What completed since the last call: ``sync/served_delta_cosine`` (the worst actor's), ``sync/ack_s``
         (publish to the last actor's ack of the newest completed version), ``sync/actor_load_s`` (the longest
-        load among those acks), ``sync/served_checked`` (acks whose served cosine was checked: every version each
+        load among those acks), ``sync/actor_held_s`` (the longest wait of a version for its load: a drain),
+        ``sync/actor_in_flight`` (the fewest requests an actor was generating while it loaded: > 0, the engine stayed
+        busy through the sync), ``sync/served_checked`` (acks whose served cosine was checked: every version each
         actor loaded is checked once), ``sync/acked_version`` (the newest version every live actor acknowledged),
         ``sync/unacked_versions`` (published, not yet acknowledged by every actor) and ``perf/ack_wait_s``."""
         m, self._metrics = self._metrics, {}
@@ -96,9 +98,13 @@ class AckWatch:
         stamps = [at(aid, a.version) for aid, a in done.items()] if at else []
         last = max((t for t in stamps if t is not None), default=time.monotonic())
         self._metrics["sync/ack_s"] = max(0.0, last - t0)
-        loads = [a.load_s for a in done.values() if a.version == version]
-        if loads:
-            self._metrics["sync/actor_load_s"] = max(self._metrics.get("sync/actor_load_s", 0.0), max(loads))
+        mine = [a for a in done.values() if a.version == version]
+        if mine:  # what the actors' engines did through this sync
+            m = self._metrics
+            m["sync/actor_load_s"] = max(m.get("sync/actor_load_s", 0.0), max(a.load_s for a in mine))
+            m["sync/actor_held_s"] = max(m.get("sync/actor_held_s", 0.0), max(a.held_s for a in mine))
+            m["sync/actor_in_flight"] = min(m.get("sync/actor_in_flight", float("inf")),
+                                            min(a.in_flight for a in mine))
         self._metrics["sync/acked_version"] = float(version)
         ack_of = getattr(self.pub, "ack_of", None)
         for aid, ack in done.items():

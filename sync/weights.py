@@ -89,8 +89,9 @@ class ZmqWeightPublisher(IoThread):
       the caller may change its tensors as soon as it returns) and computes the checksum; the file is written
       by a background thread, after which the version goes out.
     * Fan-out, not PUB/SUB: the learner knows each actor (Hello, heartbeats, acks) and sends the latest
-      version to **every** live actor whose reported version is older, once per actor incarnation. An actor that says Hello (started or restarted late) gets
-      ``Welcome(latest, incarnation)`` and then the latest version at once, so it can serve nothing older.
+      version to **every** live actor whose reported version is older, once per actor incarnation. An actor
+      that says Hello (started or restarted late) gets ``Welcome(latest, incarnation)`` and then the latest
+      version at once, so it can serve nothing older.
     * Versions are ordered within one learner ``incarnation``, carried by every update and echoed in acks
       and heartbeats. An actor counts as serving the latest only when it acknowledged it (or reports it)
       for this incarnation: an actor still serving a dead learner's newer version (this learner resumed

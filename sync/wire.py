@@ -178,6 +178,11 @@ class WeightAck:
     and the published one: 1.0 when exact; merged serving in bf16 rounds small deltas away."""
     served_detail: str = ""
     """What differs most in that readback (``"v_proj served at cosine 0.0000"``), for the learner's stop line."""
+    in_flight: int = 0
+    """Requests the engine was generating when it loaded the version (0 after a drain): busy through the sync."""
+    held_s: float = 0.0
+    """Seconds from the version's arrival to its load: with ``actor.load_mode: drain`` the drain, during which
+    no new request was admitted."""
 
 
 @dataclass(slots=True)

@@ -282,11 +282,14 @@ def train_steps(rows: list[dict]) -> list[int]:
     return [r["step"] for r in rows if "perf/step_s" in r]
 
 
-def every_load_checked(rows: list[dict], run_dir: Path, last: int, actor: str = "actor-0") -> None:
+def every_load_checked(rows: list[dict], run_dir: Path, last: int | None = None, actor: str = "actor-0") -> None:
     """The learner checked the served cosine of every version the actor loaded (its log's ``serving vN``
-    lines: a version the actor skipped under latest-wins was never served), and the last version was acked."""
+    lines: a version the actor skipped under latest-wins was never served), and the last version (default: the
+    learner's last ``train/version``) was acked."""
     import re
 
+    if last is None:
+        last = int(max(r.get("train/version", 0) for r in rows))
     loaded = re.findall(r"serving v(\d+) \(loaded", (Path(run_dir) / "logs" / f"{actor}.log").read_text())
     checked = sum(r.get("sync/served_checked", 0) for r in rows)
     assert loaded and checked == len(loaded), (checked, loaded)

@@ -50,9 +50,10 @@ def received(ep) -> ReceivedWeights:
         assert time.monotonic() < deadline, "no weights arrived"
 
 
-def ack(ep, w: ReceivedWeights, ok=True, checksum=None, cosine=1.0, error=None) -> None:
+def ack(ep, w: ReceivedWeights, ok=True, checksum=None, cosine=1.0, error=None, in_flight=0, held_s=0.0) -> None:
     ep.send_ack(WeightAck("a", w.version, ok, 0.01, checksum or w.checksum, error, w.learner, delta_cosine=cosine,
-                          served_detail="q_proj served at cosine 0.5000" if cosine and cosine < 0.9 else ""))
+                          served_detail="q_proj served at cosine 0.5000" if cosine and cosine < 0.9 else "",
+                          in_flight=in_flight, held_s=held_s))
 
 
 def poll_until(watch, cond, timeout=5.0):
@@ -73,10 +74,13 @@ def test_publish_does_not_wait_and_a_late_ack_completes_the_version(channel):
     assert watch.poll() is None and 1 in watch.pending  # no actor acked yet: nothing waited, nothing failed
     assert time.perf_counter() - t0 < CFG.ack_timeout_s
     w = received(ep)
-    ack(ep, w, cosine=0.9995)
+    ack(ep, w, cosine=0.9995, in_flight=3, held_s=0.25)
     poll_until(watch, lambda r: r is None and not watch.pending)
     m = watch.take_metrics()
     assert m["sync/served_delta_cosine"] == pytest.approx(0.9995)
+    # what the actor's engine did through the sync: generating 3 requests while it loaded, the version waited 0.25 s
+    assert m["sync/actor_in_flight"] == 3 and m["sync/actor_held_s"] == pytest.approx(0.25)
+    assert m["sync/served_checked"] == 1 and m["sync/acked_version"] == 1
     assert m["sync/unacked_versions"] == 0.0 and m["sync/ack_s"] >= 0.0 and m["perf/ack_wait_s"] == 0.0
 
 
