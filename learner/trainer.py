@@ -567,13 +567,13 @@ class Trainer:
             ):
                 self.checkpoint()
         if stop is None:  # the last versions' acks too: a run ends with every publication checked
-            if self.is_main:
-                if self.acks.pending:
-                    reason = self.acks.wait(max(self.acks.pending), stop=lambda: self._sigterm)
-                    if reason not in (None, STOPPED):
-                        self.stop_reason = reason
-                self._emit(self.acks.take_metrics())  # what came in after the last step's line
+            if self.is_main and self.acks.pending:
+                reason = self.acks.wait(max(self.acks.pending), stop=lambda: self._sigterm)
+                if reason not in (None, STOPPED):
+                    self.stop_reason = reason
             stop = self._bcast(self.stop_reason)
+        if self.is_main:  # what came in after the last step's line (the ack a run stopped on included)
+            self._emit(self.acks.take_metrics())
         ckpt.save_adapter_atomic(self.policy, self.run_dir / "adapter")
         if self.is_main:
             if stop:
