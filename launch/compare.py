@@ -86,7 +86,9 @@ def ours_rows(run_dir: Path) -> list[dict]:
             rows.append({"step": r["step"], "step_s": r["perf/step_s"], "reward": r["train/reward"],
                          "generation_s": r.get("perf/generation_wait_s"), "train_s": r.get("perf/train_s"),
                          "sync_s": r.get("perf/sync_s"), "ack_wait_s": r.get("perf/ack_wait_s"),
-                         "learner_wait_s": r.get("perf/learner_wait_s"),
+                         "batch_s": r.get("perf/batch_s"), "learner_wait_s": r.get("perf/learner_wait_s"),
+                         "completions": r.get("train/completions"),
+                         "mixed_version_frac": r.get("train/mixed_version_frac"),
                          "completion_length": r.get("train/completion_length")})
     return rows
 

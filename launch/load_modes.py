@@ -16,7 +16,8 @@ inflight, ...) so a drifting machine load falls on both, and prints per mode the
   the lowest final moving average of all the runs (so every run reaches it);
 - mixed: the share of trained completions whose tokens span two versions (``train/mixed_version_frac``; 0 drained);
 - learner wait: the share of the step the learner spends on anything but its own compute and the eval
-  (``perf/learner_wait_s`` over ``perf/step_s``, summed over the steps after the first).
+  (``perf/learner_wait_s`` over ``perf/step_s``, summed over the steps after the first), and of it what is not
+  waiting for rollouts (``overhead``: publishing, acks, the batch, bookkeeping).
 
 ``--reuse`` keeps the rounds already in ``--work`` and runs only the missing ones (more rounds, later). Writes JSON
 with every run's rows (``runs[]``: mode, round, the compare JSON's per-step rows) and the table.
@@ -56,8 +57,9 @@ def run_metrics(rows: list[dict], window: int) -> dict:
     tokens = sum((r.get("completions") or 0) * (r.get("completion_length") or 0) for r in rows)
     wall = sum(r["step_s"] for r in rows)
     mixed = [r["mixed_version_frac"] for r in rows if isinstance(r.get("mixed_version_frac"), (int, float))]
-    waited = [(r["learner_wait_s"], r["step_s"]) for r in (rows[1:] if len(rows) > 1 else rows)
-              if isinstance(r.get("learner_wait_s"), (int, float))]
+    waited = [(r["learner_wait_s"], r.get("generation_s") or 0.0, r["step_s"]) for r in (rows[1:] if len(rows) > 1
+              else rows) if isinstance(r.get("learner_wait_s"), (int, float))]
+    wall_waited = sum(t for *_, t in waited)
     def median(key):
         vals = [r[key] for r in steady if isinstance(r.get(key), (int, float))]
         return statistics.median(vals) if vals else float("nan")
@@ -65,7 +67,8 @@ def run_metrics(rows: list[dict], window: int) -> dict:
     return {"actor_tokens_per_s": tokens / wall if wall else float("nan"),
             "step_s": median("step_s"), "sync_s": median("sync_s"), "gen_wait_s": median("generation_s"),
             "mixed_version_frac": statistics.fmean(mixed) if mixed else float("nan"),
-            "learner_wait_frac": (sum(w for w, _ in waited) / sum(t for _, t in waited)) if waited else float("nan"),
+            "learner_wait_frac": sum(w for w, _, _ in waited) / wall_waited if waited else float("nan"),
+            "overhead_frac": sum(w - g for w, g, _ in waited) / wall_waited if waited else float("nan"),
             "curve": race(rows, window)}
 
 
@@ -110,17 +113,18 @@ def main(argv: list[str] | None = None) -> int:
         mine = [r for r in runs if r["mode"] == mode]
         table[mode] = {k: statistics.median(r[k] for r in mine)
                        for k in ("actor_tokens_per_s", "step_s", "sync_s", "gen_wait_s", "time_to_reward_s",
-                                 "mixed_version_frac", "learner_wait_frac")}
+                                 "mixed_version_frac", "learner_wait_frac", "overhead_frac")}
     print(f"\nvariant    actor tok/s  s/step  sync s  gen wait s  time to reward {target:.3f} (s)  mixed  "
-          f"learner wait  ({args.rounds} round(s), medians)")
+          f"learner wait  overhead  ({args.rounds} round(s), medians)")
     for mode, t in table.items():
         print(f"{mode:<10} {t['actor_tokens_per_s']:>11.0f} {t['step_s']:>7.3f} {t['sync_s']:>7.3f} "
               f"{t['gen_wait_s']:>11.3f} {t['time_to_reward_s']:>26.1f} {t['mixed_version_frac']:>6.3f} "
-              f"{t['learner_wait_frac']:>12.1%}")
+              f"{t['learner_wait_frac']:>12.1%} {t['overhead_frac']:>9.1%}")
     for r in runs:
         print(f"  round {r['round'] + 1} {r['mode']:<9} tok/s {r['actor_tokens_per_s']:.0f}  s/step {r['step_s']:.3f}  "
               f"sync {r['sync_s']:.3f}  gen wait {r['gen_wait_s']:.3f}  to reward {r['time_to_reward_s']:.1f} s  "
-              f"mixed {r['mixed_version_frac']:.3f}  learner wait {r['learner_wait_frac']:.1%}")
+              f"mixed {r['mixed_version_frac']:.3f}  learner wait {r['learner_wait_frac']:.1%}"
+              f" (overhead {r['overhead_frac']:.1%})")
     path = Path(args.json) if args.json else work / "load_modes.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"settings": {**vars(args), "variants": variants, "compare_args": rest},

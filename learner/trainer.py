@@ -23,7 +23,9 @@ and is the policy version the actors serve):
 5. probe (actor vs learner logprobs on a fixed prompt), eval, metrics, watchdog, checkpoint.
    ``perf/learner_wait_s`` is the step's time on anything but the learner's own compute (``perf/train_s``)
    and the eval (``perf/eval_s``): waiting for rollouts, publishing and acknowledgements, the probe, batching;
-   ``perf/learner_wait_frac`` its share of the step.
+   ``perf/learner_wait_frac`` its share of the step; of it, ``perf/generation_wait_s`` (rollouts not ready),
+   ``perf/batch_s`` (the batch built from the groups: acks verified, rewards, advantages, tensors),
+   ``perf/sync_s`` (publishing) and ``perf/ack_wait_s``.
 
 Acknowledgements are checked in the background (:class:`learner.acks.AckWatch`): at every step boundary and
 every poll of a rollout wait, without blocking. A failed load, a checksum mismatch, a served LoRA delta (read
@@ -497,7 +499,10 @@ class Trainer:
                     self._fill_pipeline()
                     if self._acks_failed():  # seen since the last step: train no further
                         raise Interrupted(self.stop_reason)
+                    t_batch = time.perf_counter()
                     batch, pre = self._collect()
+                    # the batch itself (acks verified, rewards, advantages, tensors), the wait for groups apart
+                    pre["perf/batch_s"] = time.perf_counter() - t_batch - pre["perf/generation_wait_s"]
                     samples = batch.samples
                     payload = ([s for s in samples], float(sum(len(s.completion_ids) for s in samples)))
                 except Interrupted:

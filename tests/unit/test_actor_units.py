@@ -37,15 +37,16 @@ def test_cpu_env_binds_all_cores_and_preloads_iomp():
     cores = cpu_core_list(None, 0)
     assert env["VLLM_CPU_OMP_THREADS_BIND"] == ",".join(map(str, cores))
     assert env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    assert env["VLLM_USE_AOT_COMPILE"] == "0"  # vllm-cpu 0.32 cannot load its AOT artifacts back: compile cache
     assert changed == env
     if "LD_PRELOAD" in env:
         assert env["LD_PRELOAD"].split(":")[0].endswith("libiomp5.so")
 
 
 def test_cpu_env_respects_explicit_settings_and_other_openmp():
-    env = {"VLLM_CPU_OMP_THREADS_BIND": "0", "LD_PRELOAD": "/x/libgomp.so"}
+    env = {"VLLM_CPU_OMP_THREADS_BIND": "0", "LD_PRELOAD": "/x/libgomp.so", "VLLM_USE_AOT_COMPILE": "1"}
     assert configure_cpu_env(None, 0, env=env) == {}
-    assert env == {"VLLM_CPU_OMP_THREADS_BIND": "0", "LD_PRELOAD": "/x/libgomp.so"}
+    assert env == {"VLLM_CPU_OMP_THREADS_BIND": "0", "LD_PRELOAD": "/x/libgomp.so", "VLLM_USE_AOT_COMPILE": "1"}
 
 
 def test_cpu_threads_slice_per_replica():

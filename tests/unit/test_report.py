@@ -101,7 +101,10 @@ def test_load_modes_run_metrics():
     assert m["curve"]["clock_s"] == [4.0, 5.0, 8.0]
     assert m["learner_wait_frac"] != m["learner_wait_frac"]  # NaN: no run logged it
     rows[1]["learner_wait_s"], rows[2]["learner_wait_s"] = 0.5, 0.1
-    assert run_metrics(rows, 2)["learner_wait_frac"] == pytest.approx(0.6 / 4.0)  # past the first step
+    rows[1]["generation_s"] = 0.4
+    m = run_metrics(rows, 2)
+    assert m["learner_wait_frac"] == pytest.approx(0.6 / 4.0)  # past the first step
+    assert m["overhead_frac"] == pytest.approx(0.2 / 4.0)  # less the wait for rollouts
 
 
 def test_load_modes_variants_name_their_overrides():
