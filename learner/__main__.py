@@ -148,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         result = trainer.run()
     except LearnerError as e:
         print(f"learner: {e}", file=sys.stderr)
+        from learner import comm
+
+        comm.shutdown()
         return 1
     finally:
         for t in (transport, publisher):

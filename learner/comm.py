@@ -166,6 +166,19 @@ def barrier() -> None:
             dist.barrier()
 
 
+def shutdown() -> None:
+    """Tear the process group down before the process exits on an error every rank raised together: a gloo group
+    left to the interpreter's exit once aborted the second rank ("terminate called without an active exception",
+    SIGABRT) right after its peer had left."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - leaving anyway
+            pass
+
+
 # --------------------------------------------------------------------------------------------- the guard
 COLLECTIVES = ("all_reduce", "broadcast", "broadcast_object_list", "all_gather", "all_gather_into_tensor",
                "all_gather_object", "reduce", "reduce_scatter", "reduce_scatter_tensor", "gather", "scatter",
