@@ -322,7 +322,7 @@ class ActorProcess:
             [self.transport._thread.native_id, self.publisher._thread.native_id])
 
     def close(self) -> None:
-        from actor.engine import reap
+        from actor.runtime import reap
 
         self.transport.close(shutdown_actors=True, reason="bench done")
         self.publisher.close()

@@ -54,7 +54,6 @@ needs. TRL's vLLM path returns raw model logprobs instead.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import itertools
 import logging
@@ -68,8 +67,8 @@ from pathlib import Path
 from configs import RunConfig
 from sync.prompts import encode_prompt
 
-from actor.runtime import (configure_cpu_env, cpu_core_list, engine_dtype, lora_rank_slot, on_gpu, private_rpc_dir,
-                           serve_mode)
+from actor.runtime import (child_pids, configure_cpu_env, cpu_core_list, engine_dtype, inline_engine_env,
+                           lora_rank_slot, on_gpu, private_rpc_dir, reap, release_inline_engine, serve_mode)
 from actor.versions import LoraVersions, token_runs
 
 log = logging.getLogger("actor.engine")
@@ -176,13 +175,13 @@ class RolloutEngine:
                                seed=cfg.seed + replica if seed is None else seed)
         self.engine_kwargs = kwargs
         t0 = time.perf_counter()
-        before = _child_pids()
+        before = child_pids()
         import torch
 
         self._set_num_threads = torch.set_num_threads  # vLLM's CPU worker replaces it in the process it runs in
-        with _inline(self.inline):
+        with inline_engine_env(self.inline):
             self.llm = LLM(**kwargs)
-        self.engine_pids = sorted(_child_pids() - before)   # EngineCore process(es) this engine spawned (none inline)
+        self.engine_pids = sorted(child_pids() - before)   # EngineCore process(es) this engine spawned (none inline)
         self.start_s = time.perf_counter() - t0
         self.tokenizer = self.llm.get_tokenizer()
         self._version = -1  # the base weights; the learner's first version is 0
@@ -490,7 +489,7 @@ class RolloutEngine:
         del llm
         gc.collect()
         if self.inline:
-            _release_inline_engine(self._set_num_threads)
+            release_inline_engine(self._set_num_threads)
         left = reap(self.engine_pids)
         if left:
             log.warning("engine processes %s survived shutdown", left)
@@ -536,73 +535,3 @@ def _quietly(fn, *args) -> None:
 def _stale_fault(load: int) -> bool:
     n = os.environ.get(STALE_FAULT_ENV)
     return bool(n) and load >= int(n)
-
-
-@contextlib.contextmanager
-def _inline(on: bool):
-    """While an inline engine is built, ``VLLM_ENABLE_V1_MULTIPROCESSING=0``: vLLM 0.32 then runs EngineCore and its
-    worker in the calling process (its CPU platform forces the multiprocess executor only while the variable is 1).
-    Otherwise the environment is left as it is."""
-    if not on:
-        yield
-        return
-    key = "VLLM_ENABLE_V1_MULTIPROCESSING"
-    old = os.environ.get(key)
-    os.environ[key] = "0"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(key)
-        else:
-            os.environ[key] = old
-
-
-def _release_inline_engine(set_num_threads) -> None:
-    """What an inline engine leaves in its process, undone so the process can build another engine or train:
-    vLLM's one-rank torch.distributed group and model-parallel groups, its environment cache and frozen GC heap
-    (``cleanup_dist_env_and_memory``), and the CPU worker's no-op ``torch.set_num_threads``."""
-    import torch
-    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
-
-    cleanup_dist_env_and_memory()
-    torch.set_num_threads = set_num_threads
-
-
-def _child_pids() -> set[int]:
-    """Children of this process, less multiprocessing's resource tracker (it lives as long as we do)."""
-    from multiprocessing import resource_tracker
-
-    import psutil
-
-    tracker = getattr(resource_tracker._resource_tracker, "_pid", None)
-    return {p.pid for p in psutil.Process().children(recursive=True)} - {tracker}
-
-
-def reap(pids: list[int], timeout_s: float = 10.0) -> list[int]:
-    """Wait for ``pids`` (EngineCore processes) to exit, terminating then killing stragglers.
-
-    Returns the pids still alive (should be none). Other children of this process are left alone.
-    """
-    import psutil
-
-    kids = []
-    for pid in pids:
-        try:
-            kids.append(psutil.Process(pid))
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(kids, timeout=timeout_s)
-    for p in alive:
-        log.warning("child %d (%s) still running after engine shutdown: terminating", p.pid, p.name())
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(alive, timeout=5)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    return [p.pid for p in alive]

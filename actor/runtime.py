@@ -1,14 +1,19 @@
-"""Process-level settings an actor needs before vLLM starts: device, dtype, CPU threads, OpenMP.
+"""Process-level settings an actor needs before vLLM starts (device, dtype, CPU threads, OpenMP), and the engine's
+process life: the environment of an in-process engine, what it leaves behind, and the EngineCore children reaped.
 
-Kept free of vLLM imports so the entry point can apply them (and fail fast on a bad config)
+Kept free of module-level vLLM imports so the entry point can apply them (and fail fast on a bad config)
 before the ~15 s engine start.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 from pathlib import Path
+
+log = logging.getLogger("actor.engine")
 
 # vLLM's own LoRA ranks; max_lora_rank must be one of them.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -161,3 +166,73 @@ def _mapped_files(under: str) -> set[str]:
         except OSError:
             continue
     return out
+
+
+@contextlib.contextmanager
+def inline_engine_env(on: bool):
+    """While an inline engine is built, ``VLLM_ENABLE_V1_MULTIPROCESSING=0``: vLLM 0.32 then runs EngineCore and its
+    worker in the calling process (its CPU platform forces the multiprocess executor only while the variable is 1).
+    Otherwise the environment is left as it is."""
+    if not on:
+        yield
+        return
+    key = "VLLM_ENABLE_V1_MULTIPROCESSING"
+    old = os.environ.get(key)
+    os.environ[key] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key)
+        else:
+            os.environ[key] = old
+
+
+def release_inline_engine(set_num_threads) -> None:
+    """What an inline engine leaves in its process, undone so the process can build another engine or train:
+    vLLM's one-rank torch.distributed group and model-parallel groups, its environment cache and frozen GC heap
+    (``cleanup_dist_env_and_memory``), and the CPU worker's no-op ``torch.set_num_threads``."""
+    import torch
+    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+    cleanup_dist_env_and_memory()
+    torch.set_num_threads = set_num_threads
+
+
+def child_pids() -> set[int]:
+    """Children of this process, less multiprocessing's resource tracker (it lives as long as we do)."""
+    from multiprocessing import resource_tracker
+
+    import psutil
+
+    tracker = getattr(resource_tracker._resource_tracker, "_pid", None)
+    return {p.pid for p in psutil.Process().children(recursive=True)} - {tracker}
+
+
+def reap(pids: list[int], timeout_s: float = 10.0) -> list[int]:
+    """Wait for ``pids`` (EngineCore processes) to exit, terminating then killing stragglers.
+
+    Returns the pids still alive (should be none). Other children of this process are left alone.
+    """
+    import psutil
+
+    kids = []
+    for pid in pids:
+        try:
+            kids.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(kids, timeout=timeout_s)
+    for p in alive:
+        log.warning("child %d (%s) still running after engine shutdown: terminating", p.pid, p.name())
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(alive, timeout=5)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    return [p.pid for p in alive]

@@ -181,11 +181,15 @@ class SyncConfig(Section):
     readback passed (``learner.acks``)."""
     wire_dtype: Literal["bf16", "fp32"] = "bf16"
     """Dtype of LoRA tensors on the wire."""
-    weight_transfer: Literal["auto", "inline", "file"] = "auto"
+    weight_transfer: Literal["auto", "inline", "file", "sealed"] = "auto"
     """How each version reaches the actors (``sync.carry``). ``file`` (one node; what ``auto`` picks with ipc):
     written once to the learner's private directory on /dev/shm, each actor links it and checks its checksum.
-    ``inline`` (what ``auto`` picks with tcp): the tensors in the message to each actor (over TCP CURVE encrypts
-    them once per actor)."""
+    ``sealed`` (across nodes; what ``auto`` picks with tcp): encrypted once for every actor (``sync.seal``), the key
+    sent over CURVE, the sealed bytes fetched from the learner's ``fetch_port``. ``inline``: the tensors in the
+    message to each actor (over TCP CURVE encrypts them once per actor)."""
+    fetch_port: int = Field(0, ge=0, le=65535)
+    """TCP port the learner serves sealed versions on (``weight_transfer: sealed``); 0: a free one, named in each
+    notice to the actors. Set it when a firewall between nodes opens only known ports."""
     max_message_mb: int = Field(1024, ge=1)
     """Ceiling for a weight update when the actor cannot derive the adapter's size from the model config;
     the other messages' caps are derived from the run's lengths (``sync.limits``)."""
@@ -233,7 +237,12 @@ class SyncConfig(Section):
     def _check(self) -> SyncConfig:
         if self.weight_transfer == "file" and self.kind != "ipc":
             raise ValueError("sync.weight_transfer file needs every actor on the learner's node (transport ipc); "
-                             "across nodes use inline or auto")
+                             "across nodes use sealed, inline or auto")
+        if self.weight_transfer == "sealed" and self.kind != "tcp":
+            raise ValueError("sync.weight_transfer sealed is for actors across nodes (transport tcp); on one node "
+                             "use file, inline or auto")
+        if self.fetch_port and self.fetch_port in (self.rollout_port, self.weight_port, self.master_port):
+            raise ValueError(f"sync.fetch_port {self.fetch_port} is taken by the rollout, weight or rendezvous port")
         if self.rollout_port == self.weight_port:
             raise ValueError("sync.rollout_port and sync.weight_port must differ")
         if self.rollout_port == self.master_port:

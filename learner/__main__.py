@@ -247,10 +247,13 @@ def _transports(cfg, kind: str):
     incarnation = new_incarnation()  # one id for both channels: actors tell this learner from a dead one
     transport = sync.ZmqRolloutTransport(cfg.sync, limits=limits, incarnation=incarnation)
     try:
-        return transport, sync.ZmqWeightPublisher(cfg.sync, limits=limits, incarnation=incarnation)
+        pub = sync.ZmqWeightPublisher(cfg.sync, limits=limits, incarnation=incarnation)
     except BaseException:
         transport.close(shutdown_actors=False)
         raise
+    print(f"learner: weight transfer {pub.transfer}" + (f", fetch port {pub.fetch_port}" if pub.fetch_port else ""),
+          flush=True)
+    return transport, pub
 
 
 def channel_limits(cfg):

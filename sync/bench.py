@@ -6,10 +6,11 @@ measures the latency from ``publish()`` (fp32 tensors in learner memory: bf16 co
 checksum, send) to the learner holding the acks of every subscriber, where each subscriber has
 received the update, verified its checksum and written it to /dev/shm as a PEFT adapter directory
 before acking. Subscribers are separate processes, each with its own endpoint and sockets; with
-``--transports``: the ipc sockets of one node and TCP with CURVE (what crosses nodes), side by side, and on ipc
-each ``--transfers`` way a version travels (``sync.carry``: ``inline`` in the message, ``file`` written once and
-linked by every actor). Also reported: where the learner's part went (pack, checksum, the file's write) and the
-payload, the merged-weights size (bf16) and their ratio.
+``--transports``: the ipc sockets of one node and TCP with CURVE (what crosses nodes), side by side, and on each
+the ``--transfers`` ways a version travels that it supports (``sync.carry``: ``inline`` in the message; on ipc
+``file``, written once and linked by every actor; on TCP ``sealed``, encrypted once and fetched by every actor).
+Also reported: where the learner's part went (pack, checksum, the file's write or the seal) and the payload, the
+merged-weights size (bf16) and their ratio.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def bench_shape(shape: str, subscribers: int, repeats: int, r: int = 16, transpo
             if v > 1:
                 lat.append((t1 - t0) * 1e3)
         parts = {k: statistics.median(pub.timings[v].get(k, 0.0) for v in range(2, repeats + 2))
-                 for k in ("pack_ms", "checksum_ms", "write_ms")}
+                 for k in ("pack_ms", "checksum_ms", "write_ms", "seal_ms")}
         out = bytearray(T.packed_nbytes(sd, cfg.wire_dtype))
         for _ in range(min(repeats, 5) + 1):
             t0 = time.perf_counter()
@@ -151,6 +152,9 @@ def bench_shape(shape: str, subscribers: int, repeats: int, r: int = 16, transpo
     }
 
 
+_TRANSFERS_OF = {"ipc": ("inline", "file"), "tcp": ("inline", "sealed")}
+
+
 def merged_mb(shape: str) -> float:
     from zoo.build import count_parameters
 
@@ -165,13 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subscribers", default="1,4", help="subscriber counts to measure")
     ap.add_argument("--transports", default="ipc,tcp",
                     help="ipc (one node: Unix sockets in a private directory) and/or tcp (across nodes: CURVE)")
-    ap.add_argument("--transfers", default="inline,file",
-                    help="on ipc: inline (tensors in each actor's message) and/or file (written once, linked)")
+    ap.add_argument("--transfers", default="inline,file,sealed",
+                    help="inline (tensors in each actor's message), file (ipc: written once, linked), sealed (tcp: "
+                         "encrypted once, fetched by each actor); each transport runs those it supports")
     args = ap.parse_args(argv)
     counts = [int(x) for x in args.subscribers.split(",")]
     results = {}
     combos = [(s, t, x) for s in args.shapes.split(",") for t in args.transports.split(",")
-              for x in (args.transfers.split(",") if t == "ipc" else ["inline"])]
+              for x in args.transfers.split(",") if x in _TRANSFERS_OF[t]]
     for shape, transport, transfer in combos:
         res: dict = {"shape": shape, "transport": transport if transport == "ipc" else "tcp+curve",
                      "transfer": transfer}
@@ -181,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             res.setdefault("tensors", m["tensors"])
             res.setdefault("pack_checksum_ms_p50", round(m["pack_ms_p50"], 1))
             if n == counts[0]:
-                res["write_ms_p50"] = round(m["publish_write_ms_p50"], 1)
+                res["write_ms_p50"] = round(m["publish_write_ms_p50"] + m["publish_seal_ms_p50"], 1)
             key = "transport_ms" if n == 1 else f"transport_ms_{n}sub"
             res[f"{key}_p50"] = round(m["p50"], 1)
             res[f"{key}_p95"] = round(m["p95"], 1)

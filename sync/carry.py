@@ -2,7 +2,7 @@
 
 * ``inline``: the packed tensors ride in the :class:`sync.wire.WeightUpdate` itself, one zero-copy frame sent to
   every actor; each actor receives its own copy through its socket, checks it and writes it to its directory.
-  Over TCP, CURVE encrypts that frame once per actor. The only choice across nodes.
+  Over TCP, CURVE encrypts that frame once per actor.
 * ``file`` (one node, the default with ipc): the learner writes the version once to a file in its private
   directory on /dev/shm (0700, a new file per version, never rewritten) and sends each actor a
   :class:`sync.wire.WeightFile` with its path, size and checksum. The actor hard-links the file into its own
@@ -11,10 +11,13 @@
   Only this user's processes can enter either directory; the learner keeps its newest :data:`KEEP_FILES` files,
   the actors their links (removing the learner's name never takes a file from an actor).
 
-``file`` writes in a background thread (:class:`Writer`) after ``publish`` has packed the version into a buffer of
-the publisher's own, so the learner's next optimizer step may change its parameters at once and never waits for
-the write. The newest version wins: a version not yet written when a newer one comes is skipped (actors take the
-newest anyway, and an ack of a later version counts for the earlier ones).
+* ``sealed`` (across nodes, the default with TCP): the version is sealed once for every actor (:mod:`sync.seal`)
+  and each actor fetches the sealed bytes from the learner's fetch port, with the key it received over CURVE.
+
+``file`` writes (``sealed`` seals) in a background thread (:class:`Writer`) after ``publish`` has packed the version
+into a buffer of the publisher's own, so the learner's next optimizer step may change its parameters at once and
+never waits for the write. The newest version wins: a version not yet written when a newer one comes is skipped
+(actors take the newest anyway, and an ack of a later version counts for the earlier ones).
 """
 
 from __future__ import annotations
@@ -33,16 +36,16 @@ from sync.wire import WeightFile, encode
 
 log = logging.getLogger("sync.weights")
 
-TRANSFERS = ("inline", "file")
+TRANSFERS = ("inline", "file", "sealed")
 KEEP_FILES = 4
 """Versions the learner keeps in its directory: a WeightFile still on its way to an actor names one of them."""
 
 
 def resolve_transfer(cfg, transfer: str | None = None) -> str:
-    """``inline`` or ``file`` for a sync config (``auto``: file on ipc, inline on TCP)."""
+    """``inline``, ``file`` or ``sealed`` for a sync config (``auto``: file on ipc, sealed on TCP)."""
     t = transfer or getattr(cfg, "weight_transfer", "auto")
     if t == "auto":
-        return "file" if transport_kind(cfg) == "ipc" else "inline"
+        return "file" if transport_kind(cfg) == "ipc" else "sealed"
     if t not in TRANSFERS:
         raise ValueError(f"sync.weight_transfer {t!r}: expected auto, {', '.join(TRANSFERS)}")
     return t
@@ -72,6 +75,24 @@ def write_file(file_dir: Path, job: Job) -> tuple[list, float]:
         if v.isdigit() and int(v) <= job.version - KEEP_FILES:
             p.unlink(missing_ok=True)
     return frames, (time.perf_counter() - t0) * 1e3
+
+
+def seal_job(job: Job, port: int, out) -> tuple[list, list, bytes, float]:
+    """``sealed``: (the WeightSealed notice's frames, the fetch answer's frames, the ticket, seal ms). ``out``: the
+    buffer the sealed tensors go to (``seal.sealed_nbytes`` of the packed size)."""
+    import secrets
+
+    from sync import seal
+    from sync.wire import Sealed, WeightSealed, WeightUpdate
+
+    t0 = time.perf_counter()
+    header, tensors = encode(WeightUpdate(job.version, job.adapter_config, job.blobs, job.checksum, job.buffer,
+                                          job.learner))
+    key, ticket = seal.new_key(), secrets.token_hex(16)
+    s_head, s_tensors = seal.seal(key, header, tensors, out)
+    notice = encode(WeightSealed(job.version, job.checksum, key.hex(), ticket, port, s_tensors.nbytes, job.learner))
+    answer = [*encode(Sealed(job.version, job.learner)), s_head, s_tensors]
+    return notice, answer, ticket.encode(), (time.perf_counter() - t0) * 1e3
 
 
 class Writer:

@@ -17,17 +17,20 @@ import msgpack
 import zmq
 
 from sync import tensors as T
-from sync._net import IoThread, connect_address, new_incarnation, pid_dir, setup_client
+from sync._net import IoThread, connect_address, connect_host, new_incarnation, pid_dir, setup_client, transport_kind
 from sync.interfaces import ReceivedWeights
-from sync.limits import ChannelLimits
+from sync.limits import CONTROL_BYTES, ChannelLimits
 from sync.wire import (
+    Fetch,
     Heartbeat,
     Hello,
     RolloutGroup,
     RolloutRequest,
+    Sealed,
     Shutdown,
     WeightAck,
     WeightFile,
+    WeightSealed,
     WeightUpdate,
     Welcome,
     WireError,
@@ -36,6 +39,9 @@ from sync.wire import (
 )
 
 log = logging.getLogger("sync.endpoint")
+
+FETCH_RETRY_S = 10.0
+"""A sealed version not received this long after its Fetch is asked for again (the Fetch or its answer was lost)."""
 
 
 def _default_shm_dir(actor_id: str, base: Path | None = None) -> Path:
@@ -77,6 +83,13 @@ class ActorEndpoint(IoThread):
       once: it is hard-linked (copied across filesystems) into ``shm_dir/v{version}``, refused unless it is a
       regular file of this user of the announced size within ``limits.weights_bytes`` whose checksum matches,
       and then handled as an accepted update.
+    * A :class:`sync.wire.WeightSealed` (across nodes, ``sync.weight_transfer: sealed``) is fetched over a third
+      DEALER, plain TCP (made with the endpoint over TCP, connected to the port the notice names; no identity
+      set; ``MAXMSGSIZE`` the weights cap + the tag): a :class:`sync.wire.Fetch` with the notice's ticket, asked
+      again every ``FETCH_RETRY_S`` until the answer comes or a newer version replaces it. The answer is opened
+      with the notice's key (:mod:`sync.seal`), must be the announced version with the announced checksum, and is
+      then handled as an inline update. A frame failing authentication is fetched again, and acked ``ok=False``
+      after the third failure. Heartbeats never go to this socket.
     * Weight updates are received zero-copy, refused when oversized, malformed, out of order (version <=
       the newest accepted from the same learner) or failing their checksum: logged, and an ``ok=False``
       ack sent where a version can be read. Accepted ones are verified and written to
@@ -146,6 +159,19 @@ class ActorEndpoint(IoThread):
             raise
         self._rsock, self._wsock = socks
         self._sockets = socks
+        self._fsock: zmq.Socket | None = None  # sealed weights: made over TCP, connected to the notice's port
+        if transport_kind(cfg) == "tcp":
+            fs = self._fsock = self._ctx.socket(zmq.DEALER)
+            fs.setsockopt(zmq.LINGER, 0)
+            fs.setsockopt(zmq.SNDHWM, 16)
+            fs.setsockopt(zmq.RCVHWM, 4)
+            fs.setsockopt(zmq.MAXMSGSIZE, self.limits.weights_bytes + 64)
+            self._sockets = [*socks, fs]
+        self._fetch_addr = ""
+        self._sealed: WeightSealed | None = None  # the notice whose sealed frames are awaited
+        self._fetch_due = 0.0
+        self._fetch_tries = 0
+        self._open_buf: bytearray | None = None
         # state shared with the I/O thread (under self._cv)
         self._requests: collections.deque[RolloutRequest] = collections.deque()
         self._held: set[tuple[str, str]] = set()  # (learner, request id): queued or handed out, not answered
@@ -268,6 +294,9 @@ class ActorEndpoint(IoThread):
     def _on_tick(self, now: float) -> None:
         if self._prune_due:
             self._prune()
+        if self._sealed is not None and now >= self._fetch_due:
+            log.info("endpoint %s: asking again for sealed v%d", self.actor_id, self._sealed.version)
+            self._fetch()
         if now < self._hb_due:
             return
         first, self._said_hello = not self._said_hello, True
@@ -277,7 +306,7 @@ class ActorEndpoint(IoThread):
                        self.incarnation, self._served_learner)
         msgs = [encode(Hello(self.actor_id, self.incarnation, self._served))] if first else []
         msgs.append(encode(hb))
-        for s in self._sockets:
+        for s in (self._rsock, self._wsock):
             for frames in msgs:
                 try:
                     s.send_multipart(frames, zmq.NOBLOCK)
@@ -285,6 +314,10 @@ class ActorEndpoint(IoThread):
                     pass  # heartbeats are dropped, not queued, when the learner is not reading
 
     def _on_frames(self, sock, frames) -> None:
+        if sock is self._fsock:
+            self._on_sealed_answer(frames)
+            self._cv.notify_all()
+            return
         lim = self.limits
         cap = lim.weights_bytes if sock is self._wsock else lim.request_bytes
         try:
@@ -304,6 +337,8 @@ class ActorEndpoint(IoThread):
             self._on_weights(msg)
         elif isinstance(msg, WeightFile):
             self._on_weight_file(msg)
+        elif isinstance(msg, WeightSealed) and self._fsock is not None:
+            self._on_sealed(msg)
         elif isinstance(msg, Welcome):
             if msg.incarnation:
                 self._follow(msg.incarnation)
@@ -349,7 +384,7 @@ class ActorEndpoint(IoThread):
         ack = WeightAck(self.actor_id, version, False, 0.0, checksum, error[:500], learner)
         self._outbox.append((self._wsock, encode(ack)))
 
-    def _admit(self, u: WeightUpdate | WeightFile) -> bool:
+    def _admit(self, u: WeightUpdate | WeightFile | WeightSealed) -> bool:
         """Whether a version is new for this actor (same checks for both ways a version travels)."""
         if u.learner in self._past:
             self.refusals.refuse("weight update of a replaced learner", f"v{u.version}", logging.INFO)
@@ -415,6 +450,72 @@ class ActorEndpoint(IoThread):
             self._refuse(u.version, f"weight file: {e}", "", u.learner)
             return
         self._accept(u, out)
+
+    def _on_sealed(self, m: WeightSealed) -> None:
+        if not self._admit(m):
+            return
+        if m.nbytes > self.limits.weights_bytes + 64:
+            self.refusals.refuse("sealed weights", f"v{m.version}: {m.nbytes} bytes, over the cap")
+            self._refuse(m.version, f"sealed weights of {m.nbytes / 2**20:.1f} MiB, over the "
+                         f"{self.limits.weights_bytes / 2**20:.0f} MiB this actor accepts", "", m.learner)
+            return
+        self._sealed, self._fetch_tries = m, 0
+        self._fetch()
+
+    def _fetch(self) -> None:
+        m = self._sealed
+        addr = f"tcp://{connect_host(self.cfg)}:{m.port}"
+        if addr != self._fetch_addr:  # the first notice, or a restarted learner on another port
+            if self._fetch_addr:
+                self._fsock.disconnect(self._fetch_addr)
+            self._fsock.connect(addr)
+            self._fetch_addr = addr
+        try:
+            self._fsock.send_multipart(encode(Fetch(m.version, m.ticket, m.learner)), zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # asked again on a later tick
+        self._fetch_due = time.monotonic() + FETCH_RETRY_S
+
+    def _on_sealed_answer(self, frames) -> None:
+        """The fetch port's answer: the awaited version's sealed frames, opened and handled as inline."""
+        from sync import seal
+
+        m = self._sealed
+        try:
+            head = decode(frames[:1], CONTROL_BYTES, 16, 16)
+        except WireError as e:
+            self.refusals.refuse("fetch answer", str(e))
+            return
+        if (m is None or not isinstance(head, Sealed) or len(frames) != 3
+                or (head.version, head.learner) != (m.version, m.learner)):
+            self.refusals.refuse("fetch answer", f"{type(head).__name__} not awaited", logging.INFO)
+            return
+        n = max(frames[2].buffer.nbytes - seal.TAG_BYTES, 0)
+        if self._open_buf is None or len(self._open_buf) != n:
+            self._open_buf = bytearray(n)
+        try:
+            hdr, body = seal.open_sealed(bytes.fromhex(m.key), frames[1].buffer, frames[2].buffer, self._open_buf)
+        except ValueError as e:
+            self._fetch_tries += 1
+            self.refusals.refuse("sealed weights", f"v{m.version}: {e} (attempt {self._fetch_tries})")
+            if self._fetch_tries >= 3:
+                self._sealed = None
+                self._refuse(m.version, f"sealed weights: {e}", "", m.learner)
+            else:
+                self._fetch()
+            return
+        self._sealed = None
+        lim = self.limits
+        try:
+            u = decode([hdr, body], lim.weights_bytes, lim.max_array_len, lim.max_map_len)
+            if not isinstance(u, WeightUpdate) or (u.version, u.learner, u.checksum) != (m.version, m.learner,
+                                                                                         m.checksum):
+                raise WireError("the sealed update is not the version announced")
+        except WireError as e:
+            self.refusals.refuse("sealed weights", f"v{m.version}: {e}")
+            self._refuse(m.version, str(e), "", m.learner)
+            return
+        self._on_weights(u)
 
     def _on_weights(self, u: WeightUpdate) -> None:
         if not self._admit(u):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import hmac
 import logging
 import os
 import shutil
@@ -15,10 +16,10 @@ import zmq
 
 from sync import tensors as T
 from sync._net import DEAD_AFTER_HEARTBEATS, IoThread, new_incarnation, pid_dir, setup_server, transport_kind
-from sync.carry import Job, Writer, resolve_transfer, write_file
+from sync.carry import Job, Writer, resolve_transfer, seal_job, write_file
 from sync.interfaces import SyncError
 from sync.limits import CONTROL_BYTES, ChannelLimits
-from sync.wire import Heartbeat, Hello, TensorBlob, WeightAck, WeightUpdate, Welcome, WireError, decode, encode
+from sync.wire import Fetch, Heartbeat, Hello, TensorBlob, WeightAck, WeightUpdate, Welcome, WireError, decode, encode
 
 log = logging.getLogger("sync.weights")
 
@@ -85,9 +86,15 @@ class ZmqWeightPublisher(IoThread):
       ``sync.limits.CONTROL_BYTES``; refusals are counted and logged rate-limited.
     * How a version travels is ``transfer`` (``sync.weight_transfer``, :mod:`sync.carry`): inline in the message,
       or (one node) a file written once in the learner's private directory ``file_dir`` on /dev/shm (0700),
-      which the message names. :meth:`publish` packs the tensors into a buffer of the publisher's (the snapshot:
-      the caller may change its tensors as soon as it returns) and computes the checksum; the file is written
-      by a background thread, after which the version goes out.
+      which the message names, or (across nodes) sealed once for every actor (:mod:`sync.seal`): the message
+      carries its key and ticket, and the actors fetch the sealed frames from a second ROUTER, the **fetch port**
+      (``fetch_port``, default ``cfg.fetch_port``; 0: a free one, named in each message). It is plain TCP (what
+      it serves is sealed already), answers only a :class:`sync.wire.Fetch` showing the ticket of a version it
+      keeps (the newest 2), refuses and counts anything else, ``MAXMSGSIZE`` ``CONTROL_BYTES``, ``SNDHWM``
+      ``hwm`` (answers that would block wait in memory, one per fetch). :meth:`publish` packs the tensors into
+      a buffer of the publisher's (the snapshot: the caller may change its tensors as soon as it returns) and
+      computes the checksum; the file is written (the version sealed) by a background thread, after which the
+      version goes out.
     * Fan-out, not PUB/SUB: the learner knows each actor (Hello, heartbeats, acks) and sends the latest
       version to **every** live actor whose reported version is older, once per actor incarnation. An actor
       that says Hello (started or restarted late) gets ``Welcome(latest, incarnation)`` and then the latest
@@ -119,6 +126,7 @@ class ZmqWeightPublisher(IoThread):
         wire_dtype: str | None = None,
         transfer: str | None = None,
         file_dir: str | os.PathLike | None = None,
+        fetch_port: int | None = None,
     ):
         super().__init__("sync-weights", "weights")
         self.cfg = cfg
@@ -127,6 +135,9 @@ class ZmqWeightPublisher(IoThread):
         if self.transfer == "file" and transport_kind(cfg) != "ipc":
             self._close()
             raise SyncError("sync.weight_transfer file needs every actor on the learner's node (transport ipc)")
+        if self.transfer == "sealed" and transport_kind(cfg) != "tcp":
+            self._close()
+            raise SyncError("sync.weight_transfer sealed is for actors across nodes (transport tcp)")
         self.limits = limits or ChannelLimits.default(cfg.max_message_mb)
         self._dead_after = DEAD_AFTER_HEARTBEATS * cfg.heartbeat_s
         sock = self._ctx.socket(zmq.ROUTER)
@@ -136,15 +147,29 @@ class ZmqWeightPublisher(IoThread):
         sock.setsockopt(zmq.RCVHWM, 1000)
         sock.setsockopt(zmq.MAXMSGSIZE, CONTROL_BYTES)  # only small messages come back (acks, heartbeats)
         sock.setsockopt(zmq.LINGER, 0)
+        self._fsock, self.fetch_port = None, 0
         try:
             self._auth = setup_server(self._ctx, sock, cfg)
             self.port = self._bind(sock, cfg, cfg.weight_port if port is None else port)
+            if self.transfer == "sealed":
+                fs = self._fsock = self._ctx.socket(zmq.ROUTER)
+                fs.setsockopt(zmq.ROUTER_MANDATORY, 1)
+                fs.setsockopt(zmq.SNDHWM, hwm)
+                fs.setsockopt(zmq.RCVHWM, 100)
+                fs.setsockopt(zmq.MAXMSGSIZE, CONTROL_BYTES)
+                fs.setsockopt(zmq.LINGER, 0)
+                self.fetch_port = self._bind(fs, cfg, getattr(cfg, "fetch_port", 0) if fetch_port is None
+                                             else fetch_port)
         except BaseException:
             sock.close(0)
+            if self._fsock is not None:
+                self._fsock.close(0)
             self._close()
             raise
         self._sock = sock
-        self._sockets = [sock]
+        self._sockets = [sock] if self._fsock is None else [sock, self._fsock]
+        self._fetchable: collections.OrderedDict[int, tuple] = collections.OrderedDict()
+        self._answers: collections.deque[tuple[bytes, list]] = collections.deque()  # fetch answers owed
         self._actors: dict[str, _Actor] = {}
         self._latest = -1  # newest version published (actors serve the base weights before the first)
         self._ready = -1  # newest version going out (file: once written)
@@ -156,14 +181,19 @@ class ZmqWeightPublisher(IoThread):
         self._owner: tuple | None = None  # (tracker, packing buffer) of the ready version (inline)
         self._retiring: list = []  # (tracker, buffer) of superseded versions, reused once done
         self.timings: collections.OrderedDict[int, dict] = collections.OrderedDict()
-        """Per version: ``pack_ms``, ``checksum_ms``, ``write_ms`` (file), ``t_published``, ``t_ready``."""
+        """Per version: ``pack_ms``, ``checksum_ms``, ``write_ms`` (file), ``seal_ms`` (sealed), ``t_published``,
+        ``t_ready``."""
         self.file_dir: Path | None = None
         self._writer: Writer | None = None
         if self.transfer == "file":
             base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
             self.file_dir = Path(file_dir) if file_dir is not None else pid_dir("tucano2-pub", base or _tmp())
             self.file_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.transfer != "inline":
             self._writer = Writer("sync-weights-write", self._write, lambda job: self._give_back(job.owner))
+        how = {"inline": "inline to each actor", "file": f"written once to {self.file_dir}",
+               "sealed": f"sealed once, fetched from port {self.fetch_port}"}[self.transfer]
+        log.info("weights: versions go out %s (sync.weight_transfer %s)", how, self.transfer)
         self._start()
 
     # ------------------------------------------------------------------ public API
@@ -242,7 +272,7 @@ class ZmqWeightPublisher(IoThread):
                 return
             if self._owner is not None:
                 self._retiring.append(self._owner)
-                del self._retiring[:-4]
+                del self._retiring[:-6]
             self._owner = retire
             self._ready, self._frames = version, zframes
             t = self.timings.get(version)
@@ -251,19 +281,35 @@ class ZmqWeightPublisher(IoThread):
         self._wake()
 
     def _write(self, job: Job) -> None:
-        """The writer thread: the file, then the version goes out; the packing buffer is free again."""
-        frames, ms = write_file(self.file_dir, job)
+        """The writer thread: the file written (the version sealed), then the version goes out; the packing
+        buffer is free again."""
+        if self.transfer == "sealed":
+            from sync.seal import sealed_nbytes
+
+            out = self._buffer(sealed_nbytes(memoryview(job.buffer).nbytes))
+            frames, answer, ticket, ms = seal_job(job, self.fetch_port, out)
+            answer = [zmq.Frame(f, track=i == 2) for i, f in enumerate(answer)]  # Sealed, header, tensors
+            with self._cv:
+                self._fetchable[job.version] = (ticket, answer, out)
+                while len(self._fetchable) > 2:  # the oldest's buffer: reusable once libzmq let go of it
+                    _, old, old_out = self._fetchable.popitem(last=False)[1]
+                    self._retiring.append((old[2].tracker, old_out))
+                    del self._retiring[:-6]
+            key = "seal_ms"
+        else:
+            frames, ms = write_file(self.file_dir, job)
+            key = "write_ms"
         self._give_back(job.owner)
         with self._cv:
             if job.version in self.timings:
-                self.timings[job.version]["write_ms"] = ms
+                self.timings[job.version][key] = ms
         self._set_ready(job.version, [zmq.Frame(f) for f in frames], None)
 
     def _give_back(self, buf) -> None:
         if isinstance(buf, bytearray):
             with self._cv:
                 self._retiring.append((_DONE, buf))
-                del self._retiring[:-4]
+                del self._retiring[:-6]
 
     def flush(self, timeout_s: float = 30.0) -> bool:
         """Wait until the newest version is written and going out (``file``; tests and benches)."""
@@ -354,6 +400,9 @@ class ZmqWeightPublisher(IoThread):
 
     # ------------------------------------------------------------------ I/O thread
     def _on_frames(self, sock, frames) -> None:
+        if sock is self._fsock:
+            self._on_fetch(frames)
+            return
         ident = frames[0].bytes.decode("utf-8", "replace")[:64]
         try:
             msg = decode(frames[1:], CONTROL_BYTES, 1024, 1024)
@@ -395,6 +444,26 @@ class ZmqWeightPublisher(IoThread):
         else:
             self.refusals.refuse("message", f"unexpected {type(msg).__name__} from {ident!r}")
 
+    def _on_fetch(self, frames) -> None:
+        """A :class:`Fetch` on the (plain TCP) fetch port, answered only with a kept version's ticket."""
+        try:
+            msg = decode(frames[1:], CONTROL_BYTES, 16, 16)
+        except WireError as e:
+            self.refusals.refuse("fetch", str(e))
+            return
+        if not isinstance(msg, Fetch):
+            self.refusals.refuse("fetch", f"unexpected {type(msg).__name__}")
+            return
+        kept = self._fetchable.get(msg.version)
+        if kept is None or not hmac.compare_digest(kept[0], msg.ticket.encode()):
+            what = "without its ticket" if kept is not None else "no longer kept (a newer one is on its way)"
+            self.refusals.refuse("fetch", f"v{msg.version} {what}", logging.INFO if kept is None else logging.WARNING)
+            return
+        if len(self._answers) >= 64:  # each is a reference to the kept frames; a peer asking in a loop gets no more
+            self.refusals.refuse("fetch", f"v{msg.version}: 64 answers already waiting")
+            return
+        self._answers.append((frames[0].bytes, kept[1]))
+
     def _send(self, ident: str, frames, copy: bool = True) -> bool:
         try:
             self._sock.send_multipart([ident.encode(), *frames], zmq.NOBLOCK, copy=copy)
@@ -408,6 +477,15 @@ class ZmqWeightPublisher(IoThread):
             return False
 
     def _flush(self) -> None:
+        while self._answers:
+            ident, frames = self._answers[0]
+            try:
+                self._fsock.send_multipart([ident, *frames], zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            except zmq.ZMQError as e:
+                log.info("weights: a fetch's requester is gone (%s)", e)
+            self._answers.popleft()
         while self._welcome:
             ident = self._welcome.pop(0)
             if ident in self._actors:

@@ -6,7 +6,9 @@ where ``body`` maps field names to plain values (nested messages become maps). O
 ``[name, dtype, shape, frame, offset, nbytes]`` rows, so tensors cross the wire as raw buffers
 (zero-copy on both ends with pyzmq ``copy=False``) and never through msgpack or pickle. On one node a version
 may travel by reference instead: :class:`WeightFile` names a file the learner wrote once in its private
-directory (``sync.weight_transfer``).
+directory; across nodes a :class:`WeightSealed` carries the key of a version sealed once for every actor
+(:mod:`sync.seal`), which each actor fetches from the learner's fetch port with a :class:`Fetch` and receives as a
+:class:`Sealed` frame followed by the two sealed frames of the :class:`WeightUpdate` (``sync.weight_transfer``).
 
 :func:`decode` checks everything it reads against the dataclass field types (``int`` fields must be
 ints, lists must hold the declared element type, unknown tags and versions are refused, tensor rows
@@ -163,6 +165,42 @@ class WeightFile:
 
 
 @dataclass(slots=True)
+class WeightSealed:
+    """Learner -> actor across nodes, over the CURVE weight channel, instead of a :class:`WeightUpdate`: the version
+    was sealed once for every actor (AES-256-GCM under ``key``, a fresh key per version) and waits on the learner's
+    fetch port (plain TCP: the bytes are sealed already). The actor asks for it with a :class:`Fetch` showing
+    ``ticket``, opens it with ``key`` and handles the :class:`WeightUpdate` inside as if it had come inline."""
+
+    version: int
+    checksum: str
+    key: str
+    """The version's 256-bit key, hex. It crosses the network only inside CURVE."""
+    ticket: str
+    """What a :class:`Fetch` must show: the fetch port serves nobody who did not receive this over CURVE."""
+    port: int
+    nbytes: int
+    """Bytes of the sealed tensor frame: more than the actor accepts is refused before it is fetched."""
+    learner: str = ""
+
+
+@dataclass(slots=True)
+class Fetch:
+    """Actor -> the learner's fetch port: the sealed frames of ``version``."""
+
+    version: int
+    ticket: str
+    learner: str = ""
+
+
+@dataclass(slots=True)
+class Sealed:
+    """The fetch port's answer, first frame; the sealed header and tensor frames of ``version`` follow."""
+
+    version: int
+    learner: str = ""
+
+
+@dataclass(slots=True)
 class WeightAck:
     actor_id: str
     version: int
@@ -233,9 +271,13 @@ TAGS: dict[str, type] = {
     "welcome": Welcome,
     "bye": Shutdown,
     "wf": WeightFile,
+    "ws": WeightSealed,
+    "fetch": Fetch,
+    "sealed": Sealed,
 }
 _TAG_OF = {cls: tag for tag, cls in TAGS.items()}
-Message = RolloutRequest | RolloutGroup | WeightUpdate | WeightAck | Heartbeat | Hello | Welcome | Shutdown | WeightFile
+Message = (RolloutRequest | RolloutGroup | WeightUpdate | WeightAck | Heartbeat | Hello | Welcome | Shutdown
+           | WeightFile | WeightSealed | Fetch | Sealed)
 
 # ---------------------------------------------------------------------------------------------- encode
 

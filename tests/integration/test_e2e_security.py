@@ -51,6 +51,7 @@ def msg(tag, body):
 
 
 hello = msg("hello", {"actor_id": "evil", "incarnation": "evil", "version": 0})
+fetch = msg("fetch", {"version": 0, "ticket": "%032x" % rng.getrandbits(128), "learner": ""})  # a guessed ticket
 hb = msg("hb", {"actor_id": "evil", "version": 0, "queue_depth": 0, "in_flight": 0, "tokens_per_s": 1.0,
                 "incarnation": "evil", "learner": ""})
 comp = {"token_ids": [5] * 8, "logprobs": [-0.1] * 8, "text": "mmmmmmmm", "finish_reason": "stop"}
@@ -94,7 +95,7 @@ while time.time() < end:
     listening = False
     for i, t in enumerate(targets):
         d = socks[i]
-        batch = [hello, hb] + ([rng.choice(fake), rng.choice(garbage)] if mode == "flood" else [])
+        batch = [hello, hb, fetch] + ([rng.choice(fake), rng.choice(garbage)] if mode == "flood" else [])
         sent = 0
         for m in batch:
             try:
@@ -292,7 +293,8 @@ def test_another_local_user_gets_nothing_over_tcp_curve(tmp_path):
     server_pub = (keys / "server.key").read_text().split('public-key = "')[1].split('"')[0]
     try:
         peers = [subprocess.Popen([*NOBODY, sys.executable, str(script), mode, str(d / f"{i}.json"), "6",
-                                   f"tcp://127.0.0.1:{t.port},tcp://127.0.0.1:{pub.port}"],
+                                   f"tcp://127.0.0.1:{t.port},tcp://127.0.0.1:{pub.port},"
+                                   f"tcp://127.0.0.1:{pub.fetch_port}"],
                                   env={"PATH": os.environ["PATH"]}, stderr=subprocess.PIPE, text=True)
                  for i, mode in enumerate(("protocol", f"curve:{server_pub}"))]
         import torch
@@ -322,6 +324,7 @@ def test_another_local_user_gets_nothing_over_tcp_curve(tmp_path):
     assert all(r["uid"] == 65534 and r["sent"] > 0 and r["received"] == 0 for r in reps)
     assert set(t.actors()) <= {"ours"} and not any("evil" in a for a in pub.actors())
     assert any("handshake failed" in k for k in t.refusals.counts)
+    assert pub.transfer == "sealed" and pub.refusals.counts["fetch"] > 0  # the plain fetch port: no ticket, nothing
 
 
 def test_hostile_input_on_every_socket_gets_a_bounded_logged_refusal(tiny_model, tmp_path):

@@ -179,6 +179,8 @@ def test_run_on_two_nodes_survives_a_lost_actor_step_and_a_requeue(slurm_cluster
                           r"the keys$", out, re.M)) == 2
     assert re.search(r"^\[learner\] \(n1\) learner: start-up: .*actors [\d.]+ s", out, re.M), out[-3000:]
     assert re.search(r"^\[learner\] \(n1\) learner: stopped at step \d+: SIGTERM", out, re.M)
+    # Across nodes each version is sealed once and fetched (sync.weight_transfer auto over TCP).
+    assert re.search(r"^\[learner\] \(n1\) learner: weight transfer sealed, fetch port \d+$", out, re.M)
     assert all(ln.startswith("(n2) ") for ln in (run / "logs" / "actor-0.log").read_text().splitlines())
     # CURVE keys made in the run directory, private.
     keys = run / "keys"

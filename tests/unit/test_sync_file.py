@@ -12,12 +12,11 @@ from safetensors.torch import load_file
 
 from configs.schema import SyncConfig
 from sync import tensors as T
-from sync._net import bind
 from sync.carry import KEEP_FILES, resolve_transfer
 from sync.endpoint import ActorEndpoint
 from sync.interfaces import ReceivedWeights, SyncError
 from sync.weights import ZmqWeightPublisher
-from sync.wire import Hello, WeightAck, WeightFile, decode, encode
+from sync.wire import Hello, WeightAck, WeightFile, encode
 
 CFG = SyncConfig(heartbeat_s=0.1, max_message_mb=1)
 ADAPTER = {"r": 2, "lora_alpha": 4, "target_modules": ["q_proj"], "peft_type": "LORA"}
@@ -38,10 +37,10 @@ def received(ep, timeout=5.0):
     raise AssertionError("no weights arrived")
 
 
-def test_auto_is_file_on_one_node_and_inline_across():
+def test_auto_is_file_on_one_node_and_sealed_across():
     assert resolve_transfer(CFG) == "file"
     tcp = SyncConfig(host="10.0.0.1", keys_dir="/tmp/k")
-    assert resolve_transfer(tcp) == "inline"
+    assert resolve_transfer(tcp) == "sealed"
     with pytest.raises(ValueError, match="sync.weight_transfer file needs every actor on the learner's node"):
         SyncConfig(host="10.0.0.1", keys_dir="/tmp/k", weight_transfer="file")
 
@@ -91,39 +90,14 @@ def test_a_write_that_fails_stops_the_next_publish_in_one_line(tmp_path):
         pub.close()
 
 
-class FakeLearner:
-    """A bare ROUTER where an endpoint connects: sends WeightFile messages a broken or hostile learner could."""
-
-    def __init__(self):
-        import zmq
-
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.port = bind(self.sock, CFG, 0)
-
-    def recv(self, want, timeout=5.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.sock.poll(100):
-                ident, *frames = self.sock.recv_multipart()
-                msg = decode(frames)
-                if isinstance(msg, want):
-                    return ident, msg
-        raise AssertionError(f"no {want.__name__} received")
-
-    def close(self):
-        self.sock.close(0)
-        self.ctx.term()
-
 
 def written(path, seed):
     blobs, buf = T.pack(state(seed), "bf16")
     return T.write_file_once(path, blobs, buf), T.checksum(blobs, buf)
 
 
-def test_the_actor_refuses_a_file_that_is_not_what_was_announced(tmp_path):
-    fake = FakeLearner()
+def test_the_actor_refuses_a_file_that_is_not_what_was_announced(tmp_path, fake_learner):
+    fake = fake_learner(CFG)
     ep = ActorEndpoint(CFG, "victim", tmp_path / "victim", weight_port=fake.port, rollout_port=1,
                        gate_on_weights=False)
     src = tmp_path / "learner"
@@ -157,7 +131,6 @@ def test_the_actor_refuses_a_file_that_is_not_what_was_announced(tmp_path):
         assert (w.version, w.checksum) == (6, c1) and ep.refusals.counts["weight file"] == 5
     finally:
         ep.close()
-        fake.close()
 
 
 def test_sync_bench_compares_both_transfers_in_one_run(tmp_path, capsys):

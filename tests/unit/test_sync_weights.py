@@ -9,7 +9,6 @@ import time
 import msgpack
 import pytest
 import torch
-import zmq
 from safetensors.torch import load_file
 
 from configs.schema import SyncConfig
@@ -17,8 +16,7 @@ from sync import tensors as T
 from sync.endpoint import ActorEndpoint
 from sync.interfaces import ReceivedWeights, SyncError
 from sync.weights import ZmqWeightPublisher
-from sync._net import bind
-from sync.wire import WIRE_VERSION, Shutdown, TensorBlob, WeightAck, WeightUpdate, decode, encode
+from sync.wire import WIRE_VERSION, Shutdown, TensorBlob, WeightAck, WeightUpdate, encode
 
 CFG = SyncConfig(heartbeat_s=0.1, max_message_mb=1)
 ADAPTER = {"r": 2, "lora_alpha": 4, "target_modules": {"q_proj", "v_proj"}, "peft_type": "LORA"}
@@ -174,41 +172,15 @@ def test_publish_refuses_old_versions_and_oversized(pub):
 # --------------------------------------------------------------- refusals, with a hand-driven learner
 
 
-class FakeLearner:
-    """A raw ROUTER standing in for the learner, so tests can send broken updates."""
-
-    def __init__(self):
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.port = bind(self.sock, CFG, 0)  # where an endpoint with CFG connects (the private ipc dir)
-
-    def recv(self, want, timeout=5.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.sock.poll(100):
-                ident, *frames = self.sock.recv_multipart()
-                msg = decode(frames)
-                if isinstance(msg, want):
-                    return ident, msg
-        raise AssertionError(f"no {want.__name__} received")
-
-    def send(self, ident, frames):
-        self.sock.send_multipart([ident, *frames])
-
-    def close(self):
-        self.sock.close(0)
-        self.ctx.term()
-
 
 def update(version: int, seed: int) -> WeightUpdate:
     blobs, buf = T.pack(state(seed), "bf16")
     return WeightUpdate(version, {"r": 2}, blobs, T.checksum(blobs, buf), buf)
 
 
-def test_endpoint_refuses_bad_updates_and_keeps_serving(tmp_path, caplog):
+def test_endpoint_refuses_bad_updates_and_keeps_serving(tmp_path, caplog, fake_learner):
     caplog.set_level(logging.INFO, logger="sync")
-    fake = FakeLearner()
+    fake = fake_learner(CFG)
     ep = ActorEndpoint(CFG, "victim", tmp_path / "victim", weight_port=fake.port, rollout_port=1, gate_on_weights=False)
     try:
         from sync.wire import Hello
@@ -259,7 +231,6 @@ def test_endpoint_refuses_bad_updates_and_keeps_serving(tmp_path, caplog):
         assert not (tmp_path / "victim" / "v2").exists() and not (tmp_path / "victim" / "v3").exists()
     finally:
         ep.close()
-        fake.close()
 
 
 def test_learner_resumed_from_older_checkpoint(tmp_path):
