@@ -312,7 +312,7 @@ class ZmqWeightPublisher(IoThread):
                 del self._retiring[:-6]
 
     def flush(self, timeout_s: float = 30.0) -> bool:
-        """Wait until the newest version is written and going out (``file``; tests and benches)."""
+        """Wait until the newest version is written (sealed) and going out (``file``, ``sealed``; tests and benches)."""
         return self._writer is None or self._writer.idle(timeout_s)
 
     def latest_version(self) -> int:

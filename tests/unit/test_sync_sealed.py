@@ -175,3 +175,28 @@ def test_the_actor_refuses_sealed_frames_that_are_not_what_was_announced(cfg, tm
         assert (w.version, w.checksum) == (4, c4)
     finally:
         ep.close()
+
+
+def test_a_restarted_learner_on_another_fetch_port_is_fetched_from(cfg, tmp_path):
+    """The learner dies and a new one (a new incarnation, its fetch port another free one) publishes: the actor
+    follows the port its notices name."""
+    first = ZmqWeightPublisher(cfg, port=0)
+    port = first.port
+    ep = ActorEndpoint(cfg, "a", tmp_path / "a", weight_port=port, rollout_port=1, gate_on_weights=False)
+    try:
+        first.publish(1, state(1), ADAPTER)
+        w = received(ep)
+        ep.send_ack(WeightAck("a", 1, True, 0.0, w.checksum, learner=w.learner))
+        first.wait_acks(1, 5)
+        old_fetch = first.fetch_port
+        first.close()
+        second = ZmqWeightPublisher(cfg, port=port)
+        try:
+            assert second.fetch_port != old_fetch and second.incarnation != first.incarnation
+            checksum = second.publish(1, state(2), ADAPTER)  # the same version number, another learner
+            w = received(ep, timeout=10)
+            assert (w.version, w.checksum, w.learner) == (1, checksum, second.incarnation)
+        finally:
+            second.close()
+    finally:
+        ep.close()
