@@ -7,8 +7,8 @@ from __future__ import annotations
 import time
 
 import pytest
-import torch
 
+from adapters import ADAPTER, received, state
 from configs.schema import SyncConfig
 from learner.acks import STOPPED, AckWatch, sampled_by
 from sync.endpoint import ActorEndpoint
@@ -17,13 +17,6 @@ from sync.weights import ZmqWeightPublisher
 from sync.wire import Completion, PromptResult, RolloutGroup, WeightAck
 
 CFG = SyncConfig(heartbeat_s=0.1, max_message_mb=1, ack_timeout_s=0.5)
-ADAPTER = {"r": 2, "lora_alpha": 4, "target_modules": ["q_proj"], "peft_type": "LORA"}
-
-
-def state(seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {f"base_model.model.model.layers.0.self_attn.q_proj.lora_{ab}.weight": torch.randn(shape, generator=g)
-            for ab, shape in (("A", (2, 8)), ("B", (8, 2)))}
 
 
 @pytest.fixture
@@ -39,15 +32,6 @@ def channel(tmp_path):
     yield pub, ep, AckWatch(pub, CFG, lines.append), lines
     ep.close()
     pub.close()
-
-
-def received(ep) -> ReceivedWeights:
-    deadline = time.monotonic() + 5
-    while True:
-        item = ep.poll(0.1)
-        if isinstance(item, ReceivedWeights):
-            return item
-        assert time.monotonic() < deadline, "no weights arrived"
 
 
 def ack(ep, w: ReceivedWeights, ok=True, checksum=None, cosine=1.0, error=None, in_flight=0, held_s=0.0) -> None:

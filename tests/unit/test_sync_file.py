@@ -4,37 +4,21 @@ Real sockets, real files on /dev/shm; a fake learner (a bare ROUTER) sends what 
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from adapters import ADAPTER, received, state
 from configs.schema import SyncConfig
 from sync import tensors as T
 from sync.carry import KEEP_FILES, resolve_transfer
 from sync.endpoint import ActorEndpoint
-from sync.interfaces import ReceivedWeights, SyncError
+from sync.interfaces import SyncError
 from sync.weights import ZmqWeightPublisher
 from sync.wire import Hello, WeightAck, WeightFile, encode
 
 CFG = SyncConfig(heartbeat_s=0.1, max_message_mb=1)
-ADAPTER = {"r": 2, "lora_alpha": 4, "target_modules": ["q_proj"], "peft_type": "LORA"}
-
-
-def state(seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {f"base_model.model.model.layers.0.self_attn.q_proj.lora_{ab}.weight": torch.randn(shape, generator=g)
-            for ab, shape in (("A", (2, 8)), ("B", (8, 2)))}
-
-
-def received(ep, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        item = ep.poll(0.1)
-        if isinstance(item, ReceivedWeights):
-            return item
-    raise AssertionError("no weights arrived")
 
 
 def test_auto_is_file_on_one_node_and_sealed_across():
@@ -88,7 +72,6 @@ def test_a_write_that_fails_stops_the_next_publish_in_one_line(tmp_path):
             pub.publish(2, state(2), ADAPTER)
     finally:
         pub.close()
-
 
 
 def written(path, seed):

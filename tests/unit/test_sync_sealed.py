@@ -7,23 +7,20 @@ from __future__ import annotations
 import doctest
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 import zmq
 from safetensors.torch import load_file
 
+from adapters import ADAPTER, received, state
 from configs.schema import SyncConfig
 from sync import seal
 from sync import tensors as T
 from sync.carry import resolve_transfer
 from sync.endpoint import ActorEndpoint
-from sync.interfaces import ReceivedWeights
 from sync.weights import ZmqWeightPublisher
 from sync.wire import Fetch, Hello, Sealed, WeightAck, WeightSealed, WeightUpdate, decode, encode
-
-ADAPTER = {"r": 2, "lora_alpha": 4, "target_modules": ["q_proj"], "peft_type": "LORA"}
 
 
 @pytest.fixture(scope="module")
@@ -31,21 +28,6 @@ def cfg(tmp_path_factory):
     keys = tmp_path_factory.mktemp("keys") / "k"
     subprocess.run([sys.executable, "-m", "sync.keys", str(keys)], check=True, capture_output=True)
     return SyncConfig(heartbeat_s=0.1, max_message_mb=1, transport="tcp", keys_dir=keys)
-
-
-def state(seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {f"base_model.model.model.layers.0.self_attn.q_proj.lora_{ab}.weight": torch.randn(shape, generator=g)
-            for ab, shape in (("A", (2, 8)), ("B", (8, 2)))}
-
-
-def received(ep, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        item = ep.poll(0.1)
-        if isinstance(item, ReceivedWeights):
-            return item
-    raise AssertionError("no weights arrived")
 
 
 def test_seal_doctests():
@@ -117,7 +99,6 @@ def test_the_fetch_port_gives_nothing_without_the_ticket_and_only_sealed_bytes_w
         ctx.term()
         ep.close()
         pub.close()
-
 
 
 def sealed_update(v: int, seed: int, key: bytes, learner: str = "L"):
