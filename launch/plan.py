@@ -54,7 +54,7 @@ class Plan:
         lines = [f"plan ({self.mode}): {len(self.actors)} actor(s), learner with {c.learner.ranks} rank(s); "
                  f"model {c.model_id}; run dir {self.run_dir}",
                  f"sync: {_channels(c.sync)}, rollout port {c.sync.rollout_port}, weight port "
-                 f"{c.sync.weight_port}, max_staleness {c.sync.max_staleness}",
+                 f"{c.sync.weight_port}, max_staleness {c.sync.max_staleness}; {weights_travel(c.sync)}",
                  "start: " + ("the actors, then the learner once every actor is READY (they share GPUs: vLLM's "
                               "start-up check needs the memory free)" if self.actors_first else
                               "actors and learner together; the learner waits up to "
@@ -182,6 +182,19 @@ def _channels(sync) -> str:
     return f"tcp on {sync.host} with CURVE (keys {sync.keys_dir})"
 
 
+def weights_travel(sync) -> str:
+    """How each weight version reaches the actors (``sync.weight_transfer``), for the plan's sync line."""
+    from sync.carry import resolve_transfer
+
+    t = resolve_transfer(sync)
+    if t == "sealed":
+        port = (f"the learner's port {sync.fetch_port}" if sync.fetch_port
+                else "a free port of the learner's (set sync.fetch_port behind a firewall)")
+        return f"weights sealed once, fetched from {port}"
+    return {"file": "weights written once to /dev/shm, linked by each actor",
+            "inline": "weights inline to each actor"}[t]
+
+
 def check_port_free(sync, port: int) -> None:
     from sync import SyncError
     from sync._net import check_free
@@ -211,7 +224,8 @@ def preflight(cfg: RunConfig, check_ports: bool = True, keys: bool = True) -> No
     if keys:
         check_keys(cfg)
     if check_ports:
-        for port in (cfg.sync.rollout_port, cfg.sync.weight_port):
+        fetch = [cfg.sync.fetch_port] if cfg.sync.fetch_port and cfg.sync.kind == "tcp" else []
+        for port in (cfg.sync.rollout_port, cfg.sync.weight_port, *fetch):
             check_port_free(cfg.sync, port)
 
 

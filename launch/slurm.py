@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from configs.schema import SyncConfig
-from launch.plan import Component, LaunchError, Plan, _with, preflight, resolve
+from launch.plan import Component, LaunchError, Plan, _with, preflight, resolve, weights_travel
 
 JOB_FILE = "job.sbatch"
 KEYS_DIR = "keys"
@@ -268,7 +268,8 @@ def describe(plan: Plan, spec: SlurmSpec) -> str:
             f"{spec.actor_nodes} actor ({c.actor.replicas} actor(s), tensor parallel {spec.tp}); model {c.model_id}; "
             f"run dir {plan.run_dir}{note}\n"
             f"sync: tcp to the first learner node, rollout port {c.sync.rollout_port}, weight port "
-            f"{c.sync.weight_port}, CURVE keys {c.sync.keys_dir}; requeue {'on' if spec.requeue else 'off'}")
+            f"{c.sync.weight_port}, CURVE keys {c.sync.keys_dir}; {weights_travel(c.sync)}; requeue "
+            f"{'on' if spec.requeue else 'off'}")
 
 
 def write(plan: Plan, spec: SlurmSpec) -> Path:

@@ -80,7 +80,16 @@ def test_errors_before_start(monkeypatch, tmp_path, tiny_model):
     with pytest.raises(LaunchError, match="holds no CURVE keys"):
         cpu_plan(str(REPO / "configs" / "smoke_cpu.yaml"),
                  [*base, "sync.host=10.9.9.9", f"sync.keys_dir={tmp_path / 'keys'}"], run_dir=str(tmp_path / "run"))
+        with pytest.raises(LaunchError, match=f"port {port} on 127.0.0.1 is taken"):  # the sealed weights' port
+            cpu_plan(str(REPO / "configs" / "smoke_cpu.yaml"),
+                     [*base, f"sync.fetch_port={port}", "sync.transport=tcp", f"sync.keys_dir={keys}"],
+                     run_dir=str(tmp_path / "run"))
+    tcp = cpu_plan(str(REPO / "configs" / "smoke_cpu.yaml"),
+                   [*base, "sync.transport=tcp", f"sync.keys_dir={keys}", "sync.fetch_port=29700"],
+                   run_dir=str(tmp_path / "run"))
+    assert "weights sealed once, fetched from the learner's port 29700" in tcp.describe()
     plan = cpu_plan(str(REPO / "configs" / "smoke_cpu.yaml"), base, run_dir=str(tmp_path / "run"))
+    assert "weights written once to /dev/shm" in plan.describe()
     plan.write()
     written = json.loads((tmp_path / "run" / "plan.json").read_text())
     assert [c["name"] for c in written["components"]] == ["actor-0", "learner"]
