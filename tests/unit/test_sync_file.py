@@ -116,17 +116,20 @@ def test_the_actor_refuses_a_file_that_is_not_what_was_announced(tmp_path, fake_
         ep.close()
 
 
-def test_sync_bench_compares_both_transfers_in_one_run(tmp_path, capsys):
-    """``python -m sync.bench`` at a small shape: one table and JSON row per transfer, the file's write timed."""
+def test_sync_bench_compares_every_transfer_in_one_run(tmp_path, capsys):
+    """``python -m sync.bench`` at a small shape: one table and JSON row per transport and transfer it supports,
+    the file's write and the seal timed."""
     import json
 
     from sync.bench import main
 
     out = tmp_path / "sync.json"
-    assert main(["--shapes", "tiny", "--transports", "ipc", "--subscribers", "1,2", "--repeats", "2",
+    assert main(["--shapes", "tiny", "--transports", "ipc,tcp", "--subscribers", "1,2", "--repeats", "2",
                  "--json", str(out)]) == 0
     res = json.loads(out.read_text())
-    assert set(res) == {"tiny ipc inline", "tiny ipc file"}
+    assert set(res) == {"tiny ipc inline", "tiny ipc file", "tiny tcp+curve inline", "tiny tcp+curve sealed"}
     assert res["tiny ipc file"]["write_ms_p50"] > 0 and res["tiny ipc inline"]["write_ms_p50"] == 0
+    assert res["tiny tcp+curve sealed"]["write_ms_p50"] > 0  # the seal
     assert all(r["transport_ms_p50"] > 0 and r["transport_ms_2sub_p50"] > 0 for r in res.values())
-    assert "tiny ipc file" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "tiny ipc file" in printed and "tiny tcp+curve sealed" in printed
