@@ -77,13 +77,13 @@ def test_errors_before_start(monkeypatch, tmp_path, tiny_model):
             cpu_plan(str(REPO / "configs" / "smoke_cpu.yaml"),
                      [*base, f"sync.rollout_port={port}", "sync.transport=tcp", f"sync.keys_dir={keys}"],
                      run_dir=str(tmp_path / "run"))
-    with pytest.raises(LaunchError, match="holds no CURVE keys"):
-        cpu_plan(str(REPO / "configs" / "smoke_cpu.yaml"),
-                 [*base, "sync.host=10.9.9.9", f"sync.keys_dir={tmp_path / 'keys'}"], run_dir=str(tmp_path / "run"))
         with pytest.raises(LaunchError, match=f"port {port} on 127.0.0.1 is taken"):  # the sealed weights' port
             cpu_plan(str(REPO / "configs" / "smoke_cpu.yaml"),
                      [*base, f"sync.fetch_port={port}", "sync.transport=tcp", f"sync.keys_dir={keys}"],
                      run_dir=str(tmp_path / "run"))
+    with pytest.raises(LaunchError, match="holds no CURVE keys"):
+        cpu_plan(str(REPO / "configs" / "smoke_cpu.yaml"),
+                 [*base, "sync.host=10.9.9.9", f"sync.keys_dir={tmp_path / 'keys'}"], run_dir=str(tmp_path / "run"))
     tcp = cpu_plan(str(REPO / "configs" / "smoke_cpu.yaml"),
                    [*base, "sync.transport=tcp", f"sync.keys_dir={keys}", "sync.fetch_port=29700"],
                    run_dir=str(tmp_path / "run"))
