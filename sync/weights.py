@@ -191,9 +191,6 @@ class ZmqWeightPublisher(IoThread):
             self.file_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.transfer != "inline":
             self._writer = Writer("sync-weights-write", self._write, lambda job: self._give_back(job.owner))
-        how = {"inline": "inline to each actor", "file": f"written once to {self.file_dir}",
-               "sealed": f"sealed once, fetched from port {self.fetch_port}"}[self.transfer]
-        log.info("weights: versions go out %s (sync.weight_transfer %s)", how, self.transfer)
         self._start()
 
     # ------------------------------------------------------------------ public API
