@@ -16,6 +16,7 @@ Stdlib only (``import commerce`` pulls no third-party package). Public API:
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
 import sys
 import time
@@ -23,7 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .db import memory_db, write_db
-from .pairs import DEFAULT_COUNTS, EXTRACTION_FIELDS, SYSTEM, dumps_rows, extraction_record, make_items, split
+from .pairs import (DEFAULT_COUNTS, EXTRACTION_FIELDS, SYSTEM, dumps_rows, extraction_record, make_items, split,
+                    top_up_eval)
 from .rows import check_pairs
 from .schema import ENRICHED_DOC, TASKS, SchemaMismatch, check_db
 
@@ -47,7 +49,9 @@ def build(out: str | Path = "data", seed: int = 42, orders: int = DEFAULT_ORDERS
           progress: bool | None = None) -> dict:
     """Write ``out/commerce.db`` and ``out/pairs/{train,eval}.jsonl``; return a summary dict.
 
-    Same ``seed`` (and sizes) => byte-identical pair files and the same database content.
+    Each task keeps 15% of its pairs for eval, and at least ``commerce.pairs.EVAL_MIN`` (more drawn on top, so
+    the train pairs keep their count). Same ``seed`` (and sizes) => byte-identical pair files and the same
+    database content.
     """
     t0 = time.perf_counter()
     out = Path(out)
@@ -56,13 +60,15 @@ def build(out: str | Path = "data", seed: int = 42, orders: int = DEFAULT_ORDERS
     try:
         counts = counts_for(insights)
         items = make_items(con, seed, counts)
+        train, evals = split(items, seed)
+        evals += top_up_eval(con, seed, counts, train + evals)
     finally:
         con.close()
     for task, want in counts.items():
         if len(items[task]) < want:
             print(f"commerce: only {len(items[task])} {task} pairs available (asked {want}); "
                   "build with more --orders for more", file=sys.stderr)
-    train, evals = split(items, seed)
+    random.Random(f"{seed}-mix-eval").shuffle(evals)
     pairs = out / "pairs"
     pairs.mkdir(parents=True, exist_ok=True)
     (pairs / "train.jsonl").write_text(dumps_rows(train), encoding="utf-8")

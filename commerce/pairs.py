@@ -20,7 +20,8 @@ low|medium|high; ``product_category`` (Olist category name, given in the prompt)
 short PT-BR sentence).
 
 Each task is split 85/15 into train/eval on its own (stratified), after de-duplicating prompts, so
-no prompt is in both files.
+no prompt is in both files. A task whose 15% is under :data:`EVAL_MIN` prompts (insights and push: 26 of 174) gets
+more eval prompts drawn on top (:func:`top_up_eval`), so its train pairs keep the handoff's count.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ from .text import article
 
 DEFAULT_COUNTS = {"extraction": 694, "sql_qa": 694, "insights": 174, "push": 174}
 EVAL_SHARE = 0.15
+EVAL_MIN = 100
+"""Eval prompts per task at least. With 26 push prompts the eval's noise (2 s.e. of a change) was 0.035-0.046, as
+large as the change a run makes; with 100 it is about half."""
 
 SYSTEM = {
     "extraction": "Você é um assistente que analisa avaliações de clientes de um e-commerce brasileiro. "
@@ -268,6 +272,22 @@ def split(items: dict[str, list[dict]], seed: int) -> tuple[list[dict], list[dic
     random.Random(f"{seed}-mix").shuffle(train)
     random.Random(f"{seed}-mix-eval").shuffle(evals)
     return train, evals
+
+
+def top_up_eval(con: sqlite3.Connection, seed: int, counts: dict[str, int], taken: list[dict]) -> list[dict]:
+    """Eval-only rows for each task whose ``round(15%)`` is under :data:`EVAL_MIN`: drawn from the database with
+    another seed, none with a prompt of ``taken`` (the split's rows), numbered after the task's ``counts``."""
+    want = {t: max(0, EVAL_MIN - round(n * EVAL_SHARE)) if n else 0 for t, n in counts.items()}
+    if not any(want.values()):
+        return []
+    seen = {r["prompt"][-1]["content"] for r in taken}
+    # ask for the task's own count on top: insights draws its slices first, and most are the split's already
+    items = make_items(con, f"{seed}-eval", {t: (counts[t] + 2 * k) if k else 0 for t, k in want.items()})
+    rows = []
+    for task in TASKS:
+        fresh = [it for it in items.get(task, []) if it["prompt"][-1]["content"] not in seen][:want.get(task, 0)]
+        rows += [_row(task, counts[task] + i, it) for i, it in enumerate(fresh)]
+    return rows
 
 
 def dumps_rows(rows: list[dict]) -> str:

@@ -13,6 +13,7 @@ import pytest
 
 import commerce
 from commerce import SchemaMismatch, build, check_db, check_pairs, corpus_texts
+from commerce.pairs import EVAL_MIN
 from commerce.db import score_distributions
 from commerce.pairs import EXTRACTION_FIELDS
 from commerce.schema import TABLES
@@ -44,9 +45,12 @@ def q(con, sql):
 def test_build_writes_files_and_counts(built):
     assert Path(built["db"]).is_file()
     assert built["train_counts"] == {"extraction": 590, "sql_qa": 590, "insights": 148, "push": 148}
-    assert built["eval_counts"] == {"extraction": 104, "sql_qa": 104, "insights": 26, "push": 26}
-    total = sum(built["train_counts"].values()) + sum(built["eval_counts"].values())
-    assert abs(sum(built["eval_counts"].values()) / total - 0.15) < 0.01
+    # 15% of each task, and at least EVAL_MIN: insights and push get eval prompts on top of their 174
+    assert built["eval_counts"] == {"extraction": 104, "sql_qa": 104, "insights": EVAL_MIN, "push": EVAL_MIN}
+    train, evals = _rows(built["train"]), _rows(built["eval"])
+    prompts = [r["prompt"][-1]["content"] for r in evals]
+    assert len(set(prompts)) == len(prompts) and not set(prompts) & {r["prompt"][-1]["content"] for r in train}
+    assert len({r["id"] for r in train + evals}) == len(train) + len(evals)
 
 
 def test_tables_have_olist_columns(con):
@@ -161,7 +165,7 @@ def test_same_seed_same_files(built, tmp_path):
 def test_insights_grows_for_scenario_c(tmp_path):
     out = build(tmp_path / "c", seed=3, orders=3000, insights=350)
     n = out["train_counts"]["insights"] + out["eval_counts"]["insights"]
-    assert n == 350 and out["eval_counts"]["insights"] == round(350 * 0.15)
+    assert out["train_counts"]["insights"] == 350 - round(350 * 0.15) and n == 350 - round(350 * 0.15) + EVAL_MIN
     samples = [r for r in _rows(out["train"]) + _rows(out["eval"])
                if r["task"] == "insights" and "avaliação negativa" in json.loads(r["facts"])["recorte"]]
     assert len(samples) >= 350 - 174
