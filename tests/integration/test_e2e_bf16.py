@@ -37,7 +37,10 @@ def test_bf16_run_serves_the_trained_delta_at_every_sync(tiny_model, tmp_path):
     got = syncs(rows)
     every_load_checked(rows, la.run_dir, 6)  # the first publication and every version the actor loaded
     assert all(r["sync/served_delta_cosine"] >= 0.99 for r in got), [r["sync/served_delta_cosine"] for r in got]
-    assert all(r["sync/wire_delta_cosine"] >= 0.99 for r in got)
+    # the wire's cosine is measured at each publication (v0-v6); with background acks a version's served cosine
+    # can land in a later row, one without a publication, so the two are read from their own rows
+    wires = [r["sync/wire_delta_cosine"] for r in rows if "sync/wire_delta_cosine" in r]
+    assert len(wires) == 7 and min(wires) >= 0.99, wires
     trained = [r for r in rows if "train/grad_norm" in r]
     assert all(r["train/grad_norm"] > 0 for r in trained)  # the bf16 learner trained
     gaps = [r["sync/logprob_gap"] for r in probes(rows)]
