@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from e2e_helpers import free_port, free_port_block
 
 REPO = Path(__file__).resolve().parents[2]
 CHAT = [{"role": "user", "content": "Resuma a avaliação: o produto chegou atrasado e com defeito."}]
@@ -111,12 +111,6 @@ class Reference:
             logits = torch.cat([first.logits[0, p - 1:], rest.logits[0]]).float() / temperature
         lp = torch.log_softmax(logits, dim=-1)
         return lp.gather(1, torch.tensor(completion)[:, None])[:, 0].tolist()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ActorProc:
@@ -247,21 +241,6 @@ def _slurm_unavailable() -> str | None:
     return None
 
 
-def _free_port_block(n: int) -> int:
-    import random
-
-    for _ in range(200):
-        base = random.randrange(42000, 48000)
-        try:
-            for p in range(base, base + n):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no block of free ports for the Slurm test cluster")
-
-
 @pytest.fixture(scope="session")
 def slurm_cluster():
     """Env (``SLURM_CONF`` set) for a two-node Slurm cluster on this machine. Skipped only where root or
@@ -277,7 +256,7 @@ def slurm_cluster():
     # Not under pytest's basetemp: munged's socket lives here, and a concurrent pytest session of the same
     # user may prune old basetemp directories while this one runs.
     d = Path(tempfile.mkdtemp(prefix="tucano2-slurm-"))
-    env = {**os.environ, "TUCANO2_SLURM_DIR": str(d), "TUCANO2_SLURM_PORT": str(_free_port_block(3)),
+    env = {**os.environ, "TUCANO2_SLURM_DIR": str(d), "TUCANO2_SLURM_PORT": str(free_port_block(3)),
            "TUCANO2_SLURM_NODES": "2", "SLURM_CONF": str(d / "slurm.conf")}
 
     def script(cmd: str, timeout: float) -> subprocess.CompletedProcess:

@@ -102,12 +102,34 @@ def sharpen_model(src: Path, dst: Path, factor: float = 8.0) -> Path:
     return dst
 
 
-def free_port() -> int:
+def free_port_block(n: int = 1) -> int:
+    """The first of ``n`` consecutive ports that are free now, picked below the kernel's ephemeral range.
+
+    Not port 0's pick: that comes from the ephemeral range, and between this pick and the run's own bind the
+    run's processes (vLLM, srun, torch) open outgoing connections whose source ports come from that same
+    range; one took the learner's port once in CI ("Address already in use")."""
+    import random
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    top = max(low, 20000 + n + 100)
+    for _ in range(200):
+        base = random.randrange(20000, top - n)
+        try:
+            for p in range(base, base + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError(f"no block of {n} free ports below {top}")
+
+
+def free_port() -> int:
+    return free_port_block(1)
 
 
 def e2e_overrides(model_dir: Path, pairs_dir: Path, n_train: int = 24, n_eval: int = 8, **extra) -> list[str]:

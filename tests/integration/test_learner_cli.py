@@ -14,8 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from learner.engine import free_port
-from e2e_helpers import toy_overrides
+from e2e_helpers import free_port, toy_overrides
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from learner.engine import free_port
+from e2e_helpers import free_port
 
 pytestmark = pytest.mark.slow
 WORKER = Path(__file__).with_name("grad_worker.py")
