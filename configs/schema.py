@@ -140,10 +140,11 @@ class LearnerConfig(Section):
     gradient_checkpointing: bool = False
     """Recompute activations in backward (saves memory at long completions)."""
     share_prompt: bool = False
-    """Forward each prompt once per micro-batch for all its completions (one packed row, block-causal
-    mask) instead of once per completion. Same logprobs and gradients; pays off when prompts are long
-    next to completions (the CPU configs). Off by default: the dense ``[L, L]`` mask rules out flash
-    attention and grows with ``micro_batch_size x max_completion_length`` on long GPU runs."""
+    """Forward each prompt once per micro-batch for all its completions (one packed row) instead of once per
+    completion. Same logprobs and gradients; pays off when prompts are long next to completions (the CPU
+    configs). Each completion's attention is computed on its prompt and itself (``learner.attention``), but
+    the dense ``[L, L]`` block mask is still built per micro-batch and grows with ``micro_batch_size x
+    max_completion_length``: off by default for the GPU configs."""
 
 
 class SyncConfig(Section):

@@ -102,14 +102,20 @@ def build_peft_model(
     seed: int = 0,
     gradient_checkpointing: bool = False,
     base=None,
+    grouped_attention: bool = False,
 ):
     """Base model (loaded from ``model_id``, or ``base`` as given) + LoRA (fresh, seeded; or loaded
-    trainable from ``init_adapter``)."""
+    trainable from ``init_adapter``). ``grouped_attention``: the base runs :data:`learner.attention.GROUPED`
+    (prompt-shared rows split per completion; every other forward is SDPA as before)."""
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
     if base is None:
         base = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype)
+    if grouped_attention:
+        from learner.attention import register
+
+        base.set_attn_implementation(register())
     base.config.use_cache = False
     if gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -200,6 +206,7 @@ class PolicyEngine:
             seed=cfg.seed,
             gradient_checkpointing=cfg.learner.gradient_checkpointing,
             base=base_model,
+            grouped_attention=cfg.learner.share_prompt,
         )
         self.vocab_size = self.module.get_input_embeddings().weight.shape[0]
         self.startup["model"] = time.perf_counter() - t0

@@ -145,8 +145,10 @@ def packed_completion_logps(model, packed, temperature: float = 1.0, dtype: torc
     """Completion logprobs ``[B, C]`` of a :class:`learner.rollouts.Packed` batch (prompts shared per row).
 
     The block mask goes to the model as an additive float mask of the model's ``dtype`` (what eager and
-    SDPA attention both take; flash attention cannot take it). Only positions from the shortest prompt's
-    end go through the LM head."""
+    SDPA attention both take; flash attention cannot take it), with the rows' spans for a model under
+    :data:`learner.attention.GROUPED`, which computes each completion's attention on its own (any other
+    implementation ignores them and applies the mask). Only positions from the shortest prompt's end go through
+    the LM head."""
     width = packed.input_ids.size(1)
     keep = width - packed.min_prompt_len + 1
     mask = torch.zeros(packed.attention_mask.shape, dtype=dtype, device=packed.attention_mask.device)
@@ -157,6 +159,7 @@ def packed_completion_logps(model, packed, temperature: float = 1.0, dtype: torc
         position_ids=packed.position_ids,
         logits_to_keep=keep,
         use_cache=False,
+        packed_spans=packed.spans,
     )
     logits = out.logits[packed.row.unsqueeze(1), packed.index - (width - keep)]
     if temperature != 1.0:

@@ -320,6 +320,8 @@ class Packed:
     min_prompt_len: int
     tokens: int
     """Tokens forwarded for weighted samples (each row's prompt once, plus their completions)."""
+    spans: list[tuple[int, list[tuple[int, int]]]]
+    """Per row: the prompt's length and each completion's ``(start, length)`` (:mod:`learner.attention`)."""
 
 
 def pack_shared(
@@ -342,12 +344,14 @@ def pack_shared(
     cmask = torch.zeros((len(samples), c), dtype=torch.float32)
     blogp = torch.zeros((len(samples), c), dtype=torch.float32)
     tokens = 0
+    spans = []
     for r, (prompt, idx) in enumerate(rows.items()):
         p = len(prompt)
         ids[r, :p] = torch.tensor(prompt)
         pos[r, :p] = torch.arange(p)
         seg[r, :p] = 0
         start = p
+        spans.append((p, []))
         tokens += p if any(weights[i] for i in idx) else 0
         for k, i in enumerate(idx, start=1):
             s, n = samples[i], len(samples[i].completion_ids)
@@ -361,6 +365,7 @@ def pack_shared(
             cmask[i, :n] = float(weights[i])
             blogp[i, :n] = torch.tensor(s.behaviour_logps)
             tokens += n if weights[i] else 0
+            spans[-1][1].append((start, n))
             start += n
     q = torch.arange(width)
     causal = q.unsqueeze(1) >= q.unsqueeze(0)  # [query, key]
@@ -378,6 +383,7 @@ def pack_shared(
         torch.tensor([s.stale for s in samples], dtype=torch.bool).to(device),
         min(len(p) for p in rows),
         tokens,
+        spans,
     )
 
 

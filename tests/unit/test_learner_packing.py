@@ -1,13 +1,15 @@
 """Prompt sharing (``learner.share_prompt``): packed rows give the same logprobs and gradients as one row
-per completion, on the tiny model with a LoRA adapter, in eager and SDPA attention."""
+per completion, on the tiny model with a LoRA adapter, in eager, SDPA and grouped attention
+(``learner.attention``, what the learner runs), float32 and bfloat16."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from learner.attention import register
 from learner.loss import model_completion_logps, packed_completion_logps, policy_loss
-from learner.rollouts import Sample, collate, pack_shared
+from learner.rollouts import Packed, Sample, collate, pack_shared
 
 
 def _samples(vocab: int) -> list[Sample]:
@@ -39,18 +41,28 @@ def test_pack_layout_and_block_mask():
     assert p.tokens == 2 + 2 + 1 + 2  # both prompts once, weighted completions only
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_packed_logps_and_grads_equal_one_row_per_completion(tiny_model, attn):
+def _lora_model(tiny_model, attn: str, dtype=torch.float32):
+    """``attn``: eager, sdpa, grouped, or grouped+ckpt (gradient checkpointing, as the learner's option)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation=attn)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=dtype, attn_implementation="sdpa")
+    base.set_attn_implementation(register() if attn.startswith("grouped") else attn)
+    if attn.endswith("+ckpt"):  # each layer runs again in backward, packed_spans and all
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.train()
     model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear",
                                             lora_dropout=0.0, task_type="CAUSAL_LM"))
     for name, p in model.named_parameters():
         if "lora_B" in name:
-            p.data = torch.randn(p.shape) * 0.05
+            p.data = (torch.randn(p.shape) * 0.05).to(p.dtype)
+    return model
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa", "grouped", "grouped+ckpt"])
+def test_packed_logps_and_grads_equal_one_row_per_completion(tiny_model, attn):
+    model = _lora_model(tiny_model, attn)
     samples = _samples(model.config.vocab_size)
     weights = [1.0] * (len(samples) - 1) + [0.0]
     T = 0.7
@@ -80,3 +92,41 @@ def test_packed_logps_and_grads_equal_one_row_per_completion(tiny_model, attn):
     for name, g in ref_grads.items():
         torch.testing.assert_close(got_grads[name], g, atol=1e-6, rtol=1e-4, msg=name)
     assert p.input_ids.numel() < c.input_ids.numel()  # the point: fewer tokens through the model
+
+
+def test_grouped_attention_follows_the_spans_not_the_mask(tiny_model):
+    """Grouped attention computes what the spans say: given a plain causal mask instead of the block mask,
+    its logprobs stay those of one row per completion, while SDPA's (which applies the mask) do not."""
+    samples = _samples(512)
+    p = pack_shared(samples, 0)
+    causal = torch.ones_like(p.attention_mask).tril()
+    wrong = Packed(**{**vars(p), "attention_mask": causal})
+    mask = p.completion_mask.bool()
+    with torch.no_grad():
+        grouped = _lora_model(tiny_model, "grouped")
+        right = packed_completion_logps(grouped, p, 1.0)
+        torch.testing.assert_close(packed_completion_logps(grouped, wrong, 1.0)[mask], right[mask])
+        sdpa = _lora_model(tiny_model, "sdpa")
+        torch.testing.assert_close(packed_completion_logps(sdpa, p, 1.0)[mask], right[mask], atol=1e-5, rtol=1e-5)
+        assert (packed_completion_logps(sdpa, wrong, 1.0) - right)[mask].abs().max() > 1e-2
+
+
+def test_grouped_attention_in_bf16_matches_sdpa(tiny_model):
+    """bfloat16, as the learner runs on GPUs: grouped and masked-square attention agree to bf16's rounding, in
+    logprobs and in LoRA gradients."""
+    samples = _samples(512)
+    p = pack_shared(samples, 0)
+    mask = p.completion_mask.bool()
+    out = {}
+    for attn in ("sdpa", "grouped"):
+        model = _lora_model(tiny_model, attn, torch.bfloat16)
+        logps = packed_completion_logps(model, p, 0.7, dtype=torch.bfloat16).float()
+        loss, _ = policy_loss(logps, p.behaviour_logps, p.advantages, p.completion_mask, max_completion_length=9,
+                              num_completions=len(samples))
+        loss.backward()
+        grads = torch.cat([q.grad.float().flatten() for n, q in model.named_parameters() if q.requires_grad])
+        out[attn] = logps[mask], grads
+    (a, ga), (b, gb) = out["sdpa"], out["grouped"]
+    assert a.dtype == torch.float32 and (a - b).abs().max() < 0.05 * a.abs().max() and (a - b).abs().mean() < 0.02
+    cos = torch.nn.functional.cosine_similarity(ga, gb, dim=0)
+    assert ga.abs().sum() > 0 and cos > 0.99
