@@ -1,4 +1,4 @@
-"""``python -m learner.bench [--shape tiny|bench|0.5b|3.7b] [--config FILE] [--set k=v] [--json FILE]``
+"""``python -m learner.bench [--shape tiny|small|bench|0.5b|3.7b] [--config FILE] [--set k=v] [--json FILE]``
 
 Learner throughput on random rollouts: the real training step (PEFT LoRA on every linear layer,
 DeepSpeed ZeRO, the Dr. GRPO loss, clipping, AdamW) on ``prompts_per_step x num_generations``
@@ -7,10 +7,12 @@ completions of ``max_completion_length`` tokens (the config's lengths) after pro
 (no download, no disk); LoRA B is randomised so gradients are not trivially zero. Prints a table and
 writes JSON: tokens/s of forward+backward, optimizer-step time, step time, peak memory.
 
-Defaults: ``configs/smoke_cpu.yaml`` for tiny/bench (CPU-sized), ``configs/v4_1.yaml`` for 0.5b and
-``configs/v4_2_a_3b.yaml`` for 3.7b. On CUDA the engine runs bf16 with one DeepSpeed rank (launch with
-``deepspeed --num_gpus N -m learner.bench ...`` for several); ``--gradient-checkpointing`` recomputes
-activations.
+Defaults: ``configs/smoke_cpu.yaml`` for tiny/bench (CPU-sized), ``configs/demo_cpu.yaml`` for small (the
+demo's stand-in), ``configs/v4_1.yaml`` for 0.5b and ``configs/v4_2_a_3b.yaml`` for 3.7b. On CUDA the engine
+runs bf16 with one DeepSpeed rank (launch with ``deepspeed --num_gpus N -m learner.bench ...`` for several);
+``--gradient-checkpointing`` recomputes activations. ``--compare-attention`` (with ``learner.share_prompt``
+on, as in the CPU configs) times the same rollouts under SDPA's masked square and under grouped attention
+(``learner.attention``), in turn, ``--rounds`` times.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 
 DEFAULT_CONFIGS = {
     "tiny": "configs/smoke_cpu.yaml",
+    "small": "configs/demo_cpu.yaml",
     "bench": "configs/smoke_cpu.yaml",
     "0.5b": "configs/v4_1.yaml",
     "3.7b": "configs/v4_2_a_3b.yaml",
@@ -127,6 +130,7 @@ def run_bench(cfg, shape: str, steps: int = 3, warmup: int = 1, prompt_len: int 
     total = sum(p.numel() for p in policy.module.parameters())
     return {
         "shape": shape,
+        "attention": policy.module.config._attn_implementation,
         "device": str(policy.device),
         "dtype": str(policy.dtype).replace("torch.", ""),
         "world": policy.world,
@@ -169,9 +173,26 @@ def skip_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def attention_table(rows: list[dict]) -> str:
+    """Step time per attention implementation (medians over rounds) and the grouped one's saving."""
+    import statistics
+
+    by: dict[str, list[float]] = {}
+    for r in rows:
+        by.setdefault(r["attention"], []).append(r["step_s"])
+    med = {k: statistics.median(v) for k, v in by.items()}
+    out = ["attention        rounds  step s (median)  per round"]
+    out += [f"{k:<15}  {len(v):>6}  {med[k]:>15.3f}  {' '.join(f'{x:.3f}' for x in v)}" for k, v in by.items()]
+    if len(med) == 2:
+        (a, ta), (b, tb) = med.items()
+        out.append(f"{b} / {a}: {tb / ta:.2f}")
+    return "\n".join(out)
+
+
 def table(r: dict) -> str:
     keys = [
         ("shape", "{}"),
+        ("attention", "{}"),
         ("device", "{}"),
         ("dtype", "{}"),
         ("world", "{}"),
@@ -211,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-skip", action="store_true", help="forward zero-advantage completions too (the baseline)")
     p.add_argument("--compare-skip", action="store_true",
                    help="at each fraction, time the full computation and zero-advantage skipping side by side")
+    p.add_argument("--compare-attention", action="store_true",
+                   help="time SDPA's masked square and grouped attention in turn (needs learner.share_prompt)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of --compare-attention")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -230,14 +254,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"learner.bench: --zero-std-frac must be fractions in [0, 1], got {args.zero_std_frac!r}",
               file=sys.stderr)
         return 2
+    if args.compare_attention and not cfg.learner.share_prompt:
+        print("learner.bench: --compare-attention needs --set learner.share_prompt=true", file=sys.stderr)
+        return 2
     modes = [False, True] if args.compare_skip else [not args.no_skip]
     policy, build_s = build(cfg, args.shape)
-    rows = [run_bench(cfg, args.shape, steps=args.steps, warmup=args.warmup, prompt_len=args.prompt_len,
-                      zero_std_frac=f, skip_zero_advantage=skip, policy=policy) for f in fracs for skip in modes]
+
+    def bench() -> list[dict]:
+        return [run_bench(cfg, args.shape, steps=args.steps, warmup=args.warmup, prompt_len=args.prompt_len,
+                          zero_std_frac=f, skip_zero_advantage=skip, policy=policy) for f in fracs for skip in modes]
+
+    if args.compare_attention:
+        grouped, base = policy.module.config._attn_implementation, policy.module.base_model.model
+        rows = []
+        for _ in range(args.rounds):
+            for impl in ("sdpa", grouped):
+                base.set_attn_implementation(impl)
+                rows += bench()
+        base.set_attn_implementation(grouped)
+    else:
+        rows = bench()
     for r in rows:
         r["build_s"] = build_s
     if int(os.environ.get("RANK", "0")) == 0:
-        if len(rows) == 1:
+        if args.compare_attention:
+            print(table(rows[-1]) + "\n")
+            print(attention_table(rows))
+        elif len(rows) == 1:
             print(table(rows[0]))
         else:
             print(table(rows[0]) + "\n")

@@ -223,6 +223,21 @@ def test_bench_compares_zero_advantage_skipping_side_by_side(tmp_path):
     assert bad.returncode == 2 and "--zero-std-frac" in bad.stderr
 
 
+def test_bench_compares_grouped_and_masked_attention_on_the_same_rollouts(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "learner.bench", "--shape", "tiny", "--steps", "1", "--rounds", "1",
+                        "--set", "learner.share_prompt=true", "--compare-attention",
+                        "--json", str(tmp_path / "b.json")],
+                       cwd=REPO, env=env_for(0, 1, free_port()), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads((tmp_path / "b.json").read_text())
+    assert [x["attention"] for x in rows] == ["sdpa", "tucano2_grouped"]
+    assert rows[0]["tokens_per_step"] == rows[1]["tokens_per_step"] and all(x["step_s"] > 0 for x in rows)
+    assert "tucano2_grouped / sdpa:" in r.stdout
+    bad = subprocess.run([sys.executable, "-m", "learner.bench", "--set", "learner.share_prompt=false",
+                          "--compare-attention"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "learner.share_prompt" in bad.stderr
+
+
 def test_learner_without_actors_stops_after_its_start_timeout_on_every_rank(tiny_model, tmp_path):
     """The launchers start the learner with the actors; it waits for them to connect, on every rank (rank 0
     broadcasts what it sees), and stops with one line when none came within sync.actor_start_timeout_s."""
