@@ -2,7 +2,8 @@
 # make demo: the main job on one CPU box, end to end with real processes.
 #   1. the stand-in model (launch/demo_model.sh, cached): models/small (~2M parameters, Tucano2-shaped),
 #      pre-trained on the commerce text into models/small-pt
-#   2. SFT warm-up (LoRA, assistant turns only, the four tasks in turn) so it writes each task's format and stops
+#   2. the SFT warm-up (LoRA, assistant turns only, the four tasks in turn) when the config's sft.enabled (the
+#      demo's own config leaves it off: GRPO starts from the pre-trained stand-in, as Scenario A from Instruct)
 #   3. GRPO: a vLLM actor process + a DeepSpeed learner process + ZeroMQ sync (launch/cpu.sh),
 #      actor and learner pinned to separate cores as stand-ins for separate GPUs; sampled evals
 #      (eval.samples per prompt, fixed seed) with their standard errors
@@ -17,8 +18,12 @@ stamp() { echo "demo: $1 at $(( $(date +%s) - start ))s"; }
 PY="$PY" bash launch/demo_model.sh
 stamp "stand-in model ready"
 rm -rf "$RUN"
-"$PY" -m learner.sft --config "$CONFIG" --balance --set "run_dir=$RUN"
-stamp "SFT warm-up done"
+title="make demo: the small Tucano2 stand-in on CPU (GRPO from the pre-trained stand-in)"
+if "$PY" -c "import sys; from configs import load_config; sys.exit(not load_config(sys.argv[1]).sft.enabled)" "$CONFIG"; then
+  "$PY" -m learner.sft --config "$CONFIG" --balance --set "run_dir=$RUN"
+  stamp "SFT warm-up done"
+  title="make demo: the small Tucano2 stand-in on CPU (SFT warm-up, then GRPO)"
+fi
 cores=$(nproc)
 if [ "$cores" -ge 2 ]; then
   pin=(--actor-cores 0 --learner-cores 1)
@@ -27,6 +32,6 @@ else
 fi
 bash launch/cpu.sh "$CONFIG" --run-dir "$RUN" "${pin[@]}"
 stamp "GRPO done"
-"$PY" -m launch.report "$RUN" --title "make demo: the small Tucano2 stand-in on CPU (SFT warm-up, then GRPO)"
+"$PY" -m launch.report "$RUN" --title "$title"
 "$PY" -m learner.decide "$RUN" | tee "$RUN/decide.txt"
 echo "demo: done in $(( $(date +%s) - start ))s; see $RUN/report.md"
