@@ -39,6 +39,7 @@ def test_pack_layout_and_block_mask():
     assert m[3] == [1, 1, 1, 1, 0]
     assert p.completion_mask.tolist() == [[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]]  # weight 0 masked
     assert p.tokens == 2 + 2 + 1 + 2  # both prompts once, weighted completions only
+    assert p.spans == [(2, [(2, 2), (4, 1)]), (1, [(1, 2)])]  # (prompt length, [(start, length)]) per row
 
 
 def _lora_model(tiny_model, attn: str, dtype=torch.float32):
