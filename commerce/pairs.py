@@ -242,15 +242,18 @@ def push_items(rows: list[dict], rng: random.Random, n: int) -> list[dict]:
     return items
 
 
-def make_items(con: sqlite3.Connection, seed: int, counts: dict[str, int]) -> dict[str, list[dict]]:
-    """All items per task (not yet split), drawn from the database behind ``con``."""
-    rows = _load(con)
-    return {
-        "extraction": extraction_items(rows, random.Random(f"{seed}-extraction"), counts["extraction"]),
-        "sql_qa": sql_items(con, random.Random(f"{seed}-sql_qa"), counts["sql_qa"]),
-        "insights": insights_pairs(con, random.Random(f"{seed}-insights"), counts["insights"]),
-        "push": push_items(rows, random.Random(f"{seed}-push"), counts["push"]),
+def make_items(con: sqlite3.Connection, seed: int, counts: dict[str, int],
+               tasks: tuple[str, ...] = TASKS) -> dict[str, list[dict]]:
+    """All items per task of ``tasks`` (not yet split), drawn from the database behind ``con``. Each task draws
+    from its own seeded stream, so leaving a task out changes no other task's items."""
+    rows = _load(con) if {"extraction", "push"} & set(tasks) else None
+    make = {
+        "extraction": lambda: extraction_items(rows, random.Random(f"{seed}-extraction"), counts["extraction"]),
+        "sql_qa": lambda: sql_items(con, random.Random(f"{seed}-sql_qa"), counts["sql_qa"]),
+        "insights": lambda: insights_pairs(con, random.Random(f"{seed}-insights"), counts["insights"]),
+        "push": lambda: push_items(rows, random.Random(f"{seed}-push"), counts["push"]),
     }
+    return {t: make[t]() for t in TASKS if t in tasks}
 
 
 def _row(task: str, n: int, item: dict) -> dict:
@@ -282,7 +285,8 @@ def top_up_eval(con: sqlite3.Connection, seed: int, counts: dict[str, int], take
         return []
     seen = {r["prompt"][-1]["content"] for r in taken}
     # ask for the task's own count on top: insights draws its slices first, and most are the split's already
-    items = make_items(con, f"{seed}-eval", {t: (counts[t] + 2 * k) if k else 0 for t, k in want.items()})
+    short = tuple(t for t in TASKS if want.get(t))
+    items = make_items(con, f"{seed}-eval", {t: counts[t] + 2 * want[t] for t in short}, short)
     rows = []
     for task in TASKS:
         fresh = [it for it in items.get(task, []) if it["prompt"][-1]["content"] not in seen][:want.get(task, 0)]

@@ -96,9 +96,10 @@ def task_documents(db_path, train_pairs, held_out_prompts: set[str], caps: dict[
             con = sqlite3.connect(f"{Path(db_path).resolve().as_uri()}?mode=ro", uri=True)
             try:
                 for seed in EXTRA_SEEDS:
-                    if all(count[t] >= caps[t] for t in caps):
+                    short = tuple(t for t in caps if count[t] < caps[t])
+                    if not short:
                         break
-                    for task, items in make_items(con, seed, DEFAULT_COUNTS).items():
+                    for task, items in make_items(con, seed, DEFAULT_COUNTS, short).items():
                         for it in items:
                             add(task, it["prompt"][-1]["content"], it["answer"])
             finally:
