@@ -19,7 +19,13 @@ PY="$PY" bash launch/demo_model.sh
 stamp "stand-in model ready"
 rm -rf "$RUN"
 title="make demo: the small Tucano2 stand-in on CPU (GRPO from the pre-trained stand-in)"
-if "$PY" -c "import sys; from configs import load_config; sys.exit(not load_config(sys.argv[1]).sft.enabled)" "$CONFIG"; then
+sft=$("$PY" -c 'import sys
+from configs import ConfigError, load_config
+try:
+    print(load_config(sys.argv[1]).sft.enabled)
+except ConfigError as e:
+    sys.exit(f"demo: invalid config: {e}")' "$CONFIG")
+if [ "$sft" = True ]; then
   "$PY" -m learner.sft --config "$CONFIG" --balance --set "run_dir=$RUN"
   stamp "SFT warm-up done"
   title="make demo: the small Tucano2 stand-in on CPU (SFT warm-up, then GRPO)"

@@ -162,6 +162,17 @@ def test_same_seed_same_files(built, tmp_path):
     assert Path(other["train"]).read_bytes() != Path(built["train"]).read_bytes()
 
 
+def test_make_items_for_some_tasks_draws_the_same_items(con):
+    """Pre-training and the eval top-up ask only for the tasks they still need: each task has its own stream."""
+    from commerce.pairs import DEFAULT_COUNTS, make_items
+
+    every = make_items(con, 11, DEFAULT_COUNTS)
+    some = make_items(con, 11, DEFAULT_COUNTS, ("insights", "push"))
+    assert set(some) == {"insights", "push"} and some["push"] and some["insights"]
+    assert some == {t: every[t] for t in some}
+    assert make_items(con, 12, DEFAULT_COUNTS, ("push",))["push"] != every["push"]  # another seed, other items
+
+
 def test_insights_grows_for_scenario_c(tmp_path):
     out = build(tmp_path / "c", seed=3, orders=3000, insights=350)
     n = out["train_counts"]["insights"] + out["eval_counts"]["insights"]
