@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .db import memory_db, write_db
-from .pairs import (DEFAULT_COUNTS, EXTRACTION_FIELDS, SYSTEM, dumps_rows, extraction_record, make_items, split,
-                    top_up_eval)
+from .pairs import (DEFAULT_COUNTS, EVAL_MIN, EXTRACTION_FIELDS, SYSTEM, dumps_rows, extraction_record, make_items,
+                    split, top_up_eval)
 from .rows import check_pairs
 from .schema import ENRICHED_DOC, TASKS, SchemaMismatch, check_db
 
@@ -67,6 +67,10 @@ def build(out: str | Path = "data", seed: int = 42, orders: int = DEFAULT_ORDERS
     for task, want in counts.items():
         if len(items[task]) < want:
             print(f"commerce: only {len(items[task])} {task} pairs available (asked {want}); "
+                  "build with more --orders for more", file=sys.stderr)
+        held = sum(r["task"] == task for r in evals)
+        if want and held < EVAL_MIN:
+            print(f"commerce: only {held} {task} eval prompts (EVAL_MIN {EVAL_MIN}): its eval noise grows; "
                   "build with more --orders for more", file=sys.stderr)
     random.Random(f"{seed}-mix-eval").shuffle(evals)
     pairs = out / "pairs"

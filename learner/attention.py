@@ -12,8 +12,10 @@ CPU core the demo's learner step takes ~25-35% less time (BENCHMARKS.md).
 It is registered with transformers as the attention implementation :data:`GROUPED`. A forward that carries
 ``packed_spans`` (only :func:`learner.loss.packed_completion_logps` does) is split; any other forward (the
 collated path, generation with a KV cache) runs transformers' SDPA with the mask transformers builds for SDPA.
-The 4D block mask still reaches the model with every packed forward, so a model under any other implementation
-gives the same numbers, only slower.
+The packed forward of a model under :data:`GROUPED` carries no mask, so the ``[R, 1, L, L]`` block mask (1 GB a
+row at ``L`` = 16K in float32) is never built; a model under any other implementation gets it and gives the same
+numbers, only slower. Each span's shifted causal mask is built once per forward (:class:`SpanMasks`), not per
+layer.
 
 Not FlashAttention's varlen kernel: it is CUDA-only and an optional install. On CUDA the per-span calls go to
 SDPA's kernels with a float mask (memory-efficient attention); the extra kernel launches (rows x (G + 1) per
@@ -32,10 +34,27 @@ Spans = list[tuple[int, list[tuple[int, int]]]]
 """Per packed row: the prompt's length and each completion's ``(start, length)`` in the row."""
 
 
+class SpanMasks:
+    """The additive masks of a forward's completion spans, ``[n, p + n]``: 0 on the prompt, causal on the
+    completion. Built on first use and shared by every layer of the forward (and a checkpointed recompute)."""
+
+    def __init__(self):
+        self._masks: dict[tuple, torch.Tensor] = {}
+
+    def get(self, p: int, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        key = (p, n, dtype, device)
+        if key not in self._masks:
+            mask = torch.zeros(n, p + n, dtype=dtype, device=device)
+            mask[:, p:] = torch.triu(torch.full((n, n), float("-inf"), dtype=dtype, device=device), 1)
+            self._masks[key] = mask
+        return self._masks[key]
+
+
 def grouped_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                      packed_spans: Spans | None = None, **kwargs):
+                      packed_spans: Spans | None = None, span_masks: SpanMasks | None = None, **kwargs):
     """transformers' attention-function signature: ``query [B, Hq, L, D]``, ``key``/``value [B, Hkv, L, D]``;
-    returns ``([B, L, Hq, D], None)``. Without ``packed_spans``: SDPA as transformers runs it."""
+    returns ``([B, L, Hq, D], None)``. Without ``packed_spans``: SDPA as transformers runs it. With them the
+    ``attention_mask`` is not read."""
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
     if packed_spans is None:
@@ -43,6 +62,7 @@ def grouped_attention(module, query, key, value, attention_mask, dropout: float 
                                       **kwargs)
     if dropout:
         raise ValueError("grouped attention has no dropout (the learner trains with attention dropout 0)")
+    span_masks = span_masks if span_masks is not None else SpanMasks()
     n_rep = query.shape[1] // key.shape[1]
     key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
     width = query.shape[2]
@@ -55,9 +75,8 @@ def grouped_attention(module, query, key, value, attention_mask, dropout: float 
         for start, n in spans:
             ks = torch.cat([kp, k[:, :, start : start + n]], dim=2)
             vs = torch.cat([vp, v[:, :, start : start + n]], dim=2)
-            mask = torch.zeros(n, p + n, dtype=q.dtype, device=q.device)
-            mask[:, p:] = torch.triu(torch.full((n, n), float("-inf"), dtype=q.dtype, device=q.device), 1)
-            parts.append(F.scaled_dot_product_attention(q[:, :, start : start + n], ks, vs, attn_mask=mask,
+            parts.append(F.scaled_dot_product_attention(q[:, :, start : start + n], ks, vs,
+                                                        attn_mask=span_masks.get(p, n, q.dtype, q.device),
                                                         scale=scaling))
         end = spans[-1][0] + spans[-1][1] if spans else p
         if end < width:  # the row's padding: nothing reads its outputs

@@ -257,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare_attention and not cfg.learner.share_prompt:
         print("learner.bench: --compare-attention needs --set learner.share_prompt=true", file=sys.stderr)
         return 2
+    if args.compare_attention and args.rounds < 1:
+        print(f"learner.bench: --rounds must be at least 1, got {args.rounds}", file=sys.stderr)
+        return 2
     modes = [False, True] if args.compare_skip else [not args.no_skip]
     policy, build_s = build(cfg, args.shape)
 
@@ -265,13 +268,15 @@ def main(argv: list[str] | None = None) -> int:
                           zero_std_frac=f, skip_zero_advantage=skip, policy=policy) for f in fracs for skip in modes]
 
     if args.compare_attention:
-        grouped, base = policy.module.config._attn_implementation, policy.module.base_model.model
+        from learner.attention import GROUPED
+
+        base = policy.module.base_model.model
         rows = []
         for _ in range(args.rounds):
-            for impl in ("sdpa", grouped):
+            for impl in ("sdpa", GROUPED):
                 base.set_attn_implementation(impl)
                 rows += bench()
-        base.set_attn_implementation(grouped)
+        base.set_attn_implementation(GROUPED)
     else:
         rows = bench()
     for r in rows:

@@ -141,18 +141,36 @@ def model_completion_logps(
     return selective_log_softmax(logits, input_ids[:, prompt_len:])
 
 
+def attn_implementation(model) -> str | None:
+    """The attention implementation ``model`` runs (a DeepSpeed engine, a PEFT model or a transformers model; read
+    from the model's config at each call, as ``set_attn_implementation`` may switch it); None when unknown."""
+    for m in (model, getattr(model, "module", None)):
+        impl = getattr(getattr(m, "config", None), "_attn_implementation", None)
+        if impl:
+            return impl
+    return None
+
+
 def packed_completion_logps(model, packed, temperature: float = 1.0, dtype: torch.dtype = torch.float32):
     """Completion logprobs ``[B, C]`` of a :class:`learner.rollouts.Packed` batch (prompts shared per row).
 
-    The block mask goes to the model as an additive float mask of the model's ``dtype`` (what eager and
-    SDPA attention both take; flash attention cannot take it), with the rows' spans for a model under
-    :data:`learner.attention.GROUPED`, which computes each completion's attention on its own (any other
-    implementation ignores them and applies the mask). Only positions from the shortest prompt's end go through
-    the LM head."""
+    A model under :data:`learner.attention.GROUPED` gets the rows' spans and computes each completion's attention
+    on its own; it is given an all-ones 2D mask, so neither we nor transformers build an ``[R, 1, L, L]`` mask
+    (with no mask at all, transformers would build one from the restarting ``position_ids``, as for packed
+    sequences; with all ones its SDPA mask builder returns None). Any other implementation gets the block mask
+    as an additive float mask of the model's ``dtype`` (what eager and SDPA attention both take; flash attention
+    cannot take it) and ignores the spans. Only positions from the shortest prompt's end go through the LM
+    head."""
+    from learner.attention import GROUPED, SpanMasks
+
     width = packed.input_ids.size(1)
     keep = width - packed.min_prompt_len + 1
-    mask = torch.zeros(packed.attention_mask.shape, dtype=dtype, device=packed.attention_mask.device)
-    mask.masked_fill_(~packed.attention_mask, torch.finfo(dtype).min)
+    if attn_implementation(model) == GROUPED:
+        mask = torch.ones_like(packed.input_ids)
+    else:
+        block = packed.block_mask()
+        mask = torch.zeros(block.shape, dtype=dtype, device=block.device)
+        mask.masked_fill_(~block, torch.finfo(dtype).min)
     out = model(
         input_ids=packed.input_ids,
         attention_mask=mask,
@@ -160,6 +178,7 @@ def packed_completion_logps(model, packed, temperature: float = 1.0, dtype: torc
         logits_to_keep=keep,
         use_cache=False,
         packed_spans=packed.spans,
+        span_masks=SpanMasks(),
     )
     logits = out.logits[packed.row.unsqueeze(1), packed.index - (width - keep)]
     if temperature != 1.0:

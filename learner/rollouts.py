@@ -299,16 +299,17 @@ def shard(
 class Packed:
     """Samples that share a prompt, one row per prompt: ``prompt, completion 1, completion 2, ...``.
 
-    The attention mask is block-causal (``[R, 1, L, L]`` bool, True = may attend): each completion
-    sees the whole prompt and its own past, never another completion; positions restart at the prompt
-    length for every completion. So every completion's logprobs are what a row of its own would give,
-    while the prompt is forwarded once per row instead of once per completion. ``row``/``index`` say
-    where the logits that predict completion token ``j`` of sample ``i`` sit (``index[i, 0]`` is the
-    prompt's last position). The per-sample tensors are ``[B, C]`` as in :class:`Collated`.
+    The attention mask (:meth:`block_mask`, built from ``segments`` on demand) is block-causal (``[R, 1, L, L]``
+    bool, True = may attend): each completion sees the whole prompt and its own past, never another completion;
+    positions restart at the prompt length for every completion. So every completion's logprobs are what a row of
+    its own would give, while the prompt is forwarded once per row instead of once per completion.
+    ``row``/``index`` say where the logits that predict completion token ``j`` of sample ``i`` sit (``index[i, 0]``
+    is the prompt's last position). The per-sample tensors are ``[B, C]`` as in :class:`Collated`.
     """
 
     input_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    segments: torch.Tensor
+    """``[R, L]``: 0 for the prompt, ``k`` for the row's ``k``-th completion, -1 for padding."""
     position_ids: torch.Tensor
     row: torch.Tensor
     index: torch.Tensor
@@ -322,6 +323,13 @@ class Packed:
     """Tokens forwarded for weighted samples (each row's prompt once, plus their completions)."""
     spans: list[tuple[int, list[tuple[int, int]]]]
     """Per row: the prompt's length and each completion's ``(start, length)`` (:mod:`learner.attention`)."""
+
+    def block_mask(self) -> torch.Tensor:
+        """The ``[R, 1, L, L]`` bool block-causal mask (``L**2`` a row: built only for a model that reads it)."""
+        seg = self.segments
+        q = torch.arange(seg.size(1), device=seg.device)
+        causal = q.unsqueeze(1) >= q.unsqueeze(0)  # [query, key]
+        return (causal & ((seg.unsqueeze(1) == 0) | (seg.unsqueeze(2) == seg.unsqueeze(1)))).unsqueeze(1)
 
 
 def pack_shared(
@@ -367,12 +375,9 @@ def pack_shared(
             tokens += n if weights[i] else 0
             spans[-1][1].append((start, n))
             start += n
-    q = torch.arange(width)
-    causal = q.unsqueeze(1) >= q.unsqueeze(0)  # [query, key]
-    mask = causal & ((seg.unsqueeze(1) == 0) | (seg.unsqueeze(2) == seg.unsqueeze(1)))
     return Packed(
         ids.to(device),
-        mask.unsqueeze(1).to(device),
+        seg.to(device),
         pos.to(device),
         row.to(device),
         index.to(device),

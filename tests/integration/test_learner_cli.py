@@ -236,6 +236,10 @@ def test_bench_compares_grouped_and_masked_attention_on_the_same_rollouts(tmp_pa
     bad = subprocess.run([sys.executable, "-m", "learner.bench", "--set", "learner.share_prompt=false",
                           "--compare-attention"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "learner.share_prompt" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "learner.bench", "--set", "learner.share_prompt=true",
+                          "--compare-attention", "--rounds", "0"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "--rounds" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
 
 
 def test_learner_without_actors_stops_after_its_start_timeout_on_every_rank(tiny_model, tmp_path):

@@ -53,6 +53,17 @@ def test_build_writes_files_and_counts(built):
     assert len({r["id"] for r in train + evals}) == len(train) + len(evals)
 
 
+def test_a_small_database_names_each_task_short_of_pairs_and_eval_prompts(tmp_path, capsys):
+    got = build(tmp_path / "data", seed=7, orders=600)
+    err = capsys.readouterr().err
+    short = {t: n for t, n in got["eval_counts"].items() if n < EVAL_MIN}
+    assert short, got["eval_counts"]  # 600 orders leave extraction and sql_qa short
+    for task, n in short.items():
+        assert f"only {n} {task} eval prompts (EVAL_MIN {EVAL_MIN})" in err, err
+    for task, n in got["eval_counts"].items():
+        assert (f"{task} eval prompts" in err) == (n < EVAL_MIN), err
+
+
 def test_tables_have_olist_columns(con):
     for table, cols in TABLES.items():
         have = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}

@@ -34,7 +34,7 @@ def test_pack_layout_and_block_mask():
     assert p.position_ids[0].tolist() == [0, 1, 2, 3, 2]  # b restarts after the prompt
     assert p.row.tolist() == [0, 1, 0]
     assert p.index[0].tolist() == [1, 2] and p.index[2, 0].item() == 1 and p.index[1].tolist() == [0, 1]
-    m = p.attention_mask[0, 0].int().tolist()
+    m = p.block_mask()[0, 0].int().tolist()
     assert m[4] == [1, 1, 0, 0, 1]  # b's token sees the prompt and itself, not a's tokens
     assert m[3] == [1, 1, 1, 1, 0]
     assert p.completion_mask.tolist() == [[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]]  # weight 0 masked
@@ -100,8 +100,7 @@ def test_grouped_attention_follows_the_spans_not_the_mask(tiny_model):
     its logprobs stay those of one row per completion, while SDPA's (which applies the mask) do not."""
     samples = _samples(512)
     p = pack_shared(samples, 0)
-    causal = torch.ones_like(p.attention_mask).tril()
-    wrong = Packed(**{**vars(p), "attention_mask": causal})
+    wrong = Packed(**{**vars(p), "segments": torch.zeros_like(p.segments)})  # all prompt: a plain causal mask
     mask = p.completion_mask.bool()
     with torch.no_grad():
         grouped = _lora_model(tiny_model, "grouped")
@@ -110,6 +109,36 @@ def test_grouped_attention_follows_the_spans_not_the_mask(tiny_model):
         sdpa = _lora_model(tiny_model, "sdpa")
         torch.testing.assert_close(packed_completion_logps(sdpa, p, 1.0)[mask], right[mask], atol=1e-5, rtol=1e-5)
         assert (packed_completion_logps(sdpa, wrong, 1.0) - right)[mask].abs().max() > 1e-2
+
+
+def test_grouped_forward_builds_no_square_mask(tiny_model, monkeypatch):
+    """Under grouped attention the packed forward builds no ``[R, 1, L, L]`` mask: ``Packed.block_mask`` is not
+    called, and every layer's attention receives no mask from transformers (whose mask builder would otherwise
+    make one from the restarting position ids), while a model under SDPA still gets the block mask."""
+    from transformers import AttentionInterface
+
+    from learner.attention import GROUPED, grouped_attention
+
+    seen = []
+
+    def recording(module, query, key, value, attention_mask, **kwargs):
+        seen.append(attention_mask)
+        return grouped_attention(module, query, key, value, attention_mask, **kwargs)
+
+    samples = _samples(512)
+    p = pack_shared(samples, 0)
+    mask = p.completion_mask.bool()
+    with torch.no_grad():
+        right = packed_completion_logps(_lora_model(tiny_model, "sdpa"), p, 1.0)
+        grouped = _lora_model(tiny_model, "grouped")
+        monkeypatch.setattr(Packed, "block_mask", lambda self: pytest.fail("grouped forward built the block mask"))
+        AttentionInterface.register(GROUPED, recording)
+        try:
+            got = packed_completion_logps(grouped, p, 1.0)
+        finally:
+            register()
+    assert seen and all(m is None for m in seen), [None if m is None else tuple(m.shape) for m in seen]
+    torch.testing.assert_close(got[mask], right[mask], atol=1e-5, rtol=1e-5)
 
 
 def test_grouped_attention_in_bf16_matches_sdpa(tiny_model):
