@@ -28,6 +28,8 @@ from pathlib import Path
 
 TARGET = 0.55
 PLATEAU_EPS = 0.01
+MIN_EVALS = 3
+"""Eval points a run needs before the tree judges it (a plateau needs two changes)."""
 V4_EXTRACTION_BASELINE = 0.17
 V4_BEST_STEP = 130
 TASKS = ("extraction", "sql_qa", "insights", "push")
@@ -77,8 +79,9 @@ def read_evals(run_dir: Path) -> list[EvalPoint]:
         tasks = {t: float(row[f"eval/{t}"]) for t in TASKS if isinstance(row.get(f"eval/{t}"), (int, float))}
         points[step] = EvalPoint(step, float(row["eval/mean_reward"]), tasks)
     evals = [points[s] for s in sorted(points)]
-    if len(evals) < 3:
-        raise DecideError(f"{path}: {len(evals)} eval points with eval/mean_reward; need at least 3 to judge a run")
+    if len(evals) < MIN_EVALS:
+        raise DecideError(f"{path}: {len(evals)} eval points with eval/mean_reward; need at least {MIN_EVALS} to "
+                          "judge a run")
     if not evals[-1].tasks:
         raise DecideError(f"{path}: the last eval has no per-task eval/<task> metrics")
     return evals

@@ -50,6 +50,15 @@ def test_every_shipped_config_validates(path):
     assert cfg.run_dir == Path("runs") / path.stem
 
 
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_evaluates_often_enough_for_the_decision_tree(path):
+    from learner.decide import MIN_EVALS
+
+    cfg = load_config(path)
+    points = int(cfg.eval.at_start) + (cfg.max_steps // cfg.eval.every if cfg.eval.every else 0)
+    assert points >= MIN_EVALS, f"{path.name}: {points} evals, learner.decide needs {MIN_EVALS}"
+
+
 def test_v4_is_the_baseline():
     cfg = load_config(CONFIG_DIR / "v4.yaml")
     assert (cfg.max_steps, cfg.learning_rate, cfg.lr_scheduler_type, cfg.warmup_ratio) == \
