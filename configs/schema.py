@@ -142,9 +142,8 @@ class LearnerConfig(Section):
     share_prompt: bool = False
     """Forward each prompt once per micro-batch for all its completions (one packed row) instead of once per
     completion. Same logprobs and gradients; pays off when prompts are long next to completions (the CPU
-    configs). Each completion's attention is computed on its prompt and itself (``learner.attention``), but
-    the dense ``[L, L]`` block mask is still built per micro-batch and grows with ``micro_batch_size x
-    max_completion_length``: off by default for the GPU configs."""
+    configs). Each completion's attention is computed on its prompt and itself (``learner.attention``), with no
+    ``[L, L]`` mask built. Off in the GPU configs: its per-span SDPA calls are not yet measured on a GPU."""
 
 
 class SyncConfig(Section):

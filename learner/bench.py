@@ -70,7 +70,7 @@ def run_bench(cfg, shape: str, steps: int = 3, warmup: int = 1, prompt_len: int 
     get equal rewards (zero advantages). Pass ``policy`` (from :func:`build`) to reuse one engine."""
     import torch
 
-    from learner.loss import group_advantages
+    from learner.loss import attn_implementation, group_advantages
     from learner.rollouts import Sample
     from learner.step import forward_backward
 
@@ -130,7 +130,7 @@ def run_bench(cfg, shape: str, steps: int = 3, warmup: int = 1, prompt_len: int 
     total = sum(p.numel() for p in policy.module.parameters())
     return {
         "shape": shape,
-        "attention": policy.module.config._attn_implementation,
+        "attention": attn_implementation(policy.module),
         "device": str(policy.device),
         "dtype": str(policy.dtype).replace("torch.", ""),
         "world": policy.world,
