@@ -19,6 +19,21 @@ group or rewrite its keys, and the gloo/NCCL data plane trusts every peer the st
 * ranks across nodes: rank 0's ``TCPStore`` listens on ``MASTER_ADDR`` only (the learner node's cluster
   address), not on every interface as torch's default does. The cluster network is then the trust
   boundary, as it is for NCCL's own sockets.
+
+What CUDA changes (read in torch 2.13 and DeepSpeed 0.19.8, pinned by ``tests/unit/test_comm_device.py``):
+
+* ``LOCAL_RANK`` is rewritten to this rank's device index (:func:`bind_local_rank`) before DeepSpeed starts.
+  DeepSpeed hands the engine the device we pass (``deepspeed_args``), but ZeRO-3's ``zero.Init``
+  (``runtime/zero/partition_parameters.py``) and ``runtime/zero/utils.py`` call ``set_device`` /
+  ``device_name(os.environ["LOCAL_RANK"])`` themselves: under Slurm's GPU binding every rank sees one GPU, its
+  ``cuda:0``, and ``LOCAL_RANK`` = ``SLURM_LOCALID`` would be "invalid device ordinal" on every rank but the first.
+* The group's timeout is :func:`group_timeout_s`, not torch's default: NCCL's is 10 minutes
+  (``default_pg_nccl_timeout``; gloo's, which the CPU tests see, 30), and rank 0 alone waits longer than that
+  while the other ranks sit in a broadcast (rollouts, an actor's restart, the eval, the acks): NCCL's watchdog
+  would take them down.
+* ``device_id`` is bound only when there is more than one rank: as DeepSpeed's own ``init_process_group``
+  (``comm/torch.py``; its issue #8248: a bound device makes torch split every later group with
+  ``ncclCommSplit``, CUDA error 600 on some single-GPU setups, and one rank has no peer to split with).
 """
 
 from __future__ import annotations
@@ -76,6 +91,47 @@ def cuda_index(env=None, visible: int | None = None) -> int:
                        f"{cvd if cvd is not None else 'unset'}): give each rank its node's GPUs or exactly one")
 
 
+def bind_local_rank(env=None) -> int:
+    """This rank's CUDA device (:func:`cuda_index`), with ``LOCAL_RANK`` set to it in ``env`` (default the process
+    environment), which DeepSpeed's ZeRO-3 reads for its device (see the module docstring). In the plain layout
+    nothing changes; bound, every rank's ``LOCAL_RANK`` becomes 0."""
+    env = os.environ if env is None else env
+    index = cuda_index(env)
+    env["LOCAL_RANK"] = str(index)
+    return index
+
+
+ROLLOUT_ATTEMPTS = 4
+"""A step's rollouts are waited for at most this many times (the first request and three re-requests of stale
+groups: ``learner.trainer.Trainer._collect``)."""
+SLACK_S = 600.0
+"""Rank 0's own work between two collectives beside its waits: rewards and their sandboxes, scoring the eval,
+writing metrics."""
+
+
+def group_timeout_s(cfg) -> float:
+    """The process group's timeout: the longest rank 0 can spend between two collectives while the other ranks sit
+    in a broadcast, from the run's own limits (each wait's, at its limit):
+
+    * a step's rollouts: :data:`ROLLOUT_ATTEMPTS` waits of up to 3 x ``sync.request_timeout_s`` with no group
+      arriving (``learner.evaluate.Broker``), each followed by the acks of the versions it used (up to
+      ``sync.ack_timeout_s``, ``learner.acks.AckWatch.verify``);
+    * or after a step: the publication's acks (``sync.wait_for_acks``), the probe's and the eval's rollouts
+      (3 x ``request_timeout_s`` each);
+    * plus an actor restarted meanwhile (``sync.actor_start_timeout_s``; the broker's wait covers the restart only
+      when it is the longer) and :data:`SLACK_S`.
+
+    The final acks (``ack_timeout_s``) and the first ones are shorter than either stretch. With the defaults
+    (request 600 s, acks 120 s, actor start 900 s) that is 9,180 s against NCCL's 600: a rank that really died is
+    noticed sooner by the launchers, which stop every component when one fails. The start-up wait for the actors
+    (``learner.__main__.wait_for_actors``) polls, so it needs no share of it."""
+    s = cfg.sync
+    rollout = 3 * s.request_timeout_s
+    step = ROLLOUT_ATTEMPTS * (rollout + s.ack_timeout_s)
+    after = s.ack_timeout_s + 2 * rollout
+    return max(step, after) + s.actor_start_timeout_s + SLACK_S
+
+
 def make_store(rank: int, world: int, store_dir: Path, timeout_s: float = 1800.0):
     """The rendezvous store for this group (see the module docstring); the caller keeps it alive."""
     import torch.distributed as dist
@@ -98,11 +154,13 @@ def make_store(rank: int, world: int, store_dir: Path, timeout_s: float = 1800.0
     return store
 
 
-def init(cpu: bool, store_dir: Path) -> tuple[int, int]:
+def init(cpu: bool, store_dir: Path, timeout_s: float = 1800.0) -> tuple[int, int]:
     """Initialise torch.distributed (then DeepSpeed's wrapper of it) once per process; return (rank, world).
 
     ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT`` come from the launcher (deepspeed,
-    srun through :mod:`launch.slurm_task`); a lone process is rank 0 of 1."""
+    srun through :mod:`launch.slurm_task`); a lone process is rank 0 of 1. ``timeout_s``: the group's
+    (:func:`group_timeout_s` for a run). On a GPU, ``LOCAL_RANK`` becomes the device index (:func:`bind_local_rank`)
+    and ``device_id`` is bound when there are several ranks (module docstring)."""
     import torch.distributed as dist
 
     if not dist.is_initialized():
@@ -112,14 +170,17 @@ def init(cpu: bool, store_dir: Path) -> tuple[int, int]:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         if world > 1 and is_loopback(os.environ.get("MASTER_ADDR", "127.0.0.1")):
             os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-        store = make_store(rank, world, store_dir)
-        kw = {}
+        kw = {"timeout": datetime.timedelta(seconds=timeout_s)}
         if not cpu:
-            kw["device_id"] = torch.device("cuda", cuda_index())
+            index = bind_local_rank()
+            if world > 1:
+                kw["device_id"] = torch.device("cuda", index)
+        store = make_store(rank, world, store_dir, timeout_s)
         dist.init_process_group("gloo" if cpu else "nccl", store=store, rank=rank, world_size=world, **kw)
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl", verbose=False)
+    deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl", verbose=False,
+                               timeout=datetime.timedelta(seconds=timeout_s))
     if os.environ.get("TUCANO2_COMM_GUARD") == "1":
         guard()
     return dist.get_rank(), dist.get_world_size()

@@ -50,12 +50,12 @@ def build_ops() -> None:
         builder.load()
 
 
-def init_distributed(cpu: bool, store_dir: str | os.PathLike) -> tuple[int, int]:
+def init_distributed(cpu: bool, store_dir: str | os.PathLike, timeout_s: float = 1800.0) -> tuple[int, int]:
     """Initialise torch.distributed through :func:`learner.comm.init` once per process; return (rank, world)."""
     extensions_dir()
     from learner import comm
 
-    return comm.init(cpu, Path(store_dir))
+    return comm.init(cpu, Path(store_dir), timeout_s)
 
 
 def select_device_dtype(precision: str, cuda: bool, env=None) -> tuple[torch.device, torch.dtype]:
@@ -190,7 +190,9 @@ class PolicyEngine:
         self.cfg = cfg
         self.device, self.dtype = pick_device_dtype(cfg.learner.precision)
         self.cpu = self.device.type == "cpu"
-        self.rank, self.world = init_distributed(self.cpu, Path(cfg.run_dir) / ".dist")
+        from learner.comm import group_timeout_s
+
+        self.rank, self.world = init_distributed(self.cpu, Path(cfg.run_dir) / ".dist", group_timeout_s(cfg))
         self.startup["process group"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.tokenizer = load_tokenizer(cfg.model_id) if base_model is None else None

@@ -8,6 +8,7 @@ start) refuses one our code issues from anywhere else."""
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,107 @@ def test_no_other_file_picks_a_gpu_from_local_rank():
             if "LOCAL_RANK" in line and not line.lstrip().startswith(("#", "``"))
             and "environ" in line]
     assert not hits, hits
+
+
+# ------------------------------------------------------------------------- what only CUDA has, faked
+# A fake of what this CPU box lacks: torch sees GPUs (torch.cuda.is_available), set_device is recorded, and
+# init_process_group records its arguments and stops there (no NCCL here). Everything before it is the
+# learner's own start-up (learner.engine.PolicyEngine).
+class Captured(Exception):
+    """The fake init_process_group's stop."""
+
+
+def start_on_cuda(tmp_path, env: dict, **over) -> dict:
+    """PolicyEngine's start-up on a faked GPU node under ``env`` (the launcher's variables) up to
+    init_process_group; returns what it was called with and the device torch was set to."""
+    import torch.distributed as dist
+
+    from configs import load_config
+    from learner.engine import PolicyEngine
+
+    cfg = load_config(REPO / "configs" / "smoke_cpu.yaml",
+                      [f"run_dir={tmp_path / 'run'}", *[f"{k}={v}" for k, v in over.items()]])
+    calls: dict = {}
+
+    def init_process_group(backend, **kw):
+        calls["backend"], calls["kw"] = backend, kw
+        raise Captured
+
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29733", **env}.items():
+            mp.setenv(k, v)
+        mp.setattr(torch.cuda, "is_available", lambda: True)
+        mp.setattr(torch.cuda, "set_device", lambda d: calls.setdefault("set_device", d))
+        mp.setattr(dist, "is_initialized", lambda: False)
+        mp.setattr(dist, "init_process_group", init_process_group)
+        with pytest.raises(Captured):
+            PolicyEngine(cfg)
+        calls["LOCAL_RANK"] = os.environ["LOCAL_RANK"]
+    calls["cfg"] = cfg
+    return calls
+
+
+SLURM_BOUND = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3", "CUDA_VISIBLE_DEVICES": "3"}  # --gpus-per-task=1
+PLAIN = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3", "CUDA_VISIBLE_DEVICES": NODE}
+
+
+def test_the_nccl_group_waits_as_long_as_rank_0_can(tmp_path):
+    """NCCL's default timeout is 10 minutes; rank 0 alone waits up to 3 x request_timeout_s for rollouts (and an
+    actor's restart, the eval, the acks) while the others sit in a broadcast. The group gets the run's bound."""
+    import datetime
+
+    from torch.distributed.constants import default_pg_nccl_timeout, default_pg_timeout
+
+    got = start_on_cuda(tmp_path, PLAIN)
+    assert got["backend"] == "nccl"
+    cfg, timeout = got["cfg"], got["kw"]["timeout"]
+    assert timeout == datetime.timedelta(seconds=comm.group_timeout_s(cfg))
+    s = cfg.sync
+    longest_wait = comm.ROLLOUT_ATTEMPTS * (3 * s.request_timeout_s + s.ack_timeout_s) + s.actor_start_timeout_s
+    assert timeout.total_seconds() > longest_wait
+    assert timeout.total_seconds() > 3 * s.request_timeout_s + s.actor_start_timeout_s + 2 * s.ack_timeout_s
+    nccl = default_pg_nccl_timeout or datetime.timedelta(minutes=10)  # None in a torch built without NCCL
+    assert timeout > nccl and timeout > default_pg_timeout
+    # each limit moves it
+    base = comm.group_timeout_s(cfg)
+    for key in ("request_timeout_s", "ack_timeout_s", "actor_start_timeout_s"):
+        longer = cfg.model_copy(update={"sync": s.model_copy(update={key: getattr(s, key) * 4})})
+        assert comm.group_timeout_s(longer) > base, key
+
+
+def test_each_rank_binds_its_own_device_and_one_rank_binds_none(tmp_path):
+    plain = start_on_cuda(tmp_path, PLAIN)
+    assert plain["kw"]["device_id"] == torch.device("cuda", 3) == plain["set_device"]
+    assert plain["LOCAL_RANK"] == "3"
+    bound = start_on_cuda(tmp_path, SLURM_BOUND)
+    assert bound["kw"]["device_id"] == torch.device("cuda", 0) == bound["set_device"]
+    assert bound["LOCAL_RANK"] == "0"  # what DeepSpeed's ZeRO-3 takes for its device (next test)
+    # one rank: no device_id, as DeepSpeed's own init_process_group (its #8248: CUDA error 600 on some single-GPU
+    # setups once the group splits every later one with ncclCommSplit)
+    one = start_on_cuda(tmp_path, {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "CUDA_VISIBLE_DEVICES": "5"})
+    assert "device_id" not in one["kw"] and one["set_device"] == torch.device("cuda", 0)
+
+
+def test_zero3_init_sets_the_device_the_learner_chose(tmp_path, group):
+    """ZeRO-3's zero.Init calls set_device(device_name(os.environ["LOCAL_RANK"])) itself. Under Slurm's GPU binding
+    each rank sees one GPU (cuda:0) while LOCAL_RANK is SLURM_LOCALID: "invalid device ordinal" on every rank but
+    the first. After the learner's start-up, what DeepSpeed asks for is the device the learner chose."""
+    import deepspeed
+    import deepspeed.comm as dc
+    from deepspeed.accelerator import get_accelerator
+
+    acc = get_accelerator()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LOCAL_RANK", "3")
+        chosen = start_on_cuda(tmp_path, SLURM_BOUND)
+        mp.setenv("LOCAL_RANK", chosen["LOCAL_RANK"])  # the environment the learner leaves to DeepSpeed
+        asked: list = []
+        real_name = acc.device_name
+        mp.setattr(acc, "device_name", lambda i=None: (asked.append(("device_name", i)), real_name(i))[1])
+        mp.setattr(acc, "set_device", lambda d: asked.append(("set_device", d)))
+        dc.init_distributed(dist_backend="gloo", verbose=False)
+        deepspeed.zero.Init(module=torch.nn.Linear(4, 4),
+                            config_dict_or_path={"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}})
+    indices = {int(i) for what, i in asked if what == "device_name" and i is not None}
+    assert any(what == "set_device" for what, _ in asked)  # it set the device it named (on CPU: "cpu")
+    assert indices == {chosen["set_device"].index}, asked
