@@ -5,5 +5,11 @@
 - ``actor.merge.LoraMergeExtension``: the vLLM worker extension that merges LoRA deltas in place;
 - ``python -m actor.bench``: rollout throughput against HF generate and raw vLLM.
 
-Importing ``actor`` imports neither vLLM nor torch; the submodules do.
+Importing ``actor`` imports neither vLLM nor torch; the submodules do. It sets the process environment every
+process that may start vLLM needs before its first CUDA probe (:func:`configs.device.process_env`: a fork-safe
+``torch.cuda.is_available()``, no usage statistics sent, no nvcc-compiled sampler).
 """
+
+from configs.device import process_env
+
+process_env()

@@ -66,6 +66,11 @@ def main(argv=None) -> int:
     except (ConfigError, SyncError) as e:
         print(f"actor: {e}", file=sys.stderr)
         return 2
+    from actor.runtime import device_problem
+
+    if (problem := device_problem(cfg)) is not None:
+        print(f"actor: {problem}", file=sys.stderr)
+        return 2
     private_run_dir(None)  # the actor writes only private files (its run directory is the learner's)
     if args.replica < 0:
         print("actor: --replica must be >= 0", file=sys.stderr)

@@ -42,6 +42,10 @@ Two ways to take a version (``actor.load_mode``):
      salt and may share blocks of their own version's prompts, as in-flight sequences share their KV. With
      nothing in flight the cache is also reset (frees the old blocks at once).
   The pause lasts the merge (15 ms on the tiny model); the readback follows it, resumed.
+  5. Adapter mode pauses too when requests are in flight, around ``add_lora`` *and* the readback: every step
+     re-activates the running batch's adapters and evicts the least recently used one from a full set of LoRA slots,
+     so a step between the two could evict the new adapter and the readback read an empty slot (pinned by
+     ``tests/integration/test_actor_precision.py::test_the_readback_sees_the_new_adapter_under_slot_pressure``).
 
 Text is decoded once from the final token ids (``detokenize=False`` in the engine): vLLM's incremental
 detokenizer drops a trailing partial UTF-8 character, so its text could disagree with the ids the
@@ -54,6 +58,7 @@ needs. TRL's vLLM path returns raw model logprobs instead.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import itertools
 import logging
@@ -64,53 +69,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from configs import RunConfig
 from sync.prompts import encode_prompt
 
-from actor.runtime import (child_pids, configure_cpu_env, cpu_core_list, engine_dtype, inline_engine_env,
-                           lora_rank_slot, on_gpu, private_rpc_dir, reap, release_inline_engine, serve_mode)
+from actor.engine_args import WORKER_EXTENSION, attention_backend, engine_kwargs, gpu_engine_kwargs  # noqa: F401
+from actor.runtime import (child_pids, configure_cpu_env, cpu_core_list, device_problem, engine_dtype,
+                           inline_engine_env, on_gpu, private_rpc_dir, reap, release_inline_engine, serve_mode)
 from actor.versions import LoraVersions, token_runs
 
 log = logging.getLogger("actor.engine")
-
-WORKER_EXTENSION = "actor.readback.ActorWorkerExtension"  # merged serving and the readback, every worker
-
-
-def engine_kwargs(cfg: RunConfig, *, gpu: bool, dtype: str, mode: str, seed: int) -> dict:
-    """The ``vllm.LLM`` arguments of an actor's engine (a function of the config, so CPU tests check the GPU ones)."""
-    kwargs = dict(
-        model=str(cfg.model_id),
-        tokenizer=str(cfg.model_id),
-        dtype=dtype,
-        max_model_len=cfg.max_seq_length,
-        tensor_parallel_size=cfg.actor.tensor_parallel_size,
-        enable_prefix_caching=cfg.actor.enable_prefix_caching,
-        max_num_seqs=cfg.actor.max_num_seqs,
-        logprobs_mode="processed_logprobs",
-        seed=seed,
-        enforce_eager=cfg.actor.enforce_eager,
-    )
-    if cfg.actor.kv_cache_gb is not None:
-        kwargs["kv_cache_memory_bytes"] = int(cfg.actor.kv_cache_gb * 2**30)
-    if cfg.actor.kv_cache_gb is None or gpu:
-        # On a GPU vLLM's start-up check asks for gpu_memory_utilization x total to be free, also beside a fixed KV
-        # cache: on a GPU shared with the learner (launch.memory sets both) that is the actor's share, so a restarted
-        # actor starts beside a running learner. On CPU the fraction is of host memory and stays out of it.
-        kwargs["gpu_memory_utilization"] = cfg.actor.gpu_memory_utilization
-    if not gpu:
-        # Seeded requests whose prompt is prefilled in chunks crash vLLM 0.32's CPU worker ("CPU Generator
-        # does not use offset": it rewinds the generator of a partially prefilled request, which only CUDA
-        # generators support). Whole prompts only: never split a prefill across engine steps.
-        kwargs.update(enable_chunked_prefill=False,
-                      max_num_batched_tokens=max(cfg.max_seq_length, 8192))
-    kwargs["worker_extension_cls"] = WORKER_EXTENSION
-    if mode == "adapter":
-        # max_loras: the versions live in one batch (RunConfig.lora_slots); the CPU cache keeps one more, so the
-        # newest version loads beside them without evicting one a running request holds.
-        kwargs.update(enable_lora=True, max_lora_rank=lora_rank_slot(cfg.lora_r), max_loras=cfg.lora_slots,
-                      max_cpu_loras=cfg.lora_slots + 1)
-    return kwargs
-
 
 class EngineBusy(RuntimeError):
     """A weight version was to be loaded while requests were still being generated (``actor.load_mode: drain``)."""
@@ -156,6 +122,8 @@ class RolloutEngine:
         self.cfg = cfg
         self.replica = replica
         self.delete_retired = delete_retired
+        if (problem := device_problem(cfg)) is not None:
+            raise RuntimeError(problem)
         self.gpu = on_gpu()
         self.dtype = engine_dtype(cfg.actor.dtype, self.gpu)
         self.mode = serve_mode(cfg.actor.serve_mode, self.dtype)
@@ -182,6 +150,9 @@ class RolloutEngine:
         with inline_engine_env(self.inline):
             self.llm = LLM(**kwargs)
         self.engine_pids = sorted(child_pids() - before)   # EngineCore process(es) this engine spawned (none inline)
+        from actor.shm import engine_segments
+
+        self.engine_segments = engine_segments(self.engine_pids)  # released at close (actor.shm)
         self.start_s = time.perf_counter() - t0
         self.tokenizer = self.llm.get_tokenizer()
         self._version = -1  # the base weights; the learner's first version is 0
@@ -242,12 +213,43 @@ class RolloutEngine:
         adapter_dir = None if adapter_dir is None else Path(adapter_dir)
         if self.mode == "merged":
             fingerprint, served_dir = self._load_merged(version, adapter_dir, expect_checksum)
-        else:
-            fingerprint, served_dir = self._load_lora(version, adapter_dir, expect_checksum)
-        self._version = version
-        self._fingerprint = fingerprint
-        self._read_back(served_dir)
+            self._version = version
+            self._fingerprint = fingerprint
+            self._read_back(served_dir)   # the weights stay as merged whatever runs: read back resumed
+            return fingerprint
+        fingerprint = self._adapter_fingerprint(adapter_dir, expect_checksum)
+        # add_lora puts the adapter in a LoRA slot, and every engine step re-activates the running batch's adapters,
+        # evicting the least recently used when the slots are full: with running requests on max_loras older versions
+        # a step between add_lora and the readback would evict the new one, and the readback read an empty slot. Both
+        # run inside one scheduler pause, so the readback sees the slot the adapter was loaded into (what a request of
+        # it is served from: evicted, it is loaded again from the same LoRAModel).
+        with self._paused():
+            served_dir = self._load_lora(version, adapter_dir)
+            self._version = version
+            self._fingerprint = fingerprint
+            self._read_back(served_dir)
         return fingerprint
+
+    @contextlib.contextmanager
+    def _paused(self):
+        """While requests are in flight, hold the scheduler between two engine steps (``sleep(level=0, mode="keep")``:
+        EngineCore's ``pause_scheduler("keep")``, answered once no step is in progress and its batch queue is empty;
+        requests and KV kept) until the block ends (``wake_up(["scheduling"])``). Yields whether it paused; an idle
+        engine is not paused (nothing steps)."""
+        engine = self.llm.llm_engine
+        busy = bool(self._pending)
+        t0 = time.perf_counter()
+        if busy:
+            engine.sleep(level=0, mode="keep")
+        try:
+            yield busy
+        except BaseException:
+            if busy:
+                _quietly(engine.wake_up, ["scheduling"])
+            raise
+        if busy:
+            engine.wake_up(["scheduling"])
+            self.pause_s = time.perf_counter() - t0
 
     def _load_merged(self, version: int, adapter_dir: Path | None, expect_checksum: str | None
                      ) -> tuple[str, Path | None]:
@@ -255,36 +257,23 @@ class RolloutEngine:
         inside a scheduler pause (steps 1-2 of the module docstring). (fingerprint, the directory merged from: the
         engine's own until the next load, see :meth:`actor.versions.LoraVersions.take_dir`)."""
         engine = self.llm.llm_engine
-        busy = bool(self._pending)
-        t0 = time.perf_counter()
         live = None if adapter_dir is None else self.loras.take_dir(adapter_dir)
-        if busy:
-            try:
-                engine.sleep(level=0, mode="keep")   # EngineCore.pause_scheduler("keep"): between two steps
-            except BaseException:
-                if live is not None:
-                    self.loras.give_back(live, adapter_dir)
-                raise
         try:
-            try:
-                res = self.llm.collective_rpc("merge_lora_dir", args=(None if live is None else str(live),
-                                                                      expect_checksum))
-            except Exception as e:
-                raise AdapterLoadError(f"v{version} from {adapter_dir}: {_worker_error(e)}") from e
-            fps = {r["fingerprint"] for r in res}
-            if len(fps) != 1:
-                raise RuntimeError(f"workers loaded different adapters: {sorted(fps)}")
-            engine.set_weight_version(str(version))
+            with self._paused() as busy:
+                try:
+                    res = self.llm.collective_rpc("merge_lora_dir", args=(
+                        None if live is None else str(live), expect_checksum, self.cfg.actor.shared_gpu))
+                except Exception as e:
+                    raise AdapterLoadError(f"v{version} from {adapter_dir}: {_worker_error(e)}") from e
+                fps = {r["fingerprint"] for r in res}
+                if len(fps) != 1:
+                    raise RuntimeError(f"workers loaded different adapters: {sorted(fps)}")
+                engine.set_weight_version(str(version))
         except BaseException:
-            if busy:
-                _quietly(engine.wake_up, ["scheduling"])
             if live is not None:
                 self.loras.give_back(live, adapter_dir)
             raise
-        if busy:
-            engine.wake_up(["scheduling"])
-            self.pause_s = time.perf_counter() - t0
-        else:
+        if not busy:
             self.llm.reset_prefix_cache()
         self._salt = f"w{next(self._loads)}"
         old, self._merged_dir = self._merged_dir, live
@@ -305,25 +294,32 @@ class RolloutEngine:
         self.readback = combine(res)
         self._delta_cosine = self.readback["cosine"]
 
-    def _load_lora(self, version: int, adapter_dir: Path | None, expect_checksum: str | None
-                   ) -> tuple[str, Path | None]:
-        """Load the adapter under a new name and id for the requests submitted from now on; (fingerprint, the
-        directory it is served from: the engine's own, see :meth:`actor.versions.LoraVersions.take_dir`)."""
-        from vllm.lora.request import LoRARequest
-
+    @staticmethod
+    def _adapter_fingerprint(adapter_dir: Path | None, expect_checksum: str | None) -> str:
+        """The wire checksum of the adapter file (``"base"`` for None), checked against ``expect_checksum``; an
+        unreadable or mismatching adapter is refused here, before the engine is touched or paused."""
         from actor.merge import read_adapter
 
         if adapter_dir is None:
-            self._lora = self._stale = None
-            self.loras.newest = None
-            self.loras.retire_unused()
-            return "base", None
+            return "base"
         try:
             _, _, fingerprint = read_adapter(adapter_dir)
         except Exception as e:  # noqa: BLE001 - unreadable, truncated, not a LoRA adapter: refused, unchanged
             raise AdapterLoadError(f"{adapter_dir}: {type(e).__name__}: {e}") from None
         if expect_checksum is not None and fingerprint != expect_checksum:
             raise AdapterLoadError(f"{adapter_dir}: adapter file hashes to {fingerprint}, expected {expect_checksum}")
+        return fingerprint
+
+    def _load_lora(self, version: int, adapter_dir: Path | None) -> Path | None:
+        """Load the checked adapter under a new name and id for the requests submitted from now on; returns the
+        directory it is served from (the engine's own, see :meth:`actor.versions.LoraVersions.take_dir`)."""
+        from vllm.lora.request import LoRARequest
+
+        if adapter_dir is None:
+            self._lora = self._stale = None
+            self.loras.newest = None
+            self.loras.retire_unused()
+            return None
         live_dir = self.loras.take_dir(adapter_dir)
         req = LoRARequest(f"v{version}-{self._next_lora_id}", self._next_lora_id, str(live_dir))
         try:
@@ -339,7 +335,7 @@ class RolloutEngine:
         self.loras.pinned = {self._stale.lora_int_id} if self._stale is not None else set()
         self._lora = req
         self.loras.add(version, req, live_dir)
-        return fingerprint, live_dir
+        return live_dir
 
     def _retire_dir(self, d: Path) -> None:
         if self.delete_retired:
@@ -493,6 +489,10 @@ class RolloutEngine:
         left = reap(self.engine_pids)
         if left:
             log.warning("engine processes %s survived shutdown", left)
+        else:  # vLLM's shared-memory queues between them, which a signalled EngineCore leaves behind
+            from actor.shm import release_segments
+
+            release_segments(self.engine_segments)
         for pid in set(self.engine_pids) - set(left):   # Intel OpenMP's per-process files, left by signalled workers
             for f in Path("/dev/shm").glob(f"__KMP_REGISTERED_LIB_{pid}_*"):
                 f.unlink(missing_ok=True)

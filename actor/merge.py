@@ -132,9 +132,12 @@ class LoraMergeExtension:
     """vLLM worker mixin (``worker_extension_cls="actor.merge.LoraMergeExtension"``).
 
     State per worker: ``_w0`` (base weights of every module ever merged, checkpoint dtype, about the
-    adapter's target share of the model: on the GPU where there is room, else pinned host memory) and
-    ``_dirty`` (modules currently differing from the base).
+    adapter's target share of the model: on a GPU the engine has to itself where there is room, else pinned host
+    memory, see :meth:`_place`) and ``_dirty`` (modules currently differing from the base).
     """
+
+    _w0_host = False
+    """Keep W0 in host memory whatever the GPU's free memory says (``actor.shared_gpu``, set by each merge call)."""
 
     def _served_pairs(self, pairs: dict) -> dict:
         """The modules merged (all; ``actor.readback`` overrides it to inject a test fault)."""
@@ -160,27 +163,34 @@ class LoraMergeExtension:
     def _base(self, names: list[str], device) -> dict:
         missing = [n for n in names if n not in self._w0]
         if missing:
-            self._w0.update(self._place(self._ckpt.get(missing), device))
+            self._w0.update(self._place(self._ckpt.get(missing), device, host=self._w0_host))
         return {n: self._w0[n] for n in names}
 
     @staticmethod
-    def _place(tensors: dict, device) -> dict:
-        """On a GPU: keep W0 on the device when there is room (2x its size plus 1 GiB free), else in
-        pinned host memory; on CPU as read."""
+    def _place(tensors: dict, device, host: bool = False) -> dict:
+        """On a GPU: keep W0 on the device when there is room (2x its size plus 1 GiB free), else in pinned host
+        memory; on CPU as read. ``host`` (a GPU shared with a learner): always pinned host memory. The free memory a
+        shared GPU shows at the first load includes the learner's share, which the learner has not allocated yet
+        (its optimizer state, activations and logits come with its first steps): W0 there would take the learner's
+        memory, and the learner would fail out of memory later. Host memory costs a copy of the targeted W0 over
+        PCIe at each merge (0.5B: ~0.7 GB, ~30 ms), not at each step."""
         import torch
 
         if device.type != "cuda":
             return tensors
-        need = sum(t.numel() * t.element_size() for t in tensors.values())
-        free, _ = torch.cuda.mem_get_info(device)
-        if free > 2 * need + 2**30:
-            return {n: t.to(device) for n, t in tensors.items()}
+        if not host:
+            need = sum(t.numel() * t.element_size() for t in tensors.values())
+            free, _ = torch.cuda.mem_get_info(device)
+            if free > 2 * need + 2**30:
+                return {n: t.to(device) for n, t in tensors.items()}
         return {n: t.pin_memory() for n, t in tensors.items()}
 
-    def merge_lora_dir(self, adapter_dir: str | None, expect_checksum: str | None = None) -> dict:
+    def merge_lora_dir(self, adapter_dir: str | None, expect_checksum: str | None = None,
+                       shared_gpu: bool = False) -> dict:
         """Serve ``W0 + scale * B @ A`` for the adapter in ``adapter_dir`` (None: back to the base).
 
         ``expect_checksum``: refuse (ValueError, weights untouched) unless the file's wire checksum is this.
+        ``shared_gpu`` (``actor.shared_gpu``): W0 in host memory (:meth:`_place`).
         Returns ``{"fingerprint", "modules", "seconds", "delta_cosine"}``; ``delta_cosine`` compares the delta
         the engine now serves, ``dtype(W0 + delta) - dtype(W0)``, with the adapter's ``delta`` over every
         merged matrix (1.0 in float32 up to rounding; a bf16 engine rounds a small delta away). Raises on an
@@ -191,6 +201,7 @@ class LoraMergeExtension:
 
         t0 = time.perf_counter()
         self._merge_state()
+        self._w0_host = bool(shared_gpu)
         if adapter_dir is None:
             config, pairs, fingerprint = {"r": 1, "lora_alpha": 1}, {}, "base"
         else:

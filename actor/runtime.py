@@ -20,9 +20,26 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 def on_gpu() -> bool:
+    """Whether this process sees a CUDA device (through NVML: importing ``actor`` applied
+    :func:`configs.device.process_env`)."""
     import torch
 
     return torch.cuda.is_available()
+
+
+def device_problem(cfg) -> str | None:
+    """One line when ``actor.device`` is ``cuda`` (the launcher's plan put this actor on a GPU) and torch sees none:
+    the actor refuses to start rather than generate on the CPU."""
+    if cfg.actor.device != "cuda":
+        return None
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    from configs.device import no_gpu_line
+
+    return "actor.device is cuda (the plan put this actor on a GPU), but " + no_gpu_line(torch.__version__,
+                                                                                          torch.version.cuda)
 
 
 def engine_dtype(dtype: str, gpu: bool) -> str:

@@ -104,7 +104,27 @@ class ActorConfig(Section):
     """Run vLLM's engine inside the actor process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``: no EngineCore and
     worker processes; on CPU the engine starts in ~9 s instead of ~25 s, BENCHMARKS.md "CI time"). Needs
     ``tensor_parallel_size: 1``. Off by default: the separate EngineCore is what a GPU run uses (its scheduler
-    overlaps the actor's own work), and what a kill or a crash of the engine looks like there."""
+    overlaps the actor's own work), and what a kill or a crash of the engine looks like there. On a GPU an inline
+    engine runs without vLLM's async scheduling (``actor.engine.engine_kwargs``): an in-process EngineCore's pause
+    does not wait for its queued batch, which would be labelled with the version loaded after it."""
+    device: Literal["auto", "cuda"] = "auto"
+    """``cuda``: this actor must run on a GPU; without one it refuses to start, with one line giving the driver's and
+    CUDA's versions (``configs.device.no_gpu_line``). The launchers set it where their plan puts actors on GPUs.
+    ``auto``: a GPU when torch sees one, else the CPU."""
+    shared_gpu: bool = False
+    """The actor's GPU is shared with a learner rank (the launcher sets it from its plan). Merged mode then keeps the
+    base weights of the merged layers (W0) in pinned host memory: the GPU's free memory at the actor's first load
+    includes the learner's share, which the learner may not have allocated yet."""
+    max_num_batched_tokens: int = Field(8192, ge=1)
+    """Tokens one engine step may process (vLLM's ``max_num_batched_tokens``; raised to ``max_seq_length`` when
+    shorter). The engine gets exactly this on GPU and CPU, and ``launch.memory`` budgets vLLM's profiling peak from
+    it: vLLM 0.32's own default depends on the GPU (16,384 on GPUs of 70 GiB or more except the A100, 8,192 on the
+    rest: ``EngineArgs.get_batch_defaults``), which the plan would not match."""
+    attention_backend: str = Field("auto", pattern=r"^[A-Za-z0-9_]+$")
+    """vLLM's attention backend on a GPU (ignored on CPU), pinned so that one that fails to load is an error and not a
+    fall back to another (FlashInfer's kernels are JIT-compiled with nvcc). ``auto``: ``FLASH_ATTN`` on bf16/fp16
+    engines (precompiled in the vLLM wheel), ``TRITON_ATTN`` on float32 ones (FlashAttention has no float32
+    kernels); ``vllm``: vLLM's own choice; else a vLLM backend name (``FLASHINFER`` on Blackwell GPUs)."""
 
     @model_validator(mode="after")
     def _check(self) -> ActorConfig:
@@ -121,6 +141,10 @@ class LearnerConfig(Section):
     """DeepSpeed ZeRO stage."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """``auto``: bf16 on GPU, fp32 on CPU."""
+    device: Literal["auto", "cuda"] = "auto"
+    """``cuda``: the learner must run on a GPU; without one it refuses to start (exit 2, one line giving the driver's
+    and CUDA's versions) instead of training on the CPU in float32. The launchers set it where their plan puts the
+    learner on GPUs. ``auto``: a GPU when torch sees one, else the CPU."""
     max_grad_norm: float = Field(1.0, gt=0)
     """Gradient clipping."""
     micro_batch_size: int = Field(8, ge=1)
@@ -134,7 +158,12 @@ class LearnerConfig(Section):
     ``publish_every - 1`` versions older than the newest published, so the learner requests
     ``sync.max_staleness - (publish_every - 1)`` batches ahead instead of ``max_staleness``."""
     tis_cap: float = Field(2.0, ge=1)
-    """Truncated importance sampling cap on pi_learner/pi_actor for stale rollouts."""
+    """Truncated importance sampling cap on pi_learner/pi_actor, on every row: on a stale one it bounds the policy
+    drift, on a fresh one the engines' numeric gap (``learner.loss``). ``delta``, when set, replaces it."""
+    seq_ratio_band: tuple[float, float] | None = None
+    """``[low, high]``: a completion whose geometric-mean ratio ``exp(mean_t log(pi/mu))`` is outside is not trained
+    (verl's Geo-RS, SkyRL's geo mask: [0.999, 1.001] and [0.99, 1.01]); ``sampling/seq_masked`` counts them. The
+    floor of the fresh rows' ratio in float32 and bf16 is in the README. None: off."""
     probe_every: int = Field(20, ge=0)
     """Steps between actor-vs-learner logprob probes on a fixed prompt (0: off)."""
     gradient_checkpointing: bool = False
@@ -144,6 +173,13 @@ class LearnerConfig(Section):
     completion. Same logprobs and gradients; pays off when prompts are long next to completions (the CPU
     configs). Each completion's attention is computed on its prompt and itself (``learner.attention``), with no
     ``[L, L]`` mask built. Off in the GPU configs: its per-span SDPA calls are not yet measured on a GPU."""
+
+    @field_validator("seq_ratio_band")
+    @classmethod
+    def _band(cls, v):
+        if v is not None and not (0 < v[0] < 1 < v[1]):
+            raise ValueError(f"must be [low, high] with 0 < low < 1 < high, got {list(v)}")
+        return v
 
 
 class SyncConfig(Section):
@@ -324,6 +360,28 @@ def _handoff_rules() -> list[WatchRule]:
     ]
 
 
+class DynamicSamplingConfig(Section):
+    """Groups with no spread are replaced (DAPO's dynamic sampling, verl's ``filter_groups``): a step trains on
+    ``prompts_per_step`` groups that teach something, as far as the budget below allows (``learner.dynamic``)."""
+
+    enabled: bool = False
+    """Replace degenerate groups. Off: every group is trained as it comes (those with no spread teach nothing and
+    Dr. GRPO's constant denominator shrinks the step by their share)."""
+    tol: float = Field(0.0, ge=0)
+    """A group is degenerate when the max - min of its task reward, over the completions that would be trained
+    (``mask_truncated_completions`` leaves the cut ones out), is at most this; judged before the overlong
+    punishment (``rewards.overlong_buffer``). Our rewards are continuous: a small tol also drops near-ties."""
+    max_rounds: int = Field(2, ge=0, le=3)
+    """Top-up rounds a step may wait for when its groups are short (each asks for the missing groups at the current
+    version, through the re-request path). Then the step trains on what it has (``dynamic/underfilled``)."""
+    max_factor: float = Field(3.0, ge=1)
+    """Groups one step may request at most, ahead and in top-ups together, as a multiple of ``prompts_per_step``
+    (verl asks 3x per round)."""
+    window: int = Field(8, ge=1)
+    """Steps over which the degenerate share is measured; requests ahead are ``prompts_per_step / (1 - share)``,
+    capped by ``max_factor``."""
+
+
 class SftConfig(Section):
     enabled: bool = False
     """Run the SFT warm-up (Scenario B) before GRPO; GRPO then starts from its adapter."""
@@ -368,7 +426,23 @@ class RunConfig(Section):
     loss_type: Literal["dr_grpo", "grpo", "dapo"] = "dr_grpo"
     """Token aggregation: dr_grpo divides the token sum by completions x max_completion_length."""
     epsilon: float = Field(0.2, gt=0, lt=1)
-    """PPO clip range of the importance ratio."""
+    """PPO clip range of the importance ratio (the lower bound ``1 - epsilon``; TRL's name)."""
+    epsilon_high: float | None = Field(None, gt=0)
+    """Upper clip bound ``1 + epsilon_high`` (TRL's name: clip-higher; None is ``epsilon``). DAPO uses 0.28."""
+    delta: float | None = Field(None, gt=1)
+    """TRL's two-sided clip: the unclipped branch's ratio is capped at ``delta`` (no gradient past it), on fresh and
+    stale rows alike, in place of ``learner.tis_cap``'s truncation. Must exceed ``1 + epsilon_high`` (TRL recommends
+    it; here it is refused otherwise). INTELLECT-2 used 4. None: off."""
+    importance_sampling_level: Literal["token", "sequence"] = "token"
+    """TRL's name. ``token``: one ratio per token. ``sequence``: GSPO, one ratio per completion, ``exp`` of its mean
+    log-ratio, clipped with ``epsilon``/``epsilon_high`` (GSPO used 3e-4 / 4e-4 with ``loss_type: grpo``). Our ratio
+    is taken against the engine's logprobs, so it carries the engines' numeric gap even on fresh rows:
+    ``sampling/fresh/seq_ratio/*`` measures it every step, and the README says what clip range it leaves room
+    for."""
+    mask_truncated_completions: bool = False
+    """TRL's name: a completion cut at ``max_completion_length`` (the engine's finish reason ``length``) is not
+    trained (advantage 0: not forwarded, out of ``dapo``'s token count); its group's advantages are still computed
+    over all G, as TRL does. No extra forward."""
     prompts_per_step: int = Field(2, ge=1)
     """Prompts per optimizer step (the handoff's BATCH_SIZE)."""
     grad_accum: int = Field(1, ge=1)
@@ -402,6 +476,8 @@ class RunConfig(Section):
     """Rules from the handoff's "Stop if" column; each warns or stops."""
     sft: SftConfig = SftConfig()
     """Scenario B's supervised warm-up."""
+    dynamic_sampling: DynamicSamplingConfig = DynamicSamplingConfig()
+    """Replace groups whose rewards have no spread (off by default)."""
 
     @field_validator("scale_rewards", mode="before")
     @classmethod
@@ -442,9 +518,15 @@ class RunConfig(Section):
         if unknown:
             raise ValueError(f"data.tasks: unknown task {unknown[0]!r} (one of {', '.join(TASKS)}, or a task of "
                              "your own with its reward in rewards.custom)")
+        if self.rewards.overlong_buffer is not None and self.rewards.overlong_buffer > self.max_completion_length:
+            raise ValueError(f"rewards.overlong_buffer ({self.rewards.overlong_buffer}) exceeds max_completion_length "
+                             f"({self.max_completion_length})")
         if self.max_completion_length >= self.max_seq_length:
             raise ValueError(f"max_completion_length ({self.max_completion_length}) must be < "
                              f"max_seq_length ({self.max_seq_length})")
+        if self.delta is not None and self.delta <= 1 + (self.epsilon_high or self.epsilon):
+            raise ValueError(f"delta ({self.delta}) must exceed 1 + epsilon_high ({1 + (self.epsilon_high or self.epsilon)}"
+                             "): below it the cap cuts ratios the PPO clip lets through")
         if self.learner.publish_every - 1 > self.sync.max_staleness:
             raise ValueError(f"learner.publish_every ({self.learner.publish_every}) - 1 exceeds sync.max_staleness "
                              f"({self.sync.max_staleness}): rollouts of the version before a publication would be "
@@ -468,6 +550,12 @@ class RunConfig(Section):
         if self.actor.max_lora_versions is not None:
             return self.actor.max_lora_versions
         return self.sync.max_staleness + 1 if self.actor.load_mode == "inflight" else 1
+
+    @property
+    def batched_tokens(self) -> int:
+        """vLLM's ``max_num_batched_tokens`` for an actor's engine, on GPU and CPU, and what ``launch.memory`` budgets:
+        ``actor.max_num_batched_tokens``, at least one whole sequence (``max_seq_length``)."""
+        return max(self.max_seq_length, self.actor.max_num_batched_tokens)
 
     @property
     def completions_per_step(self) -> int:

@@ -9,7 +9,10 @@ max_completion_length`` tokens), so a real batch needs less. Sources and the V4.
   weights in the engine dtype; the KV cache of one step's batch at full concurrency (``prompts_per_step``
   prompts, each shared by its G completions through prefix caching: prompt + G x completion tokens); the
   LoRA slots in adapter mode (``max_loras`` x the rank slot, every linear layer); vLLM's profiling peak
-  (``max_num_batched_tokens`` through one layer, sampler logits of ``max_num_seqs``) and CUDA graphs.
+  (``max_num_batched_tokens`` through one layer, sampler logits of ``max_num_seqs``) and CUDA graphs. The engine is
+  given exactly the ``max_num_batched_tokens`` budgeted here (``RunConfig.batched_tokens``): vLLM's own default
+  differs by GPU. Merged mode's base weights (W0 of the targeted layers) are not in it: on a shared GPU the actor
+  keeps them in host memory (``actor.shared_gpu``), on a dedicated one outside vLLM's fraction when there is room.
 - **Learner** (per rank): the CUDA context; the frozen base weights in the training precision (ZeRO-3
   partitions them over the ranks); LoRA at 16 bytes a parameter (bf16 weight and gradient, fp32 master and
   Adam's two moments; ZeRO-1/2 partition the fp32 part, ZeRO-2 the gradient too); one micro-batch of
@@ -35,7 +38,6 @@ from configs.schema import VLLM_LORA_RANKS
 GiB = 2**30
 CUDA_CONTEXT_GIB = 0.6      # CUDA context + cuBLAS workspace per process (0.3-0.8 GiB seen on L4/A100)
 CUDA_GRAPHS_GIB = 0.5       # vLLM's captured decode graphs ("Graph capturing finished ... took 0.3-0.6 GiB")
-VLLM_BATCHED_TOKENS = 8192  # vLLM's default max_num_batched_tokens for the LLM class on a GPU
 KV_BLOCK = 16               # vLLM's KV block size in tokens
 
 
@@ -151,7 +153,7 @@ def actor_part(cfg: RunConfig, shape: Shape) -> Part:
     if a.serve_mode != "merged":  # adapter mode on bf16 engines (auto); merged adds nothing
         slot = next(s for s in VLLM_LORA_RANKS if s >= cfg.lora_r)  # the config refuses a rank beyond them
         items["LoRA slots"] = cfg.lora_slots * shape.lora_params(slot) * nb / tp / GiB
-    batched = max(cfg.max_seq_length, VLLM_BATCHED_TOKENS)
+    batched = cfg.batched_tokens  # what the engine is given (actor.engine_args.engine_kwargs), on every GPU
     peak = batched * (2 * shape.intermediate + 4 * shape.hidden + shape.heads * shape.head_dim) * nb / tp
     peak += 2 * min(a.max_num_seqs, 1024) * shape.vocab * 4  # sampler logits, fp32, and their softmax
     items["profiling peak"] = peak / GiB
@@ -195,6 +197,9 @@ class MemoryPlan:
     notes: list[str] = field(default_factory=list)
     actor_share: float = 1.0
     """A dedicated actor GPU: the fraction vLLM may take (``actor.gpu_memory_utilization``)."""
+    batched_tokens: int = 0
+    """vLLM's ``max_num_batched_tokens`` the actor's profiling peak was budgeted from: the engine gets exactly this
+    (``RunConfig.batched_tokens``, set on every GPU: vLLM's own default differs by GPU)."""
 
     @property
     def need(self) -> float:
@@ -221,12 +226,14 @@ class MemoryPlan:
         lines = [head + ("" if self.fits else " — does not fit")]
         if self.shared:
             lines.append(f"  vLLM      gpu_memory_utilization {self.utilization:.2f}, kv_cache_gb "
-                         f"{self.kv_cache_gb:.2f}, needs " + self.actor.describe())
+                         f"{self.kv_cache_gb:.2f}, max_num_batched_tokens {self.batched_tokens}, needs "
+                         + self.actor.describe())
             lines.append(f"  learner   the remaining {self.gpu_gib * (1 - self.utilization):.1f} GiB, needs "
                          + self.learner.describe())
         else:
             lines.append(f"  actor     gpu_memory_utilization {self.actor_share:.2f} "
-                         f"({self.gpu_gib * self.actor_share:.1f} GiB), needs " + self.actor.describe())
+                         f"({self.gpu_gib * self.actor_share:.1f} GiB), max_num_batched_tokens "
+                         f"{self.batched_tokens}, needs " + self.actor.describe())
             lines.append("  learner   " + self.learner.describe())
         return lines + [f"  note: {n}" for n in self.notes]
 
@@ -234,7 +241,8 @@ class MemoryPlan:
 def plan_memory(cfg: RunConfig, gpu_gib: float, *, shared: bool, shape: Shape | None = None) -> MemoryPlan:
     shape = shape or model_shape(str(cfg.model_id))
     return MemoryPlan(gpu_gib, shared, actor_part(cfg, shape), learner_part(cfg, shape),
-                      actor_share=1.0 if shared else cfg.actor.gpu_memory_utilization)
+                      actor_share=1.0 if shared else cfg.actor.gpu_memory_utilization,
+                      batched_tokens=cfg.batched_tokens)
 
 
 def with_updates(cfg: RunConfig, updates: dict) -> RunConfig:

@@ -286,7 +286,10 @@ def node_plan(config: str, overrides: list[str], *, actor_gpus: str | None, lear
         raise LaunchError("no GPUs left for the learner; pass --learner-gpus or fewer --actor-gpus")
     groups = [a_ids[i:i + tp] for i in range(0, len(a_ids), tp)]
     ranks = hostfile_slots(hostfile) if hostfile else len(l_ids)
-    cfg = _with(cfg, actor__replicas=len(groups), actor__tensor_parallel_size=tp, learner__ranks=ranks)
+    # Every component of this plan runs on a GPU: one that finds none refuses to start (configs.device) instead of
+    # running on the CPU; on a shared GPU the actor keeps merged mode's base weights off the learner's memory.
+    cfg = _with(cfg, actor__replicas=len(groups), actor__tensor_parallel_size=tp, learner__ranks=ranks,
+                actor__device="cuda", learner__device="cuda", actor__shared_gpu=shared)
     if check:
         check_model(cfg.model_id)  # before the memory plan reads its shape
     cfg, notes = memory_plan(cfg, sorted(set(a_ids + l_ids)), gpu_mem, shared=shared, check=check)

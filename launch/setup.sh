@@ -26,10 +26,19 @@ else
 fi
 case "$extra" in cpu|cuda) ;; *) echo "setup: TUCANO2_EXTRA must be cpu or cuda, got '$extra'" >&2; exit 1;; esac
 
+# The cuda extra on a machine that cannot run it stops here with one line (launch/cuda_check.py): a driver too old
+# for torch's CUDA, no C compiler or no Python headers for Triton's driver build. Checked at every setup, since a
+# driver changes under an installed venv.
+cuda_check() {
+  [ "$extra" = cuda ] || return 0
+  "$VENV/bin/python" -m launch.cuda_check || exit 1
+}
+
 stamp="$VENV/.tucano2-setup"
 want="$extra $(sha256sum pyproject.toml | cut -c1-16)"
 if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "setup: $VENV up to date ($extra extra)"
+  cuda_check
   exit 0
 fi
 
@@ -50,4 +59,5 @@ if [ "$extra" = cpu ]; then
     || echo "setup: warning: the op did not build now; the first learner will build it" >&2
 fi
 echo "$want" > "$stamp"
+cuda_check
 echo "setup: done ($extra extra)"

@@ -166,6 +166,8 @@ def slurm_plan(config: str, overrides: list[str], *, actor_nodes: int = 1, learn
         updates["sync__transport"] = "tcp"
     if ready_timeout_s is not None:  # the learner bounds its wait for the actors with it
         updates["sync__actor_start_timeout_s"] = ready_timeout_s
+    if gpus_per_node:  # on GPU nodes a component that finds no GPU refuses to start (configs.device)
+        updates.update(actor__device="cuda", learner__device="cuda")
     cfg = _with(cfg, **updates)
     if check:
         check_cluster(partition, actor_nodes + learner_nodes, gpus_per_node)

@@ -41,6 +41,14 @@ def model_problem(model_id: str) -> str | None:
 
 def preflight(cfg, resume: Path | None = None, need_data: bool = True) -> str | None:
     """The first problem with the run's inputs, as one line, or None (pair files are read through)."""
+    if cfg.learner.device == "cuda":  # the plan put this learner on a GPU: never train on the CPU instead
+        import torch
+
+        if not torch.cuda.is_available():
+            from configs.device import no_gpu_line
+
+            return ("learner.device is cuda (the plan put this learner on a GPU), but "
+                    + no_gpu_line(torch.__version__, torch.version.cuda))
     why = model_problem(cfg.model_id)
     if why:
         return why

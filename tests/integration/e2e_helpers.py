@@ -12,6 +12,7 @@ import json
 import re
 from pathlib import Path
 
+from cuda_probes import probe_env
 from learner.metrics import read_metrics
 
 TASKS = ("extraction", "sql_qa", "insights", "push")
@@ -171,7 +172,7 @@ class Launch:
     launcher's process tree now; ``kill_all()`` (teardown) leaves nothing of it alive."""
 
     def __init__(self, run_dir: Path, overrides: list[str], log_path: Path, *extra: str,
-                 config: str = "configs/smoke_cpu.yaml"):
+                 config: str = "configs/smoke_cpu.yaml", env: dict | None = None):
         import os
         import subprocess
         import sys
@@ -185,7 +186,7 @@ class Launch:
         # Not the torch.distributed variables an in-process learner test may have set in this process:
         # the launched learner would join that (finished) group's store instead of starting its own.
         dist_vars = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
-        env = {k: v for k, v in os.environ.items() if k not in dist_vars}
+        env = {k: v for k, v in (os.environ if env is None else env).items() if k not in dist_vars}
         env.update(PY=sys.executable, TUCANO2_NO_PROGRESS="1", WANDB_MODE="disabled")
         self._log = open(self.log_path, "a")  # noqa: SIM115 - closed in wait()/kill_all()
         self.proc = subprocess.Popen(argv, cwd=repo, env=env, stdout=self._log, stderr=subprocess.STDOUT,
@@ -349,7 +350,9 @@ def learning_run(tiny_model: Path, base: Path, publish: bool, timeout: float = 4
     if not (model / "config.json").exists():
         sharpen_model(tiny_model, model)
     over = e2e_overrides(model, base / "pairs", n_eval=16, **LEARNING, **{"sync.publish_weights": publish})
-    with Launch(run, over, base / f"{run.name}.log") as la:
+    # every process of the run records its CUDA probes (tests/cuda_probe): test_e2e_learning checks none poisons a fork
+    env = probe_env(base / f"{run.name}-cuda-probes")
+    with Launch(run, over, base / f"{run.name}.log", env=env) as la:
         rc = la.wait(timeout=timeout)
         if rc != 0:
             raise AssertionError(f"learning run exited {rc}:\n{la.log()[-4000:]}")

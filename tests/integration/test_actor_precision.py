@@ -159,6 +159,38 @@ def test_a_load_with_requests_in_flight_on_separate_processes(tp2, actor_kit, tm
     check_inflight_load(tp2, actor_kit, dirs, lambda eng, v, d: load_copy(eng, v, d, tmp_path), 1e-3)
 
 
+def test_the_readback_sees_the_new_adapter_under_slot_pressure(tp2, actor_kit, monkeypatch, tmp_path):
+    """Requests of two versions hold both LoRA slots (``max_loras`` 2) while a third loads in flight. EngineCore, in
+    its own process, steps on its own, and every step re-activates the running batch's adapters, evicting the least
+    recently used slot: a step between ``add_lora`` and the readback evicted the new adapter, which then read back as
+    an empty slot (cosine 0) and stopped a correct run. Loaded and read back inside one scheduler pause, it reads back
+    exactly, on both ranks. The same readback against other weights than the slot holds still fails. (Merged mode has
+    no slots: the same sequence must read back exactly there too.)"""
+    from engine_checks import LONG
+
+    eng = tp2
+    a, b, c = (actor_kit.make_adapter(actor_kit.model, tmp_path / f"press{i}", seed=60 + i) for i in range(3))
+    load_copy(eng, 31, a, tmp_path)
+    eng.submit("on-v31", [LONG], SamplingSpec(2, 1.0, 1.0, 160, 5), ignore_eos=True)
+    for _ in range(3):
+        assert not eng.step()
+    load_copy(eng, 32, b, tmp_path)
+    eng.submit("on-v32", [LONG], SamplingSpec(2, 1.0, 1.0, 160, 6), ignore_eos=True)
+    for _ in range(3):
+        assert not eng.step()
+    assert eng.versions_in_flight() == {31: 1, 32: 1}  # both slots held by running requests
+    load_copy(eng, 33, c, tmp_path)
+    assert eng.in_flight == 2 and eng.readback["ranks"] == 2
+    assert eng.delta_cosine > 0.999999, eng.readback
+    # the readback compares what the slot holds: against another adapter's weights it fails
+    real = eng._read_back
+    monkeypatch.setattr(eng, "_read_back", lambda served_dir: real(a))
+    load_copy(eng, 34, c, tmp_path)
+    assert eng.delta_cosine < 0.5, eng.readback
+    monkeypatch.undo()
+    eng.abort_all()
+
+
 def test_engine_death_during_a_load_is_engine_gone(tp2, actor_kit, adapters, tmp_path):
     """After the parity test, on the same engine: EngineCore and its workers are killed once the load has begun
     (before the add_lora / collective_rpc reaches them); the error must classify as engine gone, not a bad

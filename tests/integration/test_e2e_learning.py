@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pytest
 
+from cuda_probes import by_program, poisoning, probes
 from e2e_helpers import LEARNING, every_load_checked, learning_run, read_metrics, train_steps
 
 pytestmark = pytest.mark.slow
@@ -70,3 +71,17 @@ def test_eval_reward_stays_flat_without_the_weight_sync(learning_runs):
     assert sum(r["train/completions"] for r in rows) == STEPS * 2 * 8
     log = (run / "logs" / "actor-0.log").read_text()
     assert "serving v0" in log and "serving v1 " not in log  # only the first version was published
+
+
+def test_no_process_of_a_run_probes_cuda_in_a_way_that_poisons_a_fork(learning_runs):
+    """Every CUDA probe the launcher, the actor (and its engine) and the learner made during the run, recorded by
+    ``tests/cuda_probe``: on CUDA vLLM forks its EngineCore, and a ``torch.cuda.is_available()`` made before without
+    ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` would kill it at every start ("Cannot re-initialize CUDA in forked
+    subprocess"). The actor's own probe (``actor.__main__``) must be among the records: the recorder was on."""
+    run = learning_runs[True]
+    records = probes(run.parent / f"{run.name}-cuda-probes")
+    progs = by_program(records)
+    assert "actor" in progs and "learner" in progs, sorted(progs)
+    assert any("/actor/" in r["caller"] for r in progs["actor"]), progs["actor"]
+    bad = poisoning(records)
+    assert not bad, "\n".join(f"{r['argv']} at {r['caller']}" for r in bad)

@@ -23,6 +23,7 @@ import pytest
 
 from configs import load_config
 from configs.loader import dump_config
+from cuda_probes import by_program, poisoning, probe_env, probes
 from e2e_helpers import toy_overrides
 
 pytestmark = pytest.mark.slow
@@ -53,9 +54,13 @@ def test_trl_peer_and_our_learner_get_the_same_prompts_in_the_same_order(tiny_mo
     conf, out = tmp_path / "race.yaml", tmp_path / "trl.json"
     conf.write_text(dump_config(cfg))
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
+    env = probe_env(tmp_path / "cuda-probes", env)  # the peer's CUDA probes, recorded (tests/cuda_probe)
     peer = subprocess.run([sys.executable, "-m", "launch.trl_peer", "--config", str(conf), "--out", str(out)],
                           cwd=REPO, env={**env, "WANDB_MODE": "disabled"}, capture_output=True, text=True, timeout=600)
     assert peer.returncode == 0, peer.stderr[-3000:]
+    recorded = probes(tmp_path / "cuda-probes")
+    assert by_program(recorded).get("launch.trl_peer"), "the recorder saw no probe of the peer's"
+    assert not poisoning(recorded), poisoning(recorded)  # on CUDA a later fork (vLLM's EngineCore) would die
     theirs = [r["prompts"] for r in json.loads(out.read_text())["steps"]]
 
     actor = HFLocalActor(cfg.model_id, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, wire_dtype=cfg.sync.wire_dtype)

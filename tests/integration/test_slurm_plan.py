@@ -62,6 +62,7 @@ def test_dry_run_writes_the_job_script_for_scenario_a_on_two_8_gpu_nodes(tmp_pat
     config = (run / "config.yaml").read_text()
     assert "replicas: 4" in config and "tensor_parallel_size: 2" in config and "ranks: 8" in config
     assert f"keys_dir: {run}/keys" in config and "transport: tcp" in config  # two nodes: TCP, with CURVE
+    assert config.count("device: cuda") == 2  # actors and learner refuse to start without a GPU (configs.device)
     assert (run / "commands.sh").read_text().count("srun ") == 5
     assert not (run / "keys").exists()  # made by the job, on its nodes, before any component starts
 
@@ -90,6 +91,7 @@ def test_fit_on_cpu_nodes_is_one_actor_and_one_rank_per_node():
     plan, spec = slurm_plan(str(REPO / "configs" / "smoke_cpu.yaml"), [], actor_nodes=2, learner_nodes=1,
                             gpus_per_node=0, check=False)
     assert plan.config.actor.replicas == 2 and plan.config.learner.ranks == 1 and spec.world == 1
+    assert plan.config.actor.device == plan.config.learner.device == "auto"  # CPU nodes: no GPU asked for
     assert [a.devices for a in plan.actors] == ["actor node 0, CPU", "actor node 1, CPU"]
 
 

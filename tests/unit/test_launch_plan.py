@@ -23,6 +23,9 @@ def test_default_split_on_8_gpus(monkeypatch, tmp_path):
     assert "--include" in plan.learner.argv and "localhost:4,5,6,7" in plan.learner.argv
     assert plan.config.actor.replicas == 4 and plan.config.learner.ranks == 4
     assert plan.learner.argv[plan.learner.argv.index("--module") + 1] == "learner"
+    # every component of a GPU plan refuses to start without a GPU (configs.device), none shares one here
+    assert (plan.config.actor.device, plan.config.learner.device, plan.config.actor.shared_gpu) == ("cuda", "cuda",
+                                                                                                    False)
 
 
 def test_tensor_parallel_groups_and_uneven_split(monkeypatch, tmp_path):
@@ -144,6 +147,7 @@ def test_one_gpu_shared_by_actor_and_learner(monkeypatch, tmp_path):
     c = plan.config
     assert (c.actor.replicas, c.learner.ranks) == (1, 1)
     assert 0 < c.actor.gpu_memory_utilization < 0.3 and c.actor.kv_cache_gb > 2
+    assert c.actor.shared_gpu and c.actor.device == c.learner.device == "cuda"  # merged W0 stays off the learner's
     assert c.learner.gradient_checkpointing  # turned on to fit, and said so
     text = plan.describe()
     assert "share the GPUs" in text and "gpu_memory_utilization" in text and "gradient_checkpointing turned on" in text
