@@ -7,6 +7,15 @@
   scheduler of :mod:`learner.schedule` stepped by DeepSpeed after every optimizer step.
 * bf16 on GPU, float32 on CPU (``learner.precision: auto``). On CPU DeepSpeed runs with its ``cpu``
   accelerator and ``gloo``, on GPUs with NCCL; how ranks meet and where collectives run: :mod:`learner.comm`.
+* bf16 weights, fp32 sums (:func:`deepspeed_config`): DeepSpeed takes the gradient accumulation and communication
+  dtypes from the model's (``runtime/engine.py`` ``get_data_types``, ``communication_data_type``), so bf16 alone
+  would add micro-batch gradients and all-reduce them across ranks in bf16 (8 bits of mantissa). We set
+  ``data_types.grad_accum_dtype`` and ``communication_data_type`` to fp32. DeepSpeed then wraps the optimizer in
+  ``BF16_Optimizer`` at stage 1 (fp32 gradient buffers), ``DeepSpeedZeroOptimizer`` with fp32 gradient partitions
+  at 2, ``DeepSpeedZeroOptimizer_Stage3`` with fp32 partitions at 3; at stage 0 it has no such wrapper (it raises
+  ``unsupported mix``), so ``learner.zero_stage: 0`` in bf16 runs DeepSpeed's stage 1 (``BF16_Optimizer``: the same
+  step, the fp32 master weights and Adam state split over the ranks, nothing for LoRA to notice).
+  ``tests/integration/test_learner_precision.py`` reads this back from the engines.
 * One optimizer step may run several micro-batches: DeepSpeed's accumulation boundary is set by hand
   (``set_gradient_accumulation_boundary``) and losses are not rescaled by it (``scale_wrt_gas=False``)
   because :func:`learner.loss.policy_loss` already divides by the step's constant.
@@ -147,14 +156,19 @@ def adapter_config_dict(peft_model) -> dict:
     return json.loads(json.dumps(cfg, default=lambda o: sorted(o) if isinstance(o, set) else str(o)))
 
 
+def deepspeed_stage(zero_stage: int, bf16: bool) -> int:
+    """The ZeRO stage DeepSpeed runs: ``learner.zero_stage``, except 0 in bf16, which runs 1 (module docstring)."""
+    return 1 if bf16 and zero_stage == 0 else zero_stage
+
+
 def deepspeed_config(cfg, micro_batch: int, bf16: bool) -> dict:
-    stage = cfg.learner.zero_stage
+    stage = deepspeed_stage(cfg.learner.zero_stage, bf16)
     zero = {"stage": stage}
     if stage in (1, 2):
         zero.update(
             overlap_comm=False, contiguous_gradients=True, reduce_bucket_size=5e7, allgather_bucket_size=5e7
         )
-    return {
+    out = {
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": 1,
         "gradient_clipping": cfg.learner.max_grad_norm,
@@ -165,6 +179,10 @@ def deepspeed_config(cfg, micro_batch: int, bf16: bool) -> dict:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if bf16:  # gradients summed over micro-batches and ranks in fp32, not in the weights' bf16
+        out["data_types"] = {"grad_accum_dtype": "fp32"}
+        out["communication_data_type"] = "fp32"
+    return out
 
 
 @dataclass

@@ -59,29 +59,66 @@ def samples(vocab, seed):
                    (-1.0) ** i, 0.0, 0, False) for i in range(4)]
 
 
-@pytest.mark.parametrize("stage", [0, 2])
-@pytest.mark.parametrize("kind", ["loss", "grad"])
-def test_skipped_step_leaves_no_trace(tiny_model, stage, kind):
-    """[s1, bad, s2] gives exactly the parameters of [s1, s2]: no update, no Adam moment, no LR step."""
+def state(pol) -> dict:
+    """What a skipped step must leave as it was: the adapter as trained (DeepSpeed's fp32 master copy where it keeps
+    one: bf16, ZeRO) and Adam's moments, gathered (ZeRO-3)."""
+    import deepspeed
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    params = [(n, p) for n, p in pol.module.named_parameters() if p.requires_grad]
+    out = {f"adapter/{k}": v.clone() for k, v in pol.lora_tensors().items()}
+    with deepspeed.zero.GatheredParameters([p for _, p in params], enabled=pol.cfg.learner.zero_stage == 3):
+        for n, p in params:
+            master = safe_get_full_fp32_param(p)
+            if master is not None:
+                out[f"fp32/{n}"] = master.clone()
+            for key in ("exp_avg", "exp_avg_sq"):
+                m = safe_get_full_optimizer_state(p, key)
+                if m is None:  # plain fp32 without ZeRO: torch's AdamW holds the state
+                    m = pol.engine.optimizer.state.get(p, {}).get(key)
+                if m is not None:
+                    out[f"{key}/{n}"] = m.clone()
+    return out
+
+
+CLEAN: dict = {}
+"""(precision, stage) -> the run without the bad step (shared by the loss and grad cases)."""
+
+
+def run_steps(tiny_model, precision, stage, plan):
     from learner.engine import PolicyEngine
     from learner.step import forward_backward
 
     cfg = load_config(REPO / "configs" / "smoke_cpu.yaml",
-                      [f"model_id={tiny_model}", f"learner.zero_stage={stage}", "learning_rate=1e-2",
-                       "lr_scheduler_type=linear", "warmup_ratio=0", "max_steps=10", "learner.share_prompt=false"])
-    runs = {}
-    for name, plan in (("clean", {}), ("bad", {2: kind})):
-        pol = Injector(PolicyEngine(cfg), plan)
-        results = []
-        for seed in (1, 2, 3) if plan else (1, 3):
-            forward_backward(pol, cfg, samples(pol.vocab_size, seed), None)
-            results.append(pol.step())
-        runs[name] = ({k: v.clone() for k, v in pol.lora_tensors().items()}, results, pol.learning_rate)
-    clean, bad = runs["clean"], runs["bad"]
+                      [f"model_id={tiny_model}", f"learner.zero_stage={stage}", f"learner.precision={precision}",
+                       "learning_rate=1e-2", "lr_scheduler_type=linear", "warmup_ratio=0", "max_steps=10",
+                       "learner.share_prompt=false"])
+    pol = Injector(PolicyEngine(cfg), plan)
+    results = []
+    for seed in (1, 2, 3) if plan else (1, 3):
+        forward_backward(pol, cfg, samples(pol.vocab_size, seed), None)
+        results.append(pol.step())
+    return state(pol), results, pol.learning_rate
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("stage", [0, 2, 3])
+@pytest.mark.parametrize("kind", ["loss", "grad"])
+def test_skipped_step_leaves_no_trace(tiny_model, precision, stage, kind):
+    """[s1, bad, s2] gives exactly the parameters of [s1, s2]: no update, no Adam moment, no LR step; in fp32 and
+    bf16 (DeepSpeed's BF16_Optimizer at stage 0, fp32 gradient partitions at 2 and 3) and at every ZeRO stage."""
+    if (precision, stage) not in CLEAN:
+        CLEAN[(precision, stage)] = run_steps(tiny_model, precision, stage, {})
+    clean = CLEAN[(precision, stage)]
+    bad = run_steps(tiny_model, precision, stage, {2: kind})
     assert bad[1][1].skipped == f"non-finite {'loss' if kind == 'loss' else 'gradient'}"
     assert math.isnan(bad[1][1].grad_norm) and all(r.skipped is None for r in clean[1])
+    assert bad[1][0].skipped is None and bad[1][2].skipped is None  # the others trained
     assert clean[2] == bad[2]  # the LR schedule did not advance on the skipped step
-    assert all(torch.equal(clean[0][k], bad[0][k]) for k in clean[0])
+    assert set(clean[0]) == set(bad[0]) and any(k.startswith("exp_avg/") for k in clean[0])
+    if precision == "bf16":
+        assert any(k.startswith("fp32/") for k in clean[0])  # DeepSpeed's fp32 master weights were compared too
+    assert [k for k in clean[0] if not torch.equal(clean[0][k], bad[0][k])] == []
     assert all(torch.isfinite(t).all() for t in bad[0].values())
 
 
