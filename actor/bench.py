@@ -436,7 +436,7 @@ def main(argv=None) -> int:
                 r["contender"] += tag
                 results["hf" + tag] = r
             engines = [n for n in ("vllm_raw", "actor") if n in only]
-            groups = [engines] if args.paired else [[n] for n in engines]
+            groups = ([engines] if engines else []) if args.paired else [[n] for n in engines]  # --only hf: none
             for names in groups:
                 bar.set_postfix_str(",".join(names) + tag)
                 up = []
