@@ -6,7 +6,10 @@ so vLLM's start-up memory check sees the GPU free; and stop everything together.
 Invariants:
 - Each component runs in its own process group, so stopping it stops its children (vLLM's EngineCore,
   DeepSpeed's per-rank processes) too: no orphan is left on Ctrl-C, SIGTERM or a component's failure.
-- Each output line is prefixed with the component's name and also appended to ``RUN_DIR/logs/NAME.log``.
+- Each output line is prefixed with the component's name and also appended to ``RUN_DIR/logs/NAME.log``. vLLM's own
+  INFO and DEBUG records (``Successfully reset prefix cache`` at every load, ``setting pause state ...``, the engine's
+  start-up and shutdown chatter: :func:`engine_chatter`) go to the log file only; its warnings and errors, and every
+  line of ours, reach the console too, so the learner's progress bar stays readable.
 - An actor is ready when it prints a line containing ``READY`` (``actor.__main__`` does so once its engine is up
   and its channels are open). With ``actors_first`` the learner starts after all are ready, or the launch fails
   after ``ready_timeout_s``; otherwise the learner bounds that wait itself (``sync.actor_start_timeout_s``, which
@@ -32,6 +35,29 @@ from launch.plan import Component, LaunchError, Plan
 
 READY_MARK = "READY"
 LABEL = re.compile(r"^\s*(\d+): ")  # srun --label: the task number in front of each line
+_VLLM_RECORD = re.compile(r"\([^()\s]+ pid=\d+\) (?:INFO|DEBUG) \d\d-\d\d \d\d:\d\d:\d\d \[")
+"""vLLM's own format (``vllm.logger._FORMAT``, after ``VLLM_LOGGING_PREFIX``):
+``(EngineCore pid=12) INFO 12-07 11:38:02 [block_pool.py:861] Successfully reset prefix cache``."""
+_VLLM_VIA_ROOT = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ \S+ vllm(?:\.\S+)? (?:INFO|DEBUG) ")
+"""A vllm.* record the actor's own handler formatted (``actor.__main__``'s ``%(asctime)s ID %(name)s
+%(levelname)s``): vLLM logs a few lines at import, before it installs its handler."""
+
+
+def engine_chatter(line: str) -> bool:
+    """Whether ``line`` is an INFO or DEBUG record of vLLM's (kept in the log file, off the console).
+
+    >>> engine_chatter("(EngineCore pid=5863) INFO 12-07 11:38:02 [block_pool.py:861] Successfully reset prefix cache")
+    True
+    >>> engine_chatter("(EngineCore_DP0 pid=7) WARNING 12-07 11:37:31 [ompmultiprocessing.py:63] VLLM_CPU_NUM...")
+    False
+    >>> engine_chatter("2026-12-07 11:37:14,149 vm-a0 vllm.triton_utils.importing INFO Triton is installed but ...")
+    True
+    >>> engine_chatter("2026-12-07 11:38:02,575 vm-a0 actor INFO actor vm-a0: serving v1 (loaded in 0.035s, ...)")
+    False
+    """
+    head = line[:200]
+    m = _VLLM_RECORD.search(head)
+    return (m is not None and m.start() <= 40) or _VLLM_VIA_ROOT.match(head) is not None
 
 
 class Proc:
@@ -68,8 +94,9 @@ class Proc:
         for line in self.popen.stdout:  # type: ignore[union-attr]
             line = self._tagged(line)
             self.log.write(line)
-            sys.stdout.write(prefix + line)
-            sys.stdout.flush()
+            if not engine_chatter(line.removeprefix(f"({self.tag}) ") if self.tag else line):  # vLLM's INFO: log only
+                sys.stdout.write(prefix + line)
+                sys.stdout.flush()
             if READY_MARK in line:
                 self.ready.set()
 

@@ -1,5 +1,6 @@
 """End to end, faults: a killed actor is restarted and the run loses no step, a killed learner
-resumes from its last checkpoint, and Ctrl-C on the launcher leaves no process behind.
+resumes from its last checkpoint, and Ctrl-C on the launcher leaves no process behind (nor vLLM's shared-memory
+queues, nor the resource tracker's "leaked shared_memory" warning).
 
 All through ``launch/cpu.sh`` (a real vLLM actor process, a real DeepSpeed learner process) on the
 tiny model with the toy reward; ``metrics.jsonl`` must hold each training step exactly once. Actors load versions
@@ -11,10 +12,14 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
+import psutil
 import pytest
 
+from actor.shm import engine_segments
 from e2e_helpers import INFLIGHT_LOAD, INLINE, Launch, e2e_overrides, train_steps
+from launch.supervise import engine_chatter
 from learner.checkpoint import list_checkpoints
 from learner.metrics import read_metrics
 
@@ -109,10 +114,20 @@ def test_ctrl_c_on_the_launcher_leaves_no_process(tiny_model, tmp_path):
         procs = la.processes()
         assert la.component_pids("actor-0") and la.component_pids("learner")
         assert len(procs) >= 4  # launcher, actor (+ EngineCore), learner
-        la.interrupt()
+        actor = [psutil.Process(pid) for pid in la.component_pids("actor-0")]
+        engine = {c.pid for p in actor for c in p.children(recursive=True)}  # EngineCore and its worker
+        queues = engine_segments(engine)  # vLLM's shared-memory queues between them (actor.shm)
+        assert queues, "the actor's engine maps no shared-memory queue: is EngineCore a process of its own?"
+        la.interrupt()  # the launcher stops each component's process group: EngineCore gets a SIGTERM of its own
         assert la.wait(timeout=120) == 130, la.log()[-3000:]
         left = la.alive({p.pid for p in procs})
+        log = la.log()
     assert left == [], f"processes left after Ctrl-C: {left}"
+    assert not [q for q in queues if (Path("/dev/shm") / q).exists()], "vLLM's shared-memory queues outlived the run"
+    assert "leaked shared_memory" not in log, log[-3000:]
+    # the console: vLLM's INFO records are in the actor's log file only (launch.supervise.engine_chatter)
+    kept = (tmp_path / "run" / "logs" / "actor-0.log").read_text().splitlines()
+    assert sum(engine_chatter(ln) for ln in kept) >= 5 and not [ln for ln in log.splitlines() if engine_chatter(ln)]
 
 
 def test_resumed_learner_takes_over_live_actors(tiny_model, tmp_path, actor_kit):

@@ -151,3 +151,44 @@ def test_an_actor_that_dies_before_it_is_ready_fails_the_run(tmp_path):
     assert "exited with code 3 before it was ready" in out
     time.sleep(0.5)
     assert not [p for p in wait_for_pids(pids, 2) if alive(p)]
+
+
+VLLM_LINES = [
+    "(EngineCore pid=5863) INFO 12-07 11:38:02 [block_pool.py:861] Successfully reset prefix cache",
+    "(EngineCore pid=5863) INFO 12-07 11:38:02 [scheduler.py:2756] setting pause state to PAUSED_ALL",
+    "(MainProcess pid=5632) DEBUG 12-07 11:38:16 [core_client.py:770] [shutdown] MPClient: start",
+    "2026-12-07 11:37:14,149 vm-a0 vllm.triton_utils.importing INFO Triton is installed but 0 active driver(s)",
+]
+SHOWN = [
+    "(EngineCore pid=5863) WARNING 12-07 11:37:31 [ompmultiprocessing.py:63] VLLM_CPU_NUM_OF_RESERVED_CPU is low",
+    "(EngineCore pid=5863) ERROR 12-07 11:53:05 [core.py:1512] EngineCore encountered a fatal error.",
+    "2026-12-07 11:38:02,575 vm-a0 actor INFO actor vm-a0: serving v1 (loaded in 0.035s)",
+    "actor vm-a0: READY (engine up, merged mode, float32)",
+    "grpo:  50%|#####     | 4/8 [00:54<00:32,  8.23s/step, reward=0.000]",
+]
+
+
+def test_vllm_info_goes_to_the_log_file_only(tmp_path, capsys):
+    """The console of a run: vLLM's INFO and DEBUG records stay in RUN_DIR/logs/NAME.log; its warnings and errors,
+    our own lines (INFO included) and the progress bar reach the console too."""
+    from launch.plan import Component
+    from launch.supervise import Proc
+
+    lines = VLLM_LINES + SHOWN
+    script = "import sys\nfor line in sys.argv[1:]:\n    print(line, flush=True)\n"
+    p = Proc(Component(name="actor-0", argv=[sys.executable, "-c", script, *lines]), tmp_path, tag="n2")
+    assert p.popen.wait(timeout=30) == 0
+    p.pump.join(timeout=10)
+    p.log.close()
+    console = capsys.readouterr().out.splitlines()
+    assert console == [f"[actor-0] (n2) {line}" for line in SHOWN]
+    assert (tmp_path / "actor-0.log").read_text().splitlines() == [f"(n2) {line}" for line in lines]
+    assert p.ready.is_set()
+
+
+def test_supervise_doctests():
+    import doctest
+
+    import launch.supervise
+
+    assert doctest.testmod(launch.supervise).failed == 0
