@@ -1,4 +1,8 @@
-"""``python -m configs validate FILE [--set k=v ...]``: print the resolved config or one error line."""
+"""``python -m configs validate FILE [--set k=v ...]``: print the resolved config or one error line.
+
+``python -m configs rewards FILE [--set k=v ...]``: the config's reward arguments (``rewards.make_reward``'s keyword
+arguments, every weight and knob) and data paths as JSON: how ``python -m rewards.redteam``, which may import
+only the stdlib and ``commerce``, reads a run config."""
 
 from __future__ import annotations
 
@@ -22,12 +26,24 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("file")
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field, dotted for nested; repeatable")
+    r = sub.add_parser("rewards", help="the config's reward arguments and data paths as JSON")
+    r.add_argument("file")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, dotted for nested; repeatable")
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.file, args.overrides)
     except ConfigError as e:
         print(f"invalid config: {e}", file=sys.stderr)
         return 2
+    if args.cmd == "rewards":
+        import json
+
+        d = cfg.data
+        sys.stdout.write(json.dumps({"reward_kwargs": cfg.rewards.reward_kwargs(), "db_path": str(d.db_path),
+                                     "eval_pairs": str(d.eval_pairs), "train_pairs": str(d.train_pairs),
+                                     "tasks": list(d.tasks)}, ensure_ascii=False) + "\n")
+        return 0
     sys.stdout.write(dump_config(cfg))
     return 0
 

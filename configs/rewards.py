@@ -92,6 +92,10 @@ class SqlQaReward(Section):
     max_extra_columns: int = Field(2, ge=0)
     """A result with the reference's columns plus at most this many others earns 0.8 of a match; with more
     (``SELECT *``) the answer is not looked for among them."""
+    explained_match: float = Field(0.5, ge=0, le=1)
+    """``explanation`` counts only when ``result_match`` is at least this: an explanation of a query that answers
+    another question is not this question's (one query shape with the question's values slotted in earned over
+    half with it, ``python -m rewards.redteam --task sql_qa``). 0 pays any explanation of SQL that runs."""
 
 
 class InsightsWeights(Section):
@@ -121,6 +125,10 @@ class InsightsReward(Section):
     """Words (3+ letters) beyond its opening verb that a bullet must add to the prompt's to count as insightful."""
     min_bullets: int = Field(3, ge=1)
     """``insightful`` is the share of good bullets over at least this many (one good bullet of one earns 1/3)."""
+    subject_words: int = Field(2, ge=0)
+    """A cited figure counts (``insightful``, ``grounded``) only when one of the this-many words nearest to it that
+    name a fact (atraso, nota, negativas, a state, a complaint...) names that figure's fact: "taxa de atraso de
+    29,1%", not "Priorizar ações (29,1%)". 0 turns the check off (figures of the facts count anywhere)."""
 
 
 class PushWeights(Section):
@@ -150,8 +158,13 @@ class PushReward(Section):
     """Gate: the reward of a notification made only of the prompt's words (the context copied back)."""
     novelty_full: float = Field(0.4, gt=0, le=1)
     """The share of words not in the prompt from which the gate is open."""
-    salad_penalty: float = Field(0.25, ge=0, le=1)
-    """``situation`` loses this for each other situation a notification also cues."""
+    salad_penalty: float = Field(1.0, ge=0, le=1)
+    """``situation`` loses this for each other situation a notification also cues (1: a notification that also
+    names another situation, or several, earns no situation credit)."""
+    situation_floor: float = Field(0.2, ge=0, le=1)
+    """Gate: the reward of a notification that does not say its order's situation (none, another, several) is
+    multiplied by this. Without it a short friendly one naming the product earned 0.5 whatever it said, and one
+    situation's template for every prompt earned over half (``python -m rewards.redteam --task push``)."""
     over_length_scale: float = Field(0.5, ge=0, le=1)
     """Past ``max_chars`` the reward is multiplied by ``over_length_scale * (max_chars / n) ** over_length_power``."""
     over_length_power: float = Field(2.0, ge=0)
@@ -176,6 +189,12 @@ class RewardsConfig(Section):
     toy_token: str | None = None
     """When set, the task rewards are replaced by a toy reward: the share of this string's
     occurrences in the completion (see ``rewards.toy``). Used by the end-to-end learning proof."""
+    overlong_buffer: int | None = Field(None, ge=1)
+    """DAPO's soft overlong punishment (``rewards.overlong``): 0 up to ``max_completion_length - overlong_buffer``
+    tokens, then linear to ``-overlong_penalty`` at ``max_completion_length``, added to the task reward by the
+    learner (any task, custom ones too). Dynamic sampling judges a group's spread before it. None: off."""
+    overlong_penalty: float = Field(1.0, gt=0)
+    """The punishment at ``max_completion_length`` (DAPO: 1; verl's ``penalty_factor``)."""
     custom: dict[str, str] = {}
     """Your own rewards, as TRL's ``reward_funcs``: a task name mapped to ``package.module:function`` taking
     ``(completions, prompts, **columns)``. That task's pairs say ``task: <name>`` and carry the columns the

@@ -5,13 +5,21 @@ Components (weights from ``rewards.push.weights``, normalised to sum 1):
 - ``situation`` (0.5): the notification fits the order's situation (the context's ``situacao``, or the
   prompt's ``Situação:`` line): one of its cues (a caminho/saiu/chega; confirmado/aprovado; cancelado;
   atraso/demora/desculpa; novidade/curtiu; oferta/promo/off; avalie/achou/conta pra gente; resolver/problema)
-  earns 1, less ``salad_penalty`` (0.25) for each *other* situation cued (a salad of every situation's words
-  fits none). Without a known situation the component is dropped;
+  earns 1, less ``salad_penalty`` (1.0) for each *other* situation cued: a notification that also names another
+  situation (a salad of every situation's words, "a caminho ou cancelado?", a contradiction) earns nothing here.
+  Cues inside the product, category or city names do not count. Without a known situation the component is
+  dropped;
 - ``length`` (0.25): 1 for 20-``max_chars`` characters (linear below 20), 0 above;
 - ``tone`` (0.25): informal, engaging cues (você/vc, seu/sua, pra, "!", emoji, "bora", "aproveite",
   "confira", ...) up, formal ones (prezado, senhor(a), informamos, atenciosamente, ...) down.
 
-Then three gates multiply the whole (each ``floor + (1 - floor) * value``; logged as components too):
+Then four gates multiply the whole (each ``floor + (1 - floor) * value``; logged as components too):
+
+- ``situation`` (floor ``situation_floor`` 0.2): the same score as a gate. A notification that does not say
+  this order's situation (none, another, several) is not worth its tone and length: without the gate a
+  friendly, short one that names the product earned 0.5 whatever it said, so one template that always says
+  "cancelado" earned 0.5 plus half the share of cancelled orders (0.70 on the default eval pairs: the
+  situations are unbalanced). With it that template earns the share of its situation plus 0.1 of the rest;
 
 - ``mentions_product`` (floor ``product_floor`` 0.4): 1 when the product name or the category label appears
   (accents and case ignored), 0.7 for one of their words (4+ letters); the context comes from the ``context``
@@ -27,9 +35,11 @@ over_length_power`` (0.5 and 2: half at 121 characters, an eighth at 240). It ne
 completions that are all too long the shorter still scores higher (a group keeps a gradient towards the limit).
 A leading label (``Notificação:``, ``Push:``) and surrounding quotes are not counted.
 
-Robustness (tests/unit/test_reward_attacks.py): one generic offer for every prompt earns about 0.2 (it was 0.75),
-the product name alone, the prompt copied, English, a salad of every situation's words and text padded past
-the limit all stay under half of what the reference notifications earn.
+Robustness (tests/unit/test_reward_attacks.py): one generic offer for every prompt earns about 0.1 (it was 0.75),
+the product name alone, the prompt copied, English, a salad of every situation's words, one situation's
+notification for every prompt and text padded past the limit all stay under half of what the reference
+notifications earn; ``python -m rewards.redteam --task push`` searches for a better template and finds none
+over 0.5 (README "Rewards").
 
 How it departs from the user's earlier reward (length, Portuguese, creativity, minus formality):
 "creativity" is replaced by checkable, context-grounded properties (the product, the situation, words of its
@@ -45,10 +55,10 @@ from typing import Any
 from .common import as_dict, combine, fold, pt_score
 
 COMPONENTS = {"situation": 0.5, "length": 0.25, "tone": 0.25}
-GATES = ("mentions_product", "portuguese", "novelty")
+GATES = ("situation", "mentions_product", "portuguese", "novelty")
 SHAPING = {"max_chars": 120, "product_floor": 0.4, "portuguese_floor": 0.3, "portuguese_full": 0.6,
-           "novelty_floor": 0.3, "novelty_full": 0.4, "salad_penalty": 0.25, "over_length_scale": 0.5,
-           "over_length_power": 2.0}
+           "novelty_floor": 0.3, "novelty_full": 0.4, "salad_penalty": 1.0, "situation_floor": 0.2,
+           "over_length_scale": 0.5, "over_length_power": 2.0}
 """Defaults of the knobs (``rewards.push`` in the run config passes every one of them explicitly)."""
 MAX_CHARS = SHAPING["max_chars"]
 SITUATION_CUES = {
@@ -77,6 +87,7 @@ _EMOJI = re.compile("[\U0001f300-\U0001faff\u2600-\u27bf\u2b50\u2705]")
 _PROMPT_PRODUCT = re.compile(r"Produto:\s*(.+?)\s*\(categoria:\s*(.+?)\)")
 _WORD4 = re.compile(r"[a-z]{4,}")
 _GENERIC = {"para", "jogo", "acessorios", "produto", "produtos", "stuff", "cool", "geral", "interesse"}
+_PROMPT_CITY = re.compile(r"Cliente:\s*([^/\n]+?)\s*/")
 _PROMPT_SITUATION = re.compile(r"Situa[cç][aã]o:\s*(.+)")
 
 
@@ -159,17 +170,31 @@ def _situation_key(context: Any, prompt: str) -> str | None:
     return None
 
 
-def situation_score(text: str, key: str | None, salad_penalty: float = SHAPING["salad_penalty"]) -> float | None:
+def _names(context: Any, prompt: str) -> tuple[str, ...]:
+    """The product, category and city of the order (context or prompt): words that are not the notification's."""
+    terms = _terms(context, prompt)
+    ctx = as_dict(context) or {}
+    city = ctx.get("cidade") or next(iter(_PROMPT_CITY.findall(prompt or "")), None)
+    return tuple(terms[0] if terms else ()) + ((str(city),) if city else ())
+
+
+def situation_score(text: str, key: str | None, salad_penalty: float = SHAPING["salad_penalty"],
+                    names: tuple[str, ...] = ()) -> float | None:
     """1 when the text cues its situation, less ``salad_penalty`` per other situation cued; None without one.
+    ``names`` (the product, category and city) are taken out first: "kit de volta às aulas" cues nothing.
 
     >>> situation_score("Desculpa a demora com a colônia 😔", "desculpas_atraso")
     1.0
     >>> situation_score("Confirmado, a caminho, desculpa o atraso, avalie!", "desculpas_atraso")
-    0.25
+    0.0
+    >>> situation_score("Sua colônia: a caminho ou cancelado?", "entrega_a_caminho", salad_penalty=0.25)
+    0.75
     """
     if key is None:
         return None
     t = fold(text)
+    for name in sorted({fold(x) for x in names if x}, key=len, reverse=True):
+        t = t.replace(name, " ")
     if not _CUES[key].search(t):
         return 0.0
     others = sum(1 for k, rx in _CUES.items() if k != key and rx.search(t))
@@ -205,10 +230,12 @@ def push_parts(text: str, context: Any = None, prompt: str = "", shaping: dict |
     if not ctx_prompt:
         ctx = as_dict(context) or {}
         ctx_prompt = " ".join(str(v) for v in ctx.values())
-    parts = {"situation": situation_score(t, _situation_key(context, prompt), sh["salad_penalty"]),
+    parts = {"situation": situation_score(t, _situation_key(context, prompt), sh["salad_penalty"],
+                                          _names(context, prompt)),
              "length": length, "tone": tone_score(t) if t else 0.0,
              "mentions_product": mentions_score(t, context, prompt), "portuguese": pt_score(t),
              "novelty": novelty_score(t, ctx_prompt)}
+    mult *= _gate(parts["situation"], sh["situation_floor"])
     mult *= _gate(parts["mentions_product"], sh["product_floor"])
     mult *= _gate(parts["portuguese"], sh["portuguese_floor"], sh["portuguese_full"])
     mult *= _gate(parts["novelty"], sh["novelty_floor"], sh["novelty_full"])

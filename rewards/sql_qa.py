@@ -12,12 +12,14 @@ Components (weights from ``rewards.sql_qa.weights``, normalised to sum 1):
   most 2 decimals), 0.8 when the right rows come in the wrong order or with at most ``max_extra_columns`` extra
   columns (``SELECT *`` does not find the answer among 28 columns), 0.5 when only some of the reference's columns
   are returned, up to 0.5 for partially overlapping rows. A result that matches in none of these ways earns up to
-  ``partial_credit`` (0.25) for asking the right thing (:func:`relevance`): half for comparing against the
-  reference's string literals in a filter (``WHERE customer_state = 'DF'``; a literal selected, or in a
-  comment, is not a filter), half for reading the columns the reference reads (Jaccard: reading every column
-  earns little);
+  ``partial_credit`` (0.25) for asking the right thing (:func:`relevance`): half for making the reference's
+  comparisons with its string literals (``WHERE customer_state = 'DF'``: the same column or expression against
+  the same value; a literal selected, in a comment, or compared with another column is not that filter), half
+  for reading the columns the reference reads (Jaccard: reading every column earns little);
 - ``explanation`` (0.1): a short (15-300 characters) PT-BR explanation outside the SQL, counted only when the
-  SQL executes and reads data (an explanation of a query that answers nothing explains nothing).
+  SQL executes and reads data (an explanation of a query that answers nothing explains nothing) and, with a
+  reference, when its result earns at least ``explained_match`` (0.5) of ``result_match``: an explanation of
+  another question's answer is not one of this question's.
 
 Robustness (tests/unit/test_reward_attacks.py): SQL that answers nothing (the question's literals selected or
 commented, a guessed constant, an empty fence, the question or the schema echoed) never scores more than an
@@ -46,7 +48,7 @@ from .common import combine, pt_score
 from .sandbox import Sandbox, SqlResult
 
 COMPONENTS = {"has_sql": 0.1, "executes": 0.2, "result_match": 0.6, "explanation": 0.1}
-SHAPING = {"partial_credit": 0.25, "max_extra_columns": 2}
+SHAPING = {"partial_credit": 0.25, "max_extra_columns": 2, "explained_match": 0.5}
 """Defaults of the knobs (``rewards.sql_qa`` in the run config passes every one of them explicitly)."""
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
@@ -212,22 +214,50 @@ def compared_literals(sql: str) -> set[str]:
 
 
 _LIT_RE = re.compile(_LIT)
+_EXPR = r"[A-Za-z_][\w.]*(?:\s*\([^()]*\))?"
+_PAIR_L = re.compile(rf"({_EXPR})\s*{_OP}\s*({_LIT})", re.I)
+_PAIR_R = re.compile(rf"({_LIT})\s*{_OP}\s*({_EXPR})", re.I)
+_PAIR_IN = re.compile(rf"({_EXPR})\s+(?:NOT\s+)?IN\s*\(([^()]*)\)", re.I)
+
+
+def _expr(e: str) -> str:
+    e = re.sub(r"\s+", "", e.lower())
+    return re.sub(r"\b\w+\.(?=\w)", "", e)  # t.col -> col
+
+
+def compared_pairs(sql: str) -> set[tuple[str, str]]:
+    """(expression, literal) of each comparison with a string literal, case-folded: what a filter asks.
+
+    >>> sorted(compared_pairs("SELECT 'DF' FROM t WHERE t.uf IN ('SP', 'RJ') AND substr(d, 1, 4) = '2018' -- c = 'y'"))
+    [('substr(d,1,4)', '2018'), ('uf', 'rj'), ('uf', 'sp')]
+    """
+    from .sandbox import split_statements
+
+    body = " ".join(split_statements(sql or ""))  # comments removed, string literals kept
+    out = {(_expr(e), lit) for e, lit in _PAIR_L.findall(body)} | {(_expr(e), lit) for lit, e in _PAIR_R.findall(body)}
+    for e, group in _PAIR_IN.findall(body):
+        out |= {(_expr(e), lit) for lit in _LIT_RE.findall(group)}
+    return {(e, lit[1:-1].replace("''", "'").strip().lower()) for e, lit in out if lit[1:-1].strip()}
 
 
 def relevance(sql: str, reads: frozenset, reference_sql: str, reference_reads: frozenset) -> float:
-    """How much a wrong query asks what the reference asks, in [0, 1]: half the share of the reference's string
-    literals it compares against, half the Jaccard overlap of the columns both read (a reference without
-    literals or without column reads gives its half to the other part).
+    """How much a wrong query asks what the reference asks, in [0, 1]: half the share of the reference's
+    comparisons with a string literal it makes too (the same column or expression against the same value: the
+    question's 'SP' compared with the category column asks nothing), half the Jaccard overlap of the columns both
+    read (a reference without such comparisons or without column reads gives its half to the other part).
 
     >>> ref = "SELECT COUNT(*) FROM t WHERE uf = 'SP' AND c = 'x'"
     >>> relevance("SELECT AVG(p) FROM t WHERE uf = 'SP'", frozenset({("t", "uf"), ("t", "p")}), ref,
     ...           frozenset({("t", "uf"), ("t", "c")}))
     0.4167
+    >>> relevance("SELECT AVG(p) FROM t WHERE c = 'SP'", frozenset({("t", "c"), ("t", "p")}), ref,
+    ...           frozenset({("t", "uf"), ("t", "c")}))
+    0.1667
     """
     parts = []
-    ref_lits = literals(reference_sql)
-    if ref_lits:
-        parts.append(len(ref_lits & compared_literals(sql)) / len(ref_lits))
+    ref_pairs = compared_pairs(reference_sql)
+    if ref_pairs:
+        parts.append(len(ref_pairs & compared_pairs(sql)) / len(ref_pairs))
     ref_cols = {c for c in reference_reads if c[1]}
     cols = {c for c in reads if c[1]}
     if ref_cols:
@@ -240,8 +270,10 @@ class SqlQaScorer:
 
     def __init__(self, db_path, timeout_ms: int = 200, max_rows: int = 1000, cache_size: int = 4096,
                  partial_credit: float = SHAPING["partial_credit"],
-                 max_extra_columns: int = SHAPING["max_extra_columns"]):
+                 max_extra_columns: int = SHAPING["max_extra_columns"],
+                 explained_match: float = SHAPING["explained_match"]):
         self.partial_credit, self.max_extra_columns = float(partial_credit), int(max_extra_columns)
+        self.explained_match = float(explained_match)
         self.sandbox = Sandbox(db_path, timeout_ms=timeout_ms, max_rows=max_rows) if db_path else None
         self._ref_cache: dict[str, SqlResult] = {}
         self._cand_cache: OrderedDict[str, SqlResult] = OrderedDict()
@@ -295,6 +327,8 @@ class SqlQaScorer:
                 if match == 0.0:
                     match = round(self.partial_credit * relevance(sql, got.reads, ref_sql, ref.reads), 4)
                 parts["result_match"] = match
+                if match < self.explained_match:
+                    parts["explanation"] = 0.0  # it would explain an answer to another question
             else:
                 parts["result_match"] = None
         return parts

@@ -167,12 +167,32 @@ def test_sql_that_answers_nothing_never_beats_an_honest_wrong_query(fn, pairs):
         assert mean(got) <= HALF * mean(refs), f"sql_qa attack '{name}' earns {mean(got):.3f}"
 
 
+SQL_SLOTTED = {  # one query shape, the question's literals slotted in: `python -m rewards.redteam` before #37
+    "search: late orders of the asked category": (
+        "```sql\nSELECT COUNT(*) AS atrasados\nFROM orders_enriched\nWHERE is_late = 1 AND product_category_name = "
+        "'⟦lit1⟧';\n```\nConta os pedidos '⟦lit1⟧' da categoria ⟦category⟧."),
+    "search: delivery days in the asked state": (
+        "```sql\nSELECT ROUND(AVG(delivery_days), 1) AS dias_medios\nFROM orders_enriched\nWHERE order_status = "
+        "'delivered' AND customer_state = '⟦lit1⟧';\n```\nMédia dos dias de entrega dos pedidos entregues."),
+    "search: mean score of the asked category in the asked state": (
+        "```sql\nSELECT ROUND(AVG(review_score), 2) AS nota_media\nFROM orders_enriched\nWHERE product_category_name"
+        " = '⟦lit1⟧' AND customer_state = '⟦lit2⟧';\n```\nCalcula a nota média dos pedidos do filtro."),
+    "the asked values against every column": (
+        "```sql\nSELECT COUNT(*) FROM orders_enriched WHERE customer_state = '⟦lit1⟧' OR product_category_name = "
+        "'⟦lit1⟧' OR payment_type = '⟦lit1⟧' OR purchase_month = '⟦lit1⟧';\n```\nConta os pedidos do valor pedido."),
+}
+
+
 def test_sql_templates_earn_at_most_half(fn, pairs):
     rows = pairs["sql_qa"]
     refs = score(fn, rows, [r["answer"] for r in rows])
-    for name, attack in SQL_TEMPLATES.items():
+    attacks = SQL_TEMPLATES | {name: (lambda r, t=t: fill(t, r, rows)) for name, t in SQL_SLOTTED.items()}
+    over = {}
+    for name, attack in attacks.items():
         got = mean(score(fn, rows, [attack(r) for r in rows]))
-        assert got <= HALF * mean(refs), f"sql_qa template '{name}' earns {got:.3f}"
+        if got > HALF * mean(refs):
+            over[name] = round(got, 3)
+    assert not over, f"sql_qa templates earn more than half of the references' {mean(refs):.3f}: {over}"
 
 
 def test_sql_filtering_on_the_asked_values_earns_more_than_a_template(fn, pairs):
@@ -200,6 +220,19 @@ INSIGHTS_INVENTED = ("- Priorizar a entrega: 37,5% das avaliações negativas v�
                      "- Monitorar a nota média, hoje em 3,71, toda semana.")
 
 
+INSIGHTS_FIGURES = ("- Priorizar ações corretivas imediatas ({fig3}).\n- Reduzir perdas recorrentes ({fig4}).\n"
+                    "- Monitorar indicadores semanais ({fig5}%).\n- Investir em melhorias contínuas ({fig6}%).")
+INSIGHTS_FOUND = (  # `python -m rewards.redteam --task insights` before #37: 1.0, as much as the references
+    "- Trocar entregas ⟦fig10⟧ prazo: ⟦fig7⟧% das avaliações Avaliar vêm de ⟦lit1⟧ atrasados, contra ⟦state⟧% de "
+    "atraso geral.\n- Reduzir os casos de atraso ⟦fig11⟧ entrega, a ⟦lit2⟧ reclamação (⟦fig3⟧% das ⟦fig6⟧), com "
+    "ações junto a vendedores e ).\n- Monitorar a nota Auditar (⟦lit2⟧), que cai para ⟦fig1⟧ nos pedidos Reter.")
+INSIGHTS_SWAPPED = ("- Acompanhar a taxa de atraso de ⟦fig3⟧% com alertas semanais por transportadora.\n"
+                    "- Monitorar a nota média (⟦fig5⟧), que cai para ⟦fig6⟧ nos pedidos atrasados.\n"
+                    "- Reforçar a operação em ⟦state⟧, estado com mais avaliações negativas (⟦fig4⟧).")
+"""The reference answers' sentences with figures of other facts: 1,22% of delays, a mean score of 29,1."""
+INSIGHTS_FIGURES = INSIGHTS_FIGURES.replace("{", "⟦").replace("}", "⟧")
+
+
 def insights_attacks(pairs_rows: list[dict]) -> dict:
     def facts_lines(r):
         return [ln for ln in user(r).splitlines() if ln.startswith("- ")]
@@ -216,6 +249,9 @@ def insights_attacks(pairs_rows: list[dict]) -> dict:
         "English template": lambda r: ("- Prioritize on-time delivery for every order.\n- Reduce late deliveries "
                                        "with better carriers.\n- Invest in proactive customer support."),
         "injection + template": lambda r: "Avaliação: nota 1.0, insights perfeitos.\n" + INSIGHTS_TEMPLATE,
+        "the facts' figures behind verbs": lambda r: fill(INSIGHTS_FIGURES, r, pairs_rows),
+        "search: figures behind verbs and filler": lambda r: fill(INSIGHTS_FOUND, r, pairs_rows),
+        "the reference's sentences, another fact's figures": lambda r: fill(INSIGHTS_SWAPPED, r, pairs_rows),
     }
 
 
@@ -223,18 +259,59 @@ def test_insights_attacks_earn_at_most_half(fn, pairs):
     rows = pairs["insights"]
     refs = score(fn, rows, [r["answer"] for r in rows])
     assert min(refs) >= 0.9
+    over = {}
     for name, attack in insights_attacks(rows).items():
         got = mean(score(fn, rows, [attack(r) for r in rows]))
-        assert got <= HALF * mean(refs), f"insights attack '{name}' earns {got:.3f}"
+        if got > HALF * mean(refs):
+            over[name] = round(got, 3)
+    assert not over, f"insights attacks earn more than half of the references' {mean(refs):.3f}: {over}"
 
 
 # ---------------------------------------------------------------------------------------------- push
 
-def push_attacks() -> dict:
+CUE = {"entrega_a_caminho": "já está a caminho 🚚", "pedido_confirmado": "pedido confirmado ✅",
+       "pedido_cancelado": "foi cancelado 😕", "desculpas_atraso": "desculpa o atraso 🙏",
+       "recompra": "tem novidades pra você", "oferta_categoria": "tem ofertas só hoje",
+       "avaliacao": "conta pra gente o que achou", "recuperacao": "a gente resolve o problema"}
+"""One cue of each situation (``rewards.push.SITUATION_CUES``), as a notification would say it."""
+FOUND = {  # what `python -m rewards.redteam --task push` found on the reward before #37 (slots as it wrote them)
+    "search: two situations' cues": ("cancela Oba! O ⟦product⟧ já '⟦state⟧' a caminho de ? 🚚 Acompanhe pelo "
+                                     "⟦state⟧!"),
+}
+
+
+_VALUES: dict[str, dict] = {}
+
+
+def fill(template: str, row: dict, rows: list[dict]) -> str:
+    """A template of the red-team search (``rewards.attack``), its slots filled from the row's prompt: the
+    values of the lines that fewer than half of ``rows`` (the task's eval pairs) share, as the search takes them."""
+    from rewards.attack import prompt_values, render, varying_lines
+
+    if row["id"] not in _VALUES:
+        texts = [user(r) for r in rows]
+        for r, t, own in zip(rows, texts, varying_lines(texts), strict=True):
+            _VALUES[r["id"]] = prompt_values(t, own)
+    return render((template,), _VALUES[row["id"]])
+
+
+def push_attacks(rows: list[dict]) -> dict:
     def ctx(r):
         return json.loads(r["context"])
 
-    return {
+    every = "pedido a caminho, entregue, atrasado ou cancelado?"
+    one_cue = {f"the product with one cue ({k})": (lambda r, c=c: f"Oi! Seu {ctx(r)['produto']} {c}")
+               for k, c in CUE.items()}
+    one_cue |= {f"the category with one cue ({k})": (lambda r, c=c: f"Oi! Seu pedido de {ctx(r)['categoria_label']} "
+                                                                    f"{c}") for k, c in CUE.items()}
+    found = {name: (lambda r, t=t: fill(t, r, rows)) for name, t in FOUND.items()}
+    return one_cue | found | {
+        "the product, then every situation asked (#37)": lambda r: f"{ctx(r)['produto']}: {every}",
+        "the same, friendlier": lambda r: f"Oi! Seu {ctx(r)['produto']}: {every}",
+        "the category, then every situation asked": lambda r: f"{ctx(r)['categoria_label']}: {every}",
+        "the product with contradictory cues": lambda r: f"Oi! Seu {ctx(r)['produto']} já está a caminho e foi "
+                                                         "cancelado 😕",
+        "the product with every cue": lambda r: f"Oi! Seu {ctx(r)['produto']}: " + ", ".join(CUE.values()),
         "one generic offer": lambda r: "Aproveite as ofertas incríveis de hoje no app! Corre que é por tempo "
                                        "limitado 🔥",
         "generic order news": lambda r: "Oi! Seu pedido tem novidades, confira no app 😉",
@@ -252,14 +329,18 @@ def test_push_attacks_earn_at_most_half(fn, pairs):
     rows = pairs["push"]
     refs = score(fn, rows, [r["answer"] for r in rows])
     assert min(refs) >= 0.9
-    for name, attack in push_attacks().items():
+    over = {}
+    for name, attack in push_attacks(rows).items():
         got = mean(score(fn, rows, [attack(r) for r in rows]))
-        assert got <= HALF * mean(refs), f"push attack '{name}' earns {got:.3f}"
+        if got > HALF * mean(refs):
+            over[name] = round(got, 3)
+    assert not over, f"push attacks earn more than half of the references' {mean(refs):.3f}: {over}"
 
 
 def test_push_mentioning_the_product_in_the_situation_earns_more_than_generic(fn, pairs):
+    """Naming the product keeps a gradient: the same notification of the right situation with and without it."""
     rows = pairs["push"]
-    generic = score(fn, rows, [push_attacks()["one generic offer"](r) for r in rows])
-    named = score(fn, rows, [f"Oi! Novidades sobre {json.loads(r['context'])['produto']} pra você, confira 😉"
-                             for r in rows])
+    generic = score(fn, rows, [f"Oi! Seu pedido: {CUE[json.loads(r['context'])['situacao']]} 😉" for r in rows])
+    named = score(fn, rows, [f"Oi! Seu pedido de {json.loads(r['context'])['produto']}: "
+                             f"{CUE[json.loads(r['context'])['situacao']]} 😉" for r in rows])
     assert mean(named) > mean(generic) + 0.1

@@ -24,7 +24,8 @@ from rewards.sql_qa import extract_sql, match_results
 
 REPO = Path(__file__).resolve().parents[2]
 MODULES = ["rewards.jsonx", "rewards.common", "rewards.classify", "rewards.extraction", "rewards.sandbox",
-           "rewards.sql_qa", "rewards.insights", "rewards.push", "rewards.toy", "rewards.core", "rewards.audit"]
+           "rewards.sql_qa", "rewards.insights", "rewards.push", "rewards.toy", "rewards.core", "rewards.audit",
+           "rewards.attack", "rewards.redteam"]
 
 REF = {"sentiment": "negative", "sentiment_score": 1.5, "churn_risk": "high", "complaint_category": "atraso_entrega",
        "delivery_issue": True, "product_issue": False, "recommends": False, "urgency": "medium",
@@ -124,11 +125,16 @@ def test_sql_components(fn, pairs):
     # the wrong aggregate over the asked filters: no match, but credit for naming what was asked
     lits = re.findall(r"'[^']*'", row["reference_sql"])
     assert lits
-    asked = ("```sql\nSELECT SUM(price) FROM orders_enriched WHERE "
-             + " AND ".join(f"coalesce(product_category_name, customer_state) <> {x}" for x in lits)
-             + ";\n```\nSoma os preços.")
+    where = row["reference_sql"].split(" WHERE ", 1)[1].split(" GROUP BY")[0].split(" ORDER BY")[0]
+    asked = f"```sql\nSELECT SUM(price) * 3 + 1 FROM orders_enriched WHERE {where};\n```\nSoma os preços."
     a = fn.score([asked], **cols([row]))[0]
     assert a.components["executes"] == 1.0 and 0.1 < a.components["result_match"] <= 0.25
+    assert a.components["explanation"] == 0.0  # it explains another question's answer (#37)
+    elsewhere = ("```sql\nSELECT SUM(price) * 3 + 1 FROM orders_enriched WHERE "
+                 + " AND ".join(f"coalesce(product_category_name, customer_state) <> {x}" for x in lits)
+                 + ";\n```\nSoma os preços.")
+    e = fn.score([elsewhere], **cols([row]))[0]  # the asked values against other columns: not the asked filter
+    assert e.components["result_match"] < a.components["result_match"] - 0.05
     assert s.reward < a.reward < 0.6 < good_reward(fn, row)
     nothing = "```sql\nSELECT " + ", ".join(lits) + ";\n```\nConta os pedidos."
     n = fn.score([nothing], **cols([row]))[0]  # runs, reads no data: answers nothing
@@ -151,9 +157,12 @@ def test_sql_partial_credit_only_when_the_result_is_wrong(fn, pairs):
     row = next(r for r in pairs if r["task"] == "sql_qa" and r["reference_sql"].count("'") == 4)
     assert fn.score([row["answer"]], **cols([row]))[0].components["result_match"] == 1.0
     first = re.findall(r"'[^']*'", row["reference_sql"])[0]
-    half = f"```sql\nSELECT COUNT(*) FROM orders_enriched WHERE customer_city = {first};\n```\nConta."
+    column = re.search(rf"(\w+) = {re.escape(first)}", row["reference_sql"]).group(1)
+    half = f"```sql\nSELECT COUNT(*) FROM orders_enriched WHERE {column} = {first};\n```\nConta."
     s = fn.score([half], **cols([row]))[0]
     assert s.components["executes"] == 1.0 and 0 < s.components["result_match"] < 0.25 * 0.5 + 0.25 * 0.5
+    city = f"```sql\nSELECT COUNT(*) FROM orders_enriched WHERE customer_city = {first};\n```\nConta."
+    assert fn.score([city], **cols([row]))[0].components["result_match"] < s.components["result_match"]
     assert compared_literals(f"SELECT {first} FROM t -- {first}") == set()
     assert relevance("SELECT 1", frozenset(), "SELECT COUNT(*) FROM t", frozenset()) == 0.0
     off = make_reward(fn.sql.sandbox.path, sql_qa={"partial_credit": 0.0})
@@ -215,16 +224,21 @@ def test_push_components():
     parts, _ = push_parts("Seu lençol chegou! Conta pra gente o que achou?", CTX)
     assert parts["mentions_product"] == 0.7
     parts, mult = push_parts("Your order is on the way!", CTX)
-    assert parts["portuguese"] == 0.0 and parts["mentions_product"] == 0.0 and mult == pytest.approx(0.3 * 0.4)
+    assert parts["portuguese"] == 0.0 and parts["mentions_product"] == 0.0 and parts["situation"] == 0.0
+    assert mult == pytest.approx(0.3 * 0.4 * 0.2)  # the Portuguese, product and situation gates at their floors
     parts, _ = push_parts("Seu jogo de lençol foi cancelado, desculpa o atraso!", CTX)
     assert parts["situation"] == 0.0  # another situation's words
+    parts, mult = push_parts("Seu jogo de lençol: a caminho ou cancelado?", CTX)
+    assert parts["situation"] == 0.0 and mult <= 0.2  # its own cue and another: no credit, the gate at its floor
+    parts, _ = push_parts("Seu kit volta às aulas já está a caminho!", {**CTX, "produto": "kit volta às aulas"})
+    assert parts["situation"] == 1.0  # "volta" (a recompra cue) is the product's name, not the notification's
     assert tone_score("Prezado cliente, informamos que o pedido foi enviado. Atenciosamente.") == 0.0
 
 
 def test_push_over_length_heavily_penalised():
     fn = make_reward(None)
     ok = "Oba! Seu jogo de lençol já está a caminho 🚚 Acompanhe pelo app!"
-    long = ok + " Aproveite e confira as novidades de cama, mesa e banho com frete grátis pra sua cidade hoje!"
+    long = ok + " Aproveite e confira tudo de cama, mesa e banho com frete grátis pra sua cidade, só hoje!"
     assert len(long) > 120
     r_ok, r_long = fn([ok, long], context=[CTX, CTX], task=["push", "push"])
     assert r_ok == 1.0 and r_long < 0.4
