@@ -246,14 +246,27 @@ def parse_row(obj: Any, path: str, line: int, custom_tasks: tuple[str, ...] = ()
 
 
 def read_pairs(path: str | Path, custom_tasks: tuple[str, ...] = ()) -> PairFile:
-    """Read every line of a pair file (nothing is dropped silently: each line is a row or a BadRow).
+    """Read every line of a pair file (nothing is dropped silently: each line is a row or a BadRow), or every row of
+    a parquet, JSON or CSV file, a dataset saved with ``save_to_disk`` or a Hub dataset's split
+    (:mod:`commerce.sources`, through ``datasets``).
 
-    Raises :class:`PairsError` only when the file itself cannot be read.
+    Raises :class:`PairsError` only when the source itself cannot be read.
     """
-    p = Path(path)
+    from .sources import SourceError, dataset_rows, parse
+
     name = str(path)
-    if not p.is_file():
-        raise PairsError(f"{name}: no such pairs file")
+    try:
+        src = parse(path)
+        if src.kind != "jsonl":
+            out = PairFile(name)
+            for n, obj in enumerate(dataset_rows(src), 1):
+                out.total += 1
+                r = parse_row(obj, name, n, tuple(custom_tasks))
+                (out.bad if isinstance(r, BadRow) else out.rows).append(r)
+            return out
+    except SourceError as e:
+        raise PairsError(str(e)) from None
+    p = Path(path)
     out = PairFile(name)
     try:
         with p.open("rb") as f:

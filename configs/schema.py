@@ -36,9 +36,12 @@ class DataConfig(Section):
     """Training prompts, one JSON object per line: ours (``prompt`` messages, ``task``, ``answer``, references)
     or TRL's (``prompt`` as messages or a string, ``messages``, ``completion``); a row without ``task`` is
     classified from its prompt. Malformed rows are skipped; more than 1% of them stops the run
-    (``commerce.rows.MAX_BAD_SHARE``). ``python -m commerce check --pairs FILE`` reports on a file."""
+    (``commerce.rows.MAX_BAD_SHARE``). ``python -m commerce check --pairs FILE`` reports on a file. Also, read
+    through ``datasets`` with the same rows: a ``.parquet``, ``.json`` or ``.csv`` file, a directory saved with
+    ``save_to_disk`` (``DIR``, or ``DIR:split`` for a DatasetDict), or a Hub dataset and its split
+    (``owner/name:train``; from the datasets cache unless ``TUCANO2_ALLOW_DOWNLOAD=1``): ``commerce.sources``."""
     eval_pairs: Path = Path("data/pairs/eval.jsonl")
-    """Held-out prompts for eval; never overlapping train."""
+    """Held-out prompts for eval; never overlapping train. The same sources as ``train_pairs``."""
     tasks: list[str] = list(TASKS)
     """Tasks kept from the pair files (others are filtered out at load): the four, and your own tasks of
     ``rewards.custom`` (added here by default when this field is not set)."""

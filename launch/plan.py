@@ -216,11 +216,19 @@ def check_keys(cfg: RunConfig) -> None:
 def preflight(cfg: RunConfig, check_ports: bool = True, keys: bool = True) -> None:
     """Model, data, CURVE keys (``keys``: they exist already) and free ports (``check_ports``: on this host)."""
     check_model(cfg.model_id)
+    from commerce.sources import problem as source_problem  # pairs: a file, a saved dataset or a Hub id
+
     for label, path in (("train pairs", cfg.data.train_pairs), ("eval pairs", cfg.data.eval_pairs),
                         ("database", cfg.data.db_path)):
         if cfg.rewards.toy_token is None or label != "database":
-            if not Path(path).exists():
+            if label == "database":
+                why = None if Path(path).exists() else (True, "")
+            else:
+                why = source_problem(path)
+            if why and why[0]:
                 raise LaunchError(f"{label} not found: {path} (build with `python -m commerce build`)")
+            if why:
+                raise LaunchError(f"{label}: {why[1]}")
     if keys:
         check_keys(cfg)
     if check_ports:

@@ -67,13 +67,15 @@ def preflight(cfg, resume: Path | None = None, need_data: bool = True) -> str | 
         if not (sft / "adapter_config.json").exists():
             return f"sft.enabled but no SFT adapter at {sft}: run `python -m learner.sft --config ...` first"
     if need_data:
-        if not Path(cfg.data.train_pairs).is_file():
-            return (
-                f"training pairs not found: {cfg.data.train_pairs} "
-                "(build them with `python -m commerce build`)"
-            )
-        if (cfg.eval.every or cfg.eval.at_start) and not Path(cfg.data.eval_pairs).is_file():
-            return f"eval pairs not found: {cfg.data.eval_pairs}"
+        from commerce.sources import problem as source_problem  # a file, a saved dataset or a Hub id (stdlib)
+
+        why = source_problem(cfg.data.train_pairs)
+        if why:
+            return (f"training pairs not found: {cfg.data.train_pairs} (build them with `python -m commerce build`)"
+                    if why[0] else f"training pairs: {why[1]}")
+        why = source_problem(cfg.data.eval_pairs) if cfg.eval.every or cfg.eval.at_start else None
+        if why:
+            return f"eval pairs not found: {cfg.data.eval_pairs}" if why[0] else f"eval pairs: {why[1]}"
         if not cfg.rewards.toy_token and not Path(cfg.data.db_path).is_file():
             return f"database not found: {cfg.data.db_path} (build it with `python -m commerce build`)"
         # The pair files through the trainer's own reader (stdlib only): too many malformed rows stop

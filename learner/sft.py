@@ -169,8 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     from learner.__main__ import model_problem
 
     problem = model_problem(cfg.model_id)
-    if problem is None and not Path(cfg.data.train_pairs).is_file():
-        problem = f"training pairs not found: {cfg.data.train_pairs}"
+    if problem is None:
+        from commerce.sources import problem as source_problem
+
+        why = source_problem(cfg.data.train_pairs)
+        problem = (f"training pairs not found: {cfg.data.train_pairs}" if why[0] else f"training pairs: {why[1]}"
+                   ) if why else None
     if problem:
         print(f"learner.sft: {problem}", file=sys.stderr)
         return 2

@@ -28,6 +28,10 @@ BENCH_EXTRA = {"zoo", "configs"}
 a tool, not the runtime, so it may reach those two."""
 HEAVY = {"torch", "vllm", "deepspeed", "transformers", "numpy", "peft", "trl"}
 NO_THIRD_PARTY_BEYOND = {"configs": {"pydantic", "yaml"}, "commerce": set(), "rewards": set()}
+LAZY_ONLY = {"commerce/sources.py": {"datasets", "huggingface_hub"}}
+"""Third-party imports a stdlib-only package may make in one file, inside a function only: ``commerce.sources`` reads
+parquet/JSON/CSV files and Hub datasets through ``datasets`` when a pair source is not JSONL (``import commerce`` and a
+JSONL run or check never load it: :func:`test_a_jsonl_run_and_check_never_import_datasets`)."""
 
 
 def imports(pkg: str) -> dict[str, set[str]]:
@@ -45,6 +49,18 @@ def imports(pkg: str) -> dict[str, set[str]]:
     return out
 
 
+def top_level_importers(module: str) -> set[str]:
+    """Files of :data:`LAZY_ONLY` importing ``module`` at module level (not inside a function)."""
+    out = set()
+    for rel in LAZY_ONLY:
+        for node in ast.parse((REPO / rel).read_text()).body:
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            if any(n.split(".")[0] == module for n in names):
+                out.add(rel)
+    return out
+
+
 @pytest.mark.parametrize("pkg", sorted(ALLOWED))
 def test_package_imports_only_what_design_allows(pkg):
     used = imports(pkg)
@@ -56,9 +72,11 @@ def test_package_imports_only_what_design_allows(pkg):
                 wrong[m] = bad
     assert not wrong, f"{pkg} imports {wrong}"
     if pkg in NO_THIRD_PARTY_BEYOND:
-        third = {m: sorted(f) for m, f in used.items()
+        third = {m: sorted(f for f in files if m not in LAZY_ONLY.get(f, ()) or f in top_level_importers(m))
+                 for m, files in used.items()
                  if m not in OURS and m not in sys.stdlib_module_names and m not in NO_THIRD_PARTY_BEYOND[pkg]
                  and m != "__future__"}
+        third = {m: f for m, f in third.items() if f}
         assert not third, f"{pkg} imports third-party {third}"
     if pkg == "sync":
         assert not {"vllm", "deepspeed", "transformers", "peft"} & set(used), "sync imports an engine"
@@ -71,3 +89,17 @@ def test_rewards_and_sync_wire_import_without_heavy_packages():
             f"print(sorted(m for m in {sorted(HEAVY)!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_jsonl_run_and_check_never_import_datasets(tmp_path):
+    """``datasets`` (and pyarrow) load only for a parquet/JSON/CSV/Hub source: a JSONL check stays stdlib."""
+    import json
+    import subprocess
+
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"task": "push", "prompt": "Escreva uma notificação para o pedido 12."}) + "\n")
+    code = ("import sys, commerce, commerce.check, commerce.rows; from commerce.__main__ import main; "
+            f"rc = main(['check', '--pairs', {str(f)!r}]); "
+            "print(sorted(m for m in ('datasets', 'pyarrow', 'huggingface_hub') if m in sys.modules), rc)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[] 0", out.stdout + out.stderr
