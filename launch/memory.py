@@ -14,11 +14,14 @@ max_completion_length`` tokens), so a real batch needs less. Sources and the V4.
   differs by GPU. Merged mode's base weights (W0 of the targeted layers) are not in it: on a shared GPU the actor
   keeps them in host memory (``actor.shared_gpu``), on a dedicated one outside vLLM's fraction when there is room.
 - **Learner** (per rank): the CUDA context; the frozen base weights in the training precision (ZeRO-3
-  partitions them over the ranks); LoRA at 16 bytes a parameter (bf16 weight and gradient, fp32 master and
-  Adam's two moments; ZeRO-1/2 partition the fp32 part, ZeRO-2 the gradient too); one micro-batch of
-  activations (``micro_batch_size x max_seq_length`` tokens) with or without gradient checkpointing; the LM
-  head's logits over the completion positions, their copy at the sampling temperature and their gradient;
-  and headroom for the caching allocator (10%, at least 0.5 GiB).
+  partitions them over the ranks); LoRA at 20 bytes a parameter in bf16 (bf16 weight and gradient, the fp32
+  gradient DeepSpeed sums micro-batches in, fp32 master and Adam's two moments; ZeRO-1/2 partition the fp32 part,
+  ZeRO-2 the gradients too); one micro-batch of activations (``micro_batch_size x max_seq_length`` tokens) with
+  or without gradient checkpointing, as :meth:`Shape.activation_bytes` counts what autograd keeps; the LM head's
+  logits over the completion positions and their gradient, with two fp32 rows of work
+  (:mod:`learner.token_logps`); and headroom for the caching allocator (10%, at least 0.5 GiB). The activations
+  and logits are checked against what one micro-batch really keeps and allocates, counted under fake tensors at
+  the real shapes (``python -m launch.learner_memory``, ``tests/unit/test_learner_memory.py``).
 
 On a shared GPU vLLM gets exactly its estimate, as ``gpu_memory_utilization`` (what its start-up check
 asks to be free) and a fixed ``kv_cache_gb`` (no profiling-based sizing that would take the learner's
@@ -79,12 +82,16 @@ class Shape:
     def kv_bytes_per_token(self, nbytes: int) -> int:
         return 2 * self.layers * self.kv_heads * self.head_dim * nbytes
 
-    @property
-    def activations_per_token_layer(self) -> int:
-        """Elements one decoder layer keeps for backward per token: the two norms' inputs and outputs, q/k/v,
-        q/k after norm and rope, the attention output, o_proj's output and the MLP's gate, up, act and product."""
-        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        return 4 * self.hidden + (q + 2 * kv) + 2 * (q + kv) + q + self.hidden + 4 * self.intermediate
+    def activation_bytes(self, nbytes: int, seq_len: int, lora_r: int) -> int:
+        """Bytes one decoder layer keeps for backward per token (transformers 5's Qwen3 under PEFT LoRA, training
+        dtype of ``nbytes``), as counted by ``launch.learner_memory``: the two RMSNorms' inputs in fp32 (they upcast)
+        and their outputs; q_norm's and k_norm's fp32 inputs; SDPA's query, key and value (k and v repeated to the
+        query's heads: transformers passes ``enable_gqa`` only without a mask), output and fp32 log-sum-exp; the
+        ``[B, 1, L, L]`` mask in the training dtype that SDPA converts a boolean mask to in every layer (rows of
+        unequal length); the MLP's gate, up, activation and product; LoRA A's outputs (seven linears)."""
+        q, kv, h, i = self.heads * self.head_dim, self.kv_heads * self.head_dim, self.hidden, self.intermediate
+        return (2 * h * (4 + nbytes) + 4 * (q + kv) + 4 * q * nbytes + 4 * self.heads + seq_len * nbytes
+                + 4 * i * nbytes + 7 * lora_r * nbytes)
 
 
 # Public Tucano2 checkpoints (seed README: Qwen3 bodies, tied embeddings), so a dry run on a laptop can plan
@@ -168,18 +175,20 @@ def learner_part(cfg: RunConfig, shape: Shape) -> Part:
     nb = _nbytes("bf16" if ls.precision == "auto" else ls.precision)
     lora = shape.lora_params(cfg.lora_r)
     weights = shape.params * nb / (ranks if ls.zero_stage == 3 else 1)
-    fp32_part = (12 if nb == 2 else 8) * lora / (ranks if ls.zero_stage >= 1 else 1)  # master + Adam m, v
+    # fp32 master + Adam m, v; in bf16 also the fp32 gradient micro-batches are summed in (learner.engine)
+    fp32_part = (16 if nb == 2 else 8) * lora / (ranks if ls.zero_stage >= 1 else 1)
     grad = nb * lora / (ranks if ls.zero_stage >= 2 else 1)
     tokens = ls.micro_batch_size * cfg.max_seq_length
-    per_layer = shape.activations_per_token_layer * nb
-    if ls.gradient_checkpointing:  # each layer's input kept; one layer recomputed, with its gradients
-        act = shape.layers * tokens * shape.hidden * nb + 2 * tokens * per_layer
+    per_layer = shape.activation_bytes(nb, cfg.max_seq_length, cfg.lora_r)
+    # backward's working set: one more layer's worth (its recomputation with checkpointing, its gradients)
+    if ls.gradient_checkpointing:  # each layer's input kept
+        act = shape.layers * tokens * shape.hidden * nb + tokens * per_layer
     else:
-        act = shape.layers * tokens * per_layer
+        act = (shape.layers + 1) * tokens * per_layer
     c, v = cfg.max_completion_length, shape.vocab
-    # logits_to_keep: only the completion positions reach the LM head; logits, logits / T and their gradient,
-    # and one row's log-softmax in fp32 at a time (learner.loss.selective_log_softmax)
-    logits = ls.micro_batch_size * c * v * (3 * nb) + c * v * 8
+    # logits_to_keep: only the completion positions (and the last, which predicts nothing) reach the LM head; the
+    # logits and their gradient in the training dtype, and two fp32 rows of work (learner.token_logps)
+    logits = 2 * nb * ls.micro_batch_size * (c + 1) * v + 8 * c * v
     items = {"context": CUDA_CONTEXT_GIB, "weights": weights / GiB, "LoRA + Adam": (lora * nb + fp32_part + grad) / GiB,
              "activations": act / GiB, "logits": logits / GiB}
     items["headroom"] = max(0.5, 0.1 * sum(items.values()))

@@ -57,6 +57,8 @@ from dataclasses import dataclass
 
 import torch
 
+from learner.token_logps import token_logps
+
 LOSS_TYPES = ("dr_grpo", "grpo", "dapo")
 LOG_RATIO_MAX = 20.0
 """log(pi/mu) is clamped to +-20 (ratio 2e-9 .. 5e8): beyond, PPO's clip already holds the ratio for one
@@ -96,16 +98,9 @@ def group_advantages(rewards: torch.Tensor, scale_rewards: str = "none", eps: fl
 
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``log_softmax(logits).gather(-1, index)`` without materialising the full log-softmax in float32
-    row by row (memory matters at vocab 49k x 1024 tokens)."""
-    if logits.dtype in (torch.float32, torch.float64):
-        picked = torch.gather(logits, -1, index.unsqueeze(-1)).squeeze(-1)
-        return picked - torch.logsumexp(logits, dim=-1)
-    out = []
-    for row_logits, row_index in zip(logits, index, strict=True):  # bf16: row-wise for stability
-        row = torch.log_softmax(row_logits.float(), dim=-1)
-        out.append(row.gather(-1, row_index.unsqueeze(-1)).squeeze(-1))
-    return torch.stack(out)
+    """``log_softmax(logits).gather(-1, index)`` in fp32, keeping for backward only the logits and one log-sum-exp
+    per position (:func:`learner.token_logps.token_logps`; memory matters at vocab 49k x 1024 tokens)."""
+    return token_logps(logits, index)
 
 
 def completion_logps(
@@ -113,10 +108,7 @@ def completion_logps(
 ) -> torch.Tensor:
     """Logprobs of ``input_ids[:, completion_start:]`` under ``logits`` (``[B, T, V]`` for ``input_ids``
     ``[B, T]``), at ``temperature``. Returns ``[B, T - completion_start]``."""
-    logits = logits[:, completion_start - 1 : -1, :]
-    if temperature != 1.0:
-        logits = logits / temperature
-    return selective_log_softmax(logits, input_ids[:, completion_start:])
+    return token_logps(logits, input_ids[:, completion_start:], temperature, start=completion_start - 1)
 
 
 def model_completion_logps(
@@ -135,10 +127,7 @@ def model_completion_logps(
     out = model(
         input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False, **kwargs
     )
-    logits = out.logits[:, :-1, :]
-    if temperature != 1.0:
-        logits = logits / temperature
-    return selective_log_softmax(logits, input_ids[:, prompt_len:])
+    return token_logps(out.logits, input_ids[:, prompt_len:], temperature)  # the last position predicts nothing
 
 
 def attn_implementation(model) -> str | None:
@@ -180,10 +169,8 @@ def packed_completion_logps(model, packed, temperature: float = 1.0, dtype: torc
         packed_spans=packed.spans,
         span_masks=SpanMasks(),
     )
-    logits = out.logits[packed.row.unsqueeze(1), packed.index - (width - keep)]
-    if temperature != 1.0:
-        logits = logits / temperature
-    return selective_log_softmax(logits, packed.completion_ids)
+    return token_logps(out.logits, packed.completion_ids, temperature, rows=packed.row,
+                       cols=packed.index - (width - keep))
 
 
 @dataclass
