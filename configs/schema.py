@@ -528,8 +528,9 @@ class RunConfig(Section):
             raise ValueError(f"max_completion_length ({self.max_completion_length}) must be < "
                              f"max_seq_length ({self.max_seq_length})")
         if self.delta is not None and self.delta <= 1 + (self.epsilon_high or self.epsilon):
-            raise ValueError(f"delta ({self.delta}) must exceed 1 + epsilon_high ({1 + (self.epsilon_high or self.epsilon)}"
-                             "): below it the cap cuts ratios the PPO clip lets through")
+            high = 1 + (self.epsilon_high or self.epsilon)
+            raise ValueError(f"delta ({self.delta}) must exceed 1 + epsilon_high ({high}): below it the cap cuts "
+                             "ratios the PPO clip lets through")
         if self.learner.publish_every - 1 > self.sync.max_staleness:
             raise ValueError(f"learner.publish_every ({self.learner.publish_every}) - 1 exceeds sync.max_staleness "
                              f"({self.sync.max_staleness}): rollouts of the version before a publication would be "

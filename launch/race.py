@@ -6,7 +6,10 @@ each system's train reward per step, smoothed by a trailing moving average of ``
 cumulative step wall-clock (set-up is apart, ``setup_s``). The finish line of ours against a peer under a seed
 is the lower of the two final moving averages, so both reach it; the time to reach it is the cumulative
 wall-clock of the first step whose moving average is at or above it, and the ratio is the peer's time over ours.
-Over seeds: the median, and the spread as min and max.
+Over seeds: the median, and the spread as min and max. One lucky early reward moves one seed's finish line, so the
+race is also run on the seed-averaged curves (:func:`mean_curve`, :func:`averaged_races`): per step the mean over
+seeds of the cumulative wall-clock and of the moving average (and its standard deviation over seeds, the spread);
+the finish line is the lower of the two averaged curves' final values.
 """
 
 from __future__ import annotations
@@ -97,6 +100,42 @@ def races(results: list[dict], peers: tuple[str, ...]) -> dict:
             continue
         out[peer] = {"per_seed": pairs, **{k: spread([p[k] for p in pairs])
                                           for k in ("ratio", "time_ours_s", "time_peer_s", "target", "step_speedup")}}
+    return out
+
+
+def mean_curve(results: list[dict]) -> dict:
+    """One system's seed-averaged curve: per step (up to the shortest run) the mean cumulative wall-clock, the mean
+    moving average and its standard deviation over seeds.
+
+    >>> c = mean_curve([{"curve": {"clock_s": [1.0, 2.0], "ma": [0.0, 0.2]}},
+    ...                 {"curve": {"clock_s": [3.0, 4.0, 5.0], "ma": [0.2, 0.4, 0.5]}}])
+    >>> c["clock_s"], [round(x, 3) for x in c["ma"]], [round(x, 3) for x in c["ma_sd"]], c["seeds"]
+    ([2.0, 3.0], [0.1, 0.3], [0.141, 0.141], 2)
+    """
+    n = min(len(r["curve"]["clock_s"]) for r in results)
+    col = lambda key, i: [r["curve"][key][i] for r in results]  # noqa: E731
+    return {"clock_s": [statistics.fmean(col("clock_s", i)) for i in range(n)],
+            "ma": [statistics.fmean(col("ma", i)) for i in range(n)],
+            "ma_sd": [statistics.stdev(col("ma", i)) if len(results) > 1 else 0.0 for i in range(n)],
+            "seeds": len(results)}
+
+
+def averaged_races(results: list[dict], peers: tuple[str, ...]) -> dict:
+    """Per peer, the race on the seed-averaged curves (the seeds both ran): the finish line, each one's time to it,
+    the ratio, and the spread over seeds of the reward at the finish (``target_sd``: the larger of the two)."""
+    out = {}
+    ours_all = {r["seed"]: r for r in results if r["system"] == "ours"}
+    for peer in peers:
+        theirs = {r["seed"]: r for r in results if r["system"] == peer and r["seed"] in ours_all}
+        if not theirs:
+            continue
+        a = mean_curve([ours_all[s] for s in theirs])
+        b = mean_curve(list(theirs.values()))
+        target = min(a["ma"][-1], b["ma"][-1])
+        t_a, t_b = time_to(a, target), time_to(b, target)
+        out[peer] = {"seeds": sorted(theirs), "target": target, "target_sd": max(a["ma_sd"][-1], b["ma_sd"][-1]),
+                     "time_ours_s": t_a, "time_peer_s": t_b, "ratio": t_b / t_a if t_a and t_b else None,
+                     "curves": {"ours": a, peer: b}}
     return out
 
 

@@ -8,6 +8,11 @@ to GRPOTrainer with no ``peft_config``: TRL 1.16 refuses both together, and with
 adapter; without one a fresh LoRA on all linear layers), the reward (:func:`learner.data.make_reward_fn`, the
 learner's own), G, prompts per step, completion length, temperature, top-p, learning rate and schedule,
 gradient clipping, the clip range, Dr. GRPO (``loss_type dr_grpo``, ``scale_rewards``, ``beta``) and the seed.
+The objective options TRL names go to GRPOConfig under the same names (``epsilon_high``, ``delta``,
+``importance_sampling_level``, ``mask_truncated_completions``); ``rewards.overlong_buffer`` becomes a second reward
+function, ``trl.rewards.get_soft_overlong_punishment``, weighted ``rewards.overlong_penalty`` (:func:`trl_rewards`).
+What TRL has no option for (:data:`NOT_IN_TRL`: dynamic sampling, our sequence-ratio band) runs without, and the
+output's ``note`` says so.
 
 - The prompts: the learner's sampler (:func:`learner.sampler.make_sampler` over the same pairs and seed, drawn
   :func:`learner.sampler.prompts_per_update` at a time, as the learner's ``Trainer`` draws) fixes the dataset's
@@ -70,7 +75,29 @@ def thread_cpus() -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def grpo_args(cfg, out_dir: str, vllm: bool):
+NOT_IN_TRL = {"dynamic_sampling.enabled": lambda c: c.dynamic_sampling.enabled,
+              "learner.seq_ratio_band": lambda c: c.learner.seq_ratio_band is not None}
+"""Objective settings of ours that GRPOTrainer has no option for: when set, the peer runs without them."""
+
+
+def not_in_trl(cfg) -> list[str]:
+    """The :data:`NOT_IN_TRL` settings ``cfg`` turns on."""
+    return [name for name, on in NOT_IN_TRL.items() if on(cfg)]
+
+
+def trl_rewards(cfg, reward_fn) -> tuple[list, list[float] | None]:
+    """GRPOTrainer's ``reward_funcs`` and ``reward_weights``: the task reward, and with ``rewards.overlong_buffer``
+    TRL's own soft overlong punishment weighted by ``rewards.overlong_penalty`` (what our learner adds to the task
+    reward, ``rewards.overlong``)."""
+    if cfg.rewards.overlong_buffer is None:
+        return [reward_fn], None
+    from trl.rewards import get_soft_overlong_punishment
+
+    return ([reward_fn, get_soft_overlong_punishment(cfg.max_completion_length, cfg.rewards.overlong_buffer)],
+            [1.0, cfg.rewards.overlong_penalty])
+
+
+def grpo_args(cfg, out_dir: str, vllm: bool, reward_weights: list[float] | None = None):
     """GRPOConfig for ``cfg`` (the learner's hyperparameters, TRL's names)."""
     import torch
     from trl import GRPOConfig
@@ -89,7 +116,10 @@ def grpo_args(cfg, out_dir: str, vllm: bool):
                       per_device_train_batch_size=g * prompts_per_update(cfg), num_generations=g,
                       gradient_accumulation_steps=1, max_completion_length=cfg.max_completion_length,
                       temperature=cfg.temperature, top_p=cfg.actor.top_p, beta=cfg.beta, loss_type=cfg.loss_type,
-                      scale_rewards=cfg.scale_rewards, epsilon=cfg.epsilon, max_grad_norm=cfg.learner.max_grad_norm,
+                      scale_rewards=cfg.scale_rewards, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
+                      delta=cfg.delta, importance_sampling_level=cfg.importance_sampling_level,
+                      mask_truncated_completions=cfg.mask_truncated_completions, reward_weights=reward_weights,
+                      max_grad_norm=cfg.learner.max_grad_norm,
                       shuffle_dataset=False, logging_steps=1, save_strategy="no", report_to=[],
                       use_cpu=not torch.cuda.is_available(), bf16=False, seed=cfg.seed, dataloader_num_workers=0,
                       disable_tqdm=True, **kwargs)
@@ -169,6 +199,11 @@ class Peer:
                     rows[-1]["reward"] = logs["reward"]
                     if "completions/mean_length" in logs:
                         rows[-1]["completion_length"] = logs["completions/mean_length"]
+                    for key, name in (("completions/clipped_ratio", "clipped_ratio"), ("grad_norm", "grad_norm"),
+                                      ("frac_reward_zero_std", "frac_reward_zero_std"),
+                                      ("rewards/commerce_reward/mean", "task_reward")):
+                        if key in logs:
+                            rows[-1][name] = logs[key]
                     if progress_file is not None:
                         progress_file.write(json.dumps({k: v for k, v in rows[-1].items() if k != "prompts"}) + "\n")
 
@@ -179,7 +214,8 @@ class Peer:
             model = cfg.model_id
             peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear",
                                      lora_dropout=0.0)
-        self.trainer = Trainer(model=model, reward_funcs=[reward_fn], args=grpo_args(cfg, out_dir, vllm),
+        funcs, weights = trl_rewards(cfg, reward_fn)
+        self.trainer = Trainer(model=model, reward_funcs=funcs, args=grpo_args(cfg, out_dir, vllm, weights),
                                train_dataset=datasets.Dataset.from_list(ordered_rows(cfg)),
                                peft_config=peft_config, callbacks=[Timer()])
 
@@ -221,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     result = {"system": "trl_vllm_colocate" if args.vllm else "trl_hf_generate", "seed": cfg.seed,
               "setup_in_process_s": setup_s, "train_wall_s": train_wall_s,
               "start": f"adapter {cfg.init_adapter}" if cfg.init_adapter else "fresh LoRA",
-              "note": "weight sync via vLLM reload_weights (CPU build)" if args.vllm and cpu else "",
+              "note": "; ".join(x for x in (
+                  "weight sync via vLLM reload_weights (CPU build)" if args.vllm and cpu else "",
+                  f"not in TRL, run without: {', '.join(not_in_trl(cfg))}" if not_in_trl(cfg) else "") if x),
               "steps": peer.rows}
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"trl_peer: {result['system']}: {len(peer.rows)} steps, wrote {args.out}")

@@ -23,7 +23,14 @@ Checks made on every group before anything reaches the model (each failure is co
   so every advantage in it, would be NaN;
 * a group left with fewer than 2 completions is skipped (``skipped_small_group``): no baseline.
 
-Advantages are computed per group over the completions that survived. Token ids are used as sent
+Advantages are computed per group over the completions that survived, from the task reward plus DAPO's soft
+overlong punishment when ``rewards.overlong_buffer`` is set (:mod:`rewards.overlong`). A completion the engine cut
+at ``max_completion_length`` (finish reason ``length``; without one, its length) is ``truncated``; with
+``mask_truncated_completions`` it is not trained (advantage 0, ``masked``), while its group's mean still counts
+it, as TRL. Each group also says whether it is ``degenerate`` for dynamic sampling: the max - min of its *task*
+reward (before the overlong punishment) over the completions that would be trained is at most ``tol``.
+:func:`score_groups` builds one :class:`StepBatch` per group (with the group it came from, for the dynamic
+sampler's bank) and :func:`merge_batches` joins them; :func:`build_batch` does both. Token ids are used as sent
 (no re-tokenisation): the prompt ids the actor actually conditioned on and the completion ids it sampled.
 """
 
@@ -63,6 +70,9 @@ class Sample:
     """Its oldest token was sampled by an older version than the learner's (truncated IS applies)."""
     task: str = ""
     truncated: bool = False
+    """The engine cut it at ``max_completion_length``."""
+    masked: bool = False
+    """Not trained (``mask_truncated_completions``): its advantage is 0 and it is out of ``dapo``'s token count."""
 
 
 @dataclass
@@ -83,6 +93,13 @@ class StepBatch:
     """Per-token staleness (the learner's version minus the token's) over the kept completions."""
     components: dict[str, list[float]] = field(default_factory=dict)
     """Reward components (``rewards``' ``task/component`` names) over the kept completions."""
+    task_rewards: list[list[float]] = field(default_factory=list)
+    """Per kept group, its task rewards (``rewards`` before the overlong punishment)."""
+    degenerate: list[bool] = field(default_factory=list)
+    """Per kept group: no spread in its task reward over the completions that would be trained (``tol``)."""
+    sources: list = field(default_factory=list)
+    """Per kept group, ``(group, items)`` of its prompt alone with its task rewards filled in: what the dynamic
+    sampler banks and builds again at a later version without scoring again."""
 
 
 def group_versions(group) -> tuple[int, int]:
@@ -127,7 +144,42 @@ def check_completion(c, vocab_size: int) -> str | None:
     return None
 
 
-def build_batch(
+def merge_batches(parts: list[StepBatch]) -> StepBatch:
+    """One :class:`StepBatch` of ``parts``, in order (lists joined, counts and sums added)."""
+    out = StepBatch()
+    for p in parts:
+        for name in ("samples", "rewards", "tasks", "completion_lengths", "staleness", "task_rewards", "degenerate",
+                     "sources"):
+            getattr(out, name).extend(getattr(p, name))
+        out.counts.update(p.counts)
+        out.mixed_completions += p.mixed_completions
+        out.token_count += p.token_count
+        out.token_staleness_sum += p.token_staleness_sum
+        out.token_staleness_max = max(out.token_staleness_max, p.token_staleness_max)
+        for k, v in p.components.items():
+            out.components.setdefault(k, []).extend(v)
+    return out
+
+
+def build_batch(entries, reward_fn, *, batch: StepBatch | None = None, **kw) -> StepBatch:
+    """``entries``: ``(group, items)`` pairs, ``items[j]`` the PromptItem of ``group.results[j]``.
+
+    ``reward_fn(completions, prompts=..., **columns) -> list[float]`` (TRL signature) scores groups that
+    arrive without rewards. Returns the accumulated :class:`StepBatch` (counts of every refusal in
+    ``batch.counts``); keywords as :func:`score_groups`.
+    """
+    parts, counts = score_groups(entries, reward_fn, **kw)
+    out = merge_batches(([batch] if batch is not None else []) + parts)
+    out.counts.update(counts)
+    return out
+
+
+def is_truncated(c, max_completion_length: int) -> bool:
+    """Whether the engine cut ``c`` at the length limit: its finish reason, or without one its length."""
+    return c.finish_reason == "length" if c.finish_reason else len(c.token_ids) >= max_completion_length
+
+
+def score_groups(
     entries,
     reward_fn,
     *,
@@ -136,42 +188,46 @@ def build_batch(
     vocab_size: int,
     scale_rewards: str,
     max_completion_length: int,
-    batch: StepBatch | None = None,
-) -> StepBatch:
-    """``entries``: ``(group, items)`` pairs, ``items[j]`` the PromptItem of ``group.results[j]``.
+    mask_truncated: bool = False,
+    overlong: tuple[int, float] | None = None,
+    tol: float = 0.0,
+) -> tuple[list[StepBatch], Counter]:
+    """One :class:`StepBatch` per group that survives the checks (see the module docstring), and the counts of
+    what was refused. ``overlong``: ``(buffer, penalty)`` of the soft overlong punishment; ``tol``: the
+    degenerate test's."""
+    from dataclasses import replace
 
-    ``reward_fn(completions, prompts=..., **columns) -> list[float]`` (TRL signature) scores groups that
-    arrive without rewards. Returns the accumulated :class:`StepBatch` (counts of every refusal in
-    ``batch.counts``).
-    """
-    batch = batch or StepBatch()
+    from rewards.overlong import overlong_punishment
+
+    parts: list[StepBatch] = []
+    counts: Counter = Counter()
     for group, items in entries:
         n_comp = sum(len(r.completions) for r in group.results)
         oldest, newest = group_versions(group)
         if newest > current_version or oldest < group.version:
-            batch.counts["refused_version"] += n_comp
+            counts["refused_version"] += n_comp
             continue
         staleness = current_version - oldest
         if staleness > max_staleness:
-            batch.counts["dropped_stale"] += n_comp
+            counts["dropped_stale"] += n_comp
             continue
         if len(items) != len(group.results):
-            batch.counts["refused_shape"] += n_comp
+            counts["refused_shape"] += n_comp
             continue
         for j, (result, item) in enumerate(zip(group.results, items, strict=True)):
             if any(t < 0 or t >= vocab_size for t in result.prompt_token_ids) or not result.prompt_token_ids:
-                batch.counts["refused_vocab"] += len(result.completions)
+                counts["refused_vocab"] += len(result.completions)
                 continue
-            kept, kept_idx = [], []
+            kept, kept_idx, comps = [], [], {}
             for k, c in enumerate(result.completions):
                 why = check_completion(c, vocab_size)
                 if why:
-                    batch.counts[why] += 1
+                    counts[why] += 1
                 else:
                     kept.append(c)
                     kept_idx.append(k)
             if len(kept) < 2:
-                batch.counts["skipped_small_group"] += 1
+                counts["skipped_small_group"] += 1
                 continue
             if (
                 group.rewards is not None
@@ -187,18 +243,32 @@ def build_batch(
                 ]
                 scored = getattr(reward_fn, "last_scored", None)
                 if isinstance(scored, list) and len(scored) == len(kept):
-                    for s in scored:
-                        for name, v in getattr(s, "components", {}).items():
-                            batch.components.setdefault(name, []).append(float(v))
+                    for sc in scored:
+                        for name, v in getattr(sc, "components", {}).items():
+                            comps.setdefault(name, []).append(float(v))
             if len(rewards) != len(kept) or not all(math.isfinite(r) for r in rewards):
-                batch.counts["skipped_nan_reward"] += 1
+                counts["skipped_nan_reward"] += 1
                 continue
+            cut = [is_truncated(c, max_completion_length) for c in kept]
+            task_rewards = rewards
+            if overlong is not None:
+                rewards = [r + overlong_punishment(len(c.token_ids), max_completion_length, *overlong)
+                           for r, c in zip(rewards, kept, strict=True)]
             adv = group_advantages(torch.tensor([rewards]), scale_rewards).tolist()
+            trained = [r for r, t in zip(task_rewards, cut, strict=True) if not (mask_truncated and t)]
+            full = [math.nan] * len(result.completions)
+            for k, r in zip(kept_idx, task_rewards, strict=True):
+                full[k] = r
+            batch = StepBatch(components=comps)
+            parts.append(batch)
             batch.rewards.append(rewards)
+            batch.task_rewards.append(task_rewards)
+            batch.degenerate.append(not trained or max(trained) - min(trained) <= tol)
+            batch.sources.append((replace(group, results=[result], rewards=[full]), [item]))
             batch.tasks.append(item.task)
             batch.staleness.append(staleness)
-            for c, a, r in zip(kept, adv, rewards, strict=True):
-                hit = len(c.token_ids) >= max_completion_length or c.finish_reason == "length"
+            for c, a, r, hit in zip(kept, adv, rewards, cut, strict=True):
+                masked = mask_truncated and hit
                 runs = c.runs(group.version)
                 first = min(v for _, _, v in runs)
                 batch.samples.append(
@@ -206,12 +276,13 @@ def build_batch(
                         list(result.prompt_token_ids),
                         list(c.token_ids),
                         [float(x) for x in c.logprobs],
-                        float(a),
+                        0.0 if masked else float(a),
                         r,
                         first,
                         first < current_version,
                         item.task,
                         hit,
+                        masked,
                     )
                 )
                 batch.completion_lengths.append(len(c.token_ids))
@@ -221,7 +292,7 @@ def build_batch(
                     batch.token_staleness_sum += (end - start) * (current_version - v)
                     if end > start:
                         batch.token_staleness_max = max(batch.token_staleness_max, current_version - v)
-    return batch
+    return parts, counts
 
 
 @dataclass

@@ -9,7 +9,12 @@ equals its group mean. The normaliser stays the step's constant (all completions
 configured), so the gradient is the full computation's (tested to 1e-6, with and without
 ``learner.share_prompt``, on one and two ranks) while the step costs only the informative completions.
 What changes is what the step statistics average over: ``train/clip_ratio``, ``train/ratio_mean`` and
-``train/tis_truncated_ratio`` count the forwarded tokens. TRL forwards every completion.
+``train/tis_truncated_ratio`` count the forwarded tokens, and so does the mismatch (``sampling/*``,
+:mod:`learner.mismatch`). TRL forwards every completion.
+
+A step with no informative completion on any rank (every advantage 0: every group without spread, or every
+completion masked) is not forwarded and makes no optimizer step (:attr:`ForwardBackward.empty`): AdamW would
+otherwise apply a momentum-only update and the version would move on without any signal.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from learner.loss import policy_loss
+from learner.mismatch import StepMismatch
 from learner.rollouts import collate, pack_shared, shard
 
 
@@ -35,11 +41,21 @@ class ForwardBackward:
     """Tokens forwarded (padding excluded; a shared prompt counts once)."""
     skipped: int = 0
     """Completions of the step not forwarded because their advantage is 0 (the same on every rank)."""
+    mismatch: StepMismatch | None = None
+    """The actor-vs-learner mismatch over this rank's forwarded tokens."""
+    empty: bool = False
+    """Nothing informative in the step: nothing was forwarded and the optimizer must not step."""
 
 
 def informative(samples: list) -> list:
-    """The samples whose advantage is not exactly zero: the only ones that move the gradient (beta 0)."""
+    """The samples whose advantage is not exactly zero: the only ones that move the gradient (beta 0). A masked
+    one (``mask_truncated_completions``) has advantage 0."""
     return [s for s in samples if s.advantage != 0.0]
+
+
+def trained_tokens(samples: list) -> float:
+    """The step's completion tokens that count in ``dapo``'s denominator (masked completions do not)."""
+    return float(sum(len(s.completion_ids) for s in samples if not getattr(s, "masked", False)))
 
 
 def forward_backward(policy, cfg, samples, num_tokens: float | None, skip_zero_advantage: bool = True
@@ -49,13 +65,13 @@ def forward_backward(policy, cfg, samples, num_tokens: float | None, skip_zero_a
     tokens (``dapo``'s denominator; None counts them here)."""
     world = policy.world
     work = informative(samples) if skip_zero_advantage else list(samples)
-    out = ForwardBackward(skipped=len(samples) - len(work))
-    if work:
-        mbs, mws = shard(work, policy.rank, world, cfg.learner.micro_batch_size)
-    else:  # nothing to learn from: one zero-weight micro-batch keeps every rank's collectives in step
-        mbs, mws = [samples[:1]], [[0.0]]
+    out = ForwardBackward(skipped=len(samples) - len(work), mismatch=StepMismatch())
+    if not informative(samples):  # every rank holds the same samples: every rank skips, no collective is missed
+        out.empty = True
+        return out
+    mbs, mws = shard(work, policy.rank, world, cfg.learner.micro_batch_size)
     if num_tokens is None:
-        num_tokens = float(sum(len(s.completion_ids) for s in samples))
+        num_tokens = trained_tokens(samples)
     pad = policy.tokenizer.pad_token_id if policy.tokenizer is not None else 0
     for k, (mb, mw) in enumerate(zip(mbs, mws, strict=True)):
         if cfg.learner.share_prompt:
@@ -71,12 +87,16 @@ def forward_backward(policy, cfg, samples, num_tokens: float | None, skip_zero_a
             batch.advantages,
             batch.completion_mask,
             epsilon=cfg.epsilon,
+            epsilon_high=cfg.epsilon_high,
+            delta=cfg.delta,
+            importance_sampling_level=cfg.importance_sampling_level,
             loss_type=cfg.loss_type,
             max_completion_length=cfg.max_completion_length,
             num_completions=len(samples) / world,
             num_tokens=num_tokens / world,
             stale=batch.stale,
             tis_cap=cfg.learner.tis_cap,
+            seq_ratio_band=cfg.learner.seq_ratio_band,
         )
         policy.backward(loss, boundary=k == len(mbs) - 1)
         out.loss += float(loss.detach())
@@ -84,4 +104,5 @@ def forward_backward(policy, cfg, samples, num_tokens: float | None, skip_zero_a
         out.tokens += st.tokens
         out.truncated += st.truncated
         out.ratio_sum += st.ratio_sum
+        out.mismatch.merge(st.mismatch)
     return out

@@ -9,12 +9,16 @@ and is the policy version the actors serve):
    :class:`RolloutRequest` per prompt, ``n = num_generations``, ``min_version`` = last published, seeds
    ``learner.rollouts.SEED_STRIDE`` apart; prompts go as chat messages, the actor applies the chat template,
    and the prompt and completion token ids it returns are trained on as they are, with no re-tokenisation;
-2. wait for this step's groups (``perf/generation_wait_s``); groups older than ``max_staleness``
-   versions are dropped, counted and re-requested at the current version;
+2. wait for this step's groups (``perf/generation_wait_s``, :mod:`learner.collect`); groups older than
+   ``max_staleness`` versions are dropped, counted and re-requested at the current version; with
+   ``dynamic_sampling.enabled`` groups with no spread are dropped and replaced, spare ones banked
+   (:mod:`learner.dynamic`: more groups are requested ahead, sized from the recent degenerate share);
 3. refusals, rewards, advantages (:mod:`learner.rollouts`), broadcast to every rank, micro-batched
    forward/backward of the loss (:mod:`learner.step`: zero-advantage completions are not forwarded) and one
    optimizer step; ``version += 1``. A non-finite loss or gradient on any rank skips the step instead
-   (``train/skipped_step``, with the reason; nothing reaches the optimizer, the version stays);
+   (``train/skipped_step``, with the reason; nothing reaches the optimizer, the version stays), and so does a
+   step none of whose completions has a nonzero advantage (``train/skipped_step/no_signal``). The
+   actor-vs-learner mismatch over the trained tokens is logged every step (``sampling/*``, :mod:`learner.mismatch`);
 4. publish the adapter (every ``publish_every`` updates; never one holding NaN/inf) and request the next
    batches at once (at the new version; an actor starts on them as soon as it has loaded it). Publishing does
    not wait for the actors: the publisher packs the adapter into its own buffer before ``publish`` returns (the
@@ -67,7 +71,6 @@ afresh at the resumed version (with ``max_staleness: 0`` the resumed run is step
 from __future__ import annotations
 
 import signal
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,12 +79,15 @@ import torch
 
 from learner import checkpoint as ckpt
 from learner.acks import STOPPED, AckWatch
+from learner.collect import batch_metrics, collect
 from learner.data import load_items, make_reward_fn, stratified_subset
+from learner.dynamic import DynamicSampler
 from learner.engine import nonfinite_tensors
 from learner.evaluate import Broker, Interrupted, LearnerError, evaluate, probe
-from learner.rollouts import StepBatch, build_batch, out_of_bounds, rollout_request, rollout_seed, version_metrics
+from learner.mismatch import StepMismatch
+from learner.rollouts import rollout_request, rollout_seed
 from learner.sampler import make_sampler, prompts_per_update
-from learner.step import forward_backward
+from learner.step import forward_backward, trained_tokens
 from learner.watchdog import Watchdog
 
 
@@ -139,6 +145,7 @@ class Trainer:
         self.version = 0
         self.published = -1  # the newest version sent to the actors (set on every rank: publishing is collective)
         self.acks: AckWatch | None = None  # rank 0: the background check of the actors' acknowledgements
+        self.dynamic: DynamicSampler | None = None  # rank 0, with dynamic_sampling.enabled
         self.best: tuple[float, int] | None = None
         self.totals: dict[str, int] = {}
         self.stop_reason: str | None = None
@@ -166,6 +173,8 @@ class Trainer:
             self.sampler = make_sampler(cfg, self.train_items)
             self.broker = Broker(transport, cfg.sync.request_timeout_s * 3, stop=self._stop_waiting)
             self.acks = AckWatch(publisher, cfg.sync, lambda line: self.log.write(line))
+            if cfg.dynamic_sampling.enabled:
+                self.dynamic = DynamicSampler(cfg.dynamic_sampling, prompts_per_update(cfg), cfg.sync.max_staleness)
         self.sampler_snapshots: dict[int, dict] = {}
         self.pending: dict[int, list[str]] = {}
         self.next_submit = 0
@@ -235,7 +244,9 @@ class Trainer:
         while self.next_submit <= last:
             s = self.next_submit
             self.sampler_snapshots[s] = self.sampler.state_dict()
-            idx = self.sampler.take(prompts_per_update(cfg))
+            n = (self.dynamic.ahead(self.version + s - self.step) if self.dynamic is not None
+                 else prompts_per_update(cfg))
+            idx = self.sampler.take(n)
             self.pending[s] = [
                 self._request(
                     "train",
@@ -261,47 +272,6 @@ class Trainer:
     def _stop_waiting(self) -> bool:
         """The broker's check while it waits for rollouts: SIGTERM, or an ack that failed meanwhile."""
         return self._sigterm or self._acks_failed()
-
-    def _collect(self) -> tuple[StepBatch, dict]:
-        """This step's batch (rank 0), re-requesting stale groups at the current version."""
-        cfg = self.cfg
-        ids = self.pending.pop(self.step)
-        batch, waited, toks, gen = StepBatch(), 0.0, 0.0, 0.0
-        for attempt in range(4):
-            groups, w, t, g = self.broker.wait(ids)
-            waited, toks, gen = waited + w, toks + t, gen + g
-            reason = self.acks.verify([grp for grp, _ in groups], stop=lambda: self._sigterm)
-            if reason is not None:  # never trained on: a version whose ack failed, or SIGTERM while waiting
-                self.stop_reason = self.stop_reason or ("SIGTERM" if reason == STOPPED else reason)
-                raise Interrupted(self.stop_reason)
-            current = self.rollout_version
-            stale_items = [items for grp, items in groups if out_of_bounds(grp, current, cfg.sync.max_staleness)]
-            batch = build_batch(
-                groups,
-                self.reward_fn,
-                current_version=current,
-                max_staleness=cfg.sync.max_staleness,
-                vocab_size=self.policy.vocab_size,
-                scale_rewards=cfg.scale_rewards,
-                max_completion_length=cfg.max_completion_length,
-                batch=batch,
-            )
-            if not stale_items or attempt == 3:
-                break
-            ids = [
-                self._request(
-                    "train",
-                    items,
-                    cfg.num_generations,
-                    cfg.temperature,
-                    cfg.max_completion_length,
-                    seed=rollout_seed(cfg.seed, self.step, 64 + 32 * attempt + k % 32),
-                    tag=f"s{self.step}-r{attempt}-{k}",
-                    min_version=self.published,
-                )
-                for k, items in enumerate(stale_items)
-            ]
-        return batch, {"perf/generation_wait_s": waited, "_actor_tokens": toks, "_actor_gen_s": gen}
 
     def _publish(self) -> dict:
         """Publish the current version and check what the actors serve (collective: every rank gathers the
@@ -344,19 +314,31 @@ class Trainer:
     # ------------------------------------------------------------------------------------ training
     def _train(self, samples_payload) -> dict:
         """Forward/backward over this rank's share and one optimizer step, or a skipped step when a loss or
-        gradient is not finite (collective). Returns the step's metrics; ``_applied`` says if it stepped."""
+        gradient is not finite, or when no completion of the step has a nonzero advantage (collective). Returns the
+        step's metrics; ``_applied`` says if it stepped."""
         samples, num_tokens = samples_payload
         t0 = time.perf_counter()
         fb = forward_backward(self.policy, self.cfg, samples, num_tokens)
+        if fb.empty:  # the same on every rank (same samples): no collective is left waiting
+            m = {"train/skipped_step": 1.0, "train/skipped_step/no_signal": 1.0,
+                 "train/skipped_completions": float(fb.skipped), "perf/train_s": time.perf_counter() - t0,
+                 "_applied": False}
+            if self.is_main:
+                self.log.write(f"learner: step {self.step + 1} has no completion with a nonzero advantage: no "
+                               f"optimizer step, v{self.version} stays the policy")
+            return m
         res = self.policy.step()
         dt = time.perf_counter() - t0
         from learner import comm
 
+        sums, maxes, mins = fb.mismatch.vectors()
         stats = comm.all_reduce(torch.tensor(
-            [fb.loss, fb.clipped, fb.tokens, fb.truncated, fb.ratio_sum, float(fb.learner_tokens)],
+            [fb.loss, fb.clipped, fb.tokens, fb.truncated, fb.ratio_sum, float(fb.learner_tokens), *sums],
             dtype=torch.float64,
-        ))
-        loss_sum, clip, toks, trunc, ratio_sum, learner_tokens = stats.tolist()
+        )).tolist()
+        ext = comm.all_reduce(torch.tensor([*maxes, *(-x for x in mins)], dtype=torch.float64), op="max").tolist()
+        loss_sum, clip, toks, trunc, ratio_sum, learner_tokens = stats[:6]
+        mismatch = StepMismatch.from_vectors(stats[6:], ext[:len(maxes)], [-x for x in ext[len(maxes):]])
         m = {
             "train/loss": loss_sum / self.world,
             "train/grad_norm": res.grad_norm,
@@ -367,6 +349,7 @@ class Trainer:
             "perf/learner_tokens_per_s": learner_tokens / dt,
             "perf/train_s": dt,
             "_applied": res.skipped is None,
+            **mismatch.metrics(),
         }
         if res.skipped is not None:
             m["train/skipped_step"] = 1.0
@@ -374,51 +357,6 @@ class Trainer:
             if self.is_main:
                 self.log.write(f"learner: step {self.step + 1} skipped ({res.skipped}): nothing reached the "
                                f"optimizer, v{self.version} stays the policy")
-        return m
-
-    def _batch_metrics(self, batch: StepBatch, lr: float) -> dict:
-        m: dict = {}
-        flat = [r for g in batch.rewards for r in g]
-        if flat:
-            m["train/reward"] = sum(flat) / len(flat)
-            stds = [statistics.stdev(g) for g in batch.rewards]
-            m["train/reward_std"] = sum(stds) / len(stds)
-            m["train/frac_reward_zero_std"] = sum(1 for s in stds if s < 1e-6) / len(stds)
-            per: dict[str, list[float]] = {}
-            for g, t in zip(batch.rewards, batch.tasks, strict=True):
-                per.setdefault(t or "all", []).extend(g)
-            for t, v in sorted(per.items()):
-                m[f"train/rewards/{t}/mean"] = sum(v) / len(v)
-            for name, v in sorted(batch.components.items()):
-                m[f"train/rewards/{name}/mean"] = sum(v) / len(v)
-        if batch.completion_lengths:
-            lens = batch.completion_lengths
-            m["train/completion_length"] = sum(lens) / len(lens)
-            m["train/completion_length_min"] = float(min(lens))
-            m["train/completion_length_max"] = float(max(lens))
-            m["train/clipped_ratio"] = sum(s.truncated for s in batch.samples) / len(batch.samples)
-        m["train/staleness"] = (sum(batch.staleness) / len(batch.staleness)) if batch.staleness else 0.0
-        m.update(version_metrics(batch))
-        m["train/kl"] = 0.0
-        m["train/learning_rate"] = lr
-        snap = self.sampler_snapshots.get(self.step)  # drawn before the first untrained step = trained
-        m["train/coverage"] = len(snap["seen"]) / snap["size"] if snap else self.sampler.coverage
-        for s in [s for s in self.sampler_snapshots if s < self.step]:
-            del self.sampler_snapshots[s]
-        m["train/completions"] = float(len(batch.samples))
-        for key in (
-            "dropped_stale",
-            "refused_version",
-            "refused_empty",
-            "refused_vocab",
-            "refused_logprobs",
-            "refused_shape",
-            "skipped_nan_reward",
-            "skipped_small_group",
-        ):
-            v = batch.counts.get(key, 0)
-            self.totals[key] = self.totals.get(key, 0) + v
-            m[f"train/{key}"] = float(v)
         return m
 
     # ------------------------------------------------------------------------------------ probe / eval
@@ -500,11 +438,11 @@ class Trainer:
                     if self._acks_failed():  # seen since the last step: train no further
                         raise Interrupted(self.stop_reason)
                     t_batch = time.perf_counter()
-                    batch, pre = self._collect()
+                    batch, scored, pre = collect(self)
                     # the batch itself (acks verified, rewards, advantages, tensors), the wait for groups apart
                     pre["perf/batch_s"] = time.perf_counter() - t_batch - pre["perf/generation_wait_s"]
                     samples = batch.samples
-                    payload = ([s for s in samples], float(sum(len(s.completion_ids) for s in samples)))
+                    payload = ([s for s in samples], trained_tokens(samples))
                 except Interrupted:
                     payload = "interrupted"
             payload = self._bcast(payload)
@@ -518,7 +456,7 @@ class Trainer:
                 m.update(self._train(payload))
                 applied = m.pop("_applied")
                 self.version += int(applied)
-            else:
+            else:  # nothing came back, or dynamic sampling dropped every group: no optimizer step either
                 m["train/skipped_step"] = 1.0
                 m["train/skipped_step/no_rollouts"] = 1.0
             self.step += 1
@@ -532,10 +470,11 @@ class Trainer:
             if probe_now and self._bcast(self.stop_reason) is None:
                 m.update(self._probe())
             if self.is_main:
-                m.update(self._batch_metrics(batch, self.policy.learning_rate))
+                m.update(batch_metrics(self, batch, scored, self.policy.learning_rate))
                 m.update({k: v for k, v in pre.items() if not k.startswith("_")})
                 self._acks_failed()
                 m.update(self.acks.take_metrics())
+                m["perf/actor_tokens"] = pre["_actor_tokens"]  # generated for this step's train groups
                 m["perf/actor_tokens_per_s"] = (
                     pre["_actor_tokens"] / pre["_actor_gen_s"]
                     if pre["_actor_gen_s"]

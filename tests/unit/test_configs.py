@@ -116,6 +116,20 @@ BAD = [
     ("sync.rollout_port=80", "sync.rollout_port"),
     ("actor.serve_mode=lora", "actor.serve_mode"),
     ("watchdog=[{name: x, metric: y, kind: sideways}]", "watchdog.0.kind"),
+    # the objective options TRL names (#34)
+    ("epsilon_high=0", "epsilon_high"),
+    ("delta=0.9", "delta"),
+    ("delta=1.1", "delta"),  # within the PPO clip 1 + epsilon
+    ("importance_sampling_level=sentence", "importance_sampling_level"),
+    ("mask_truncated_completions=maybe", "mask_truncated_completions"),
+    ("learner.seq_ratio_band=[1.01,0.99]", "learner.seq_ratio_band"),
+    ("rewards.overlong_buffer=0", "rewards.overlong_buffer"),
+    ("rewards.overlong_buffer=4096", "rewards.overlong_buffer"),
+    ("rewards.overlong_penalty=-1", "rewards.overlong_penalty"),
+    ("dynamic_sampling.tol=-0.1", "dynamic_sampling.tol"),
+    ("dynamic_sampling.max_rounds=9", "dynamic_sampling.max_rounds"),
+    ("dynamic_sampling.max_factor=0.5", "dynamic_sampling.max_factor"),
+    ("dynamic_sampling.bogus=1", "dynamic_sampling.bogus"),
 ]
 
 

@@ -246,3 +246,58 @@ def test_request_seeds_never_share_a_random_stream():
     # the old scheme (base + j per prompt) shared 15 of 16 streams between prompts 0 and 1 of a step
     old = [{42 * 100003 + 5 * 101 + j + k for k in range(g)} for j in range(2)]
     assert len(old[0] & old[1]) == 15
+
+
+def test_a_banked_group_is_built_again_at_a_later_version_without_scoring_it_again():
+    """Dynamic sampling banks a spare group as its source (its prompt alone, task rewards filled in) and builds it
+    again at the version it is trained under: same rewards and advantages, staleness from the new version, the
+    reward never called again; out of max_staleness it expires in the bank."""
+    import doctest
+    from types import SimpleNamespace
+
+    import learner.dynamic as D
+    from learner.rollouts import score_groups
+
+    kw = dict(max_staleness=1, vocab_size=VOCAB, scale_rewards="none", max_completion_length=4)
+    two = [[comp([5, 6], "aa"), comp([7], "b"), comp([VOCAB], "a")], [comp([5], "b"), comp([6], "b")]]
+    parts, counts = score_groups([(group(2, two), [ITEM, ITEM])], ToyTokenReward("a"), current_version=2, **kw)
+    assert counts == {"refused_vocab": 1} and len(parts) == 2  # one part per prompt
+    assert [p.degenerate for p in parts] == [[False], [True]] and parts[0].staleness == [0]
+
+    def never(*a, **k):
+        raise AssertionError("a banked group was scored again")
+
+    again, _ = score_groups([parts[0].sources[0]], never, current_version=3, **kw)
+    assert again[0].rewards == parts[0].rewards == [[1.0, 0.0]]
+    assert [s.advantage for s in again[0].samples] == [s.advantage for s in parts[0].samples]
+    assert again[0].staleness == [1] and all(s.stale for s in again[0].samples)
+    ds = D.DynamicSampler(SimpleNamespace(max_factor=1.0, window=2), need=1, max_staleness=1)
+    assert ds.deposit([D.Banked(parts[0].sources[0], 2), D.Banked(parts[1].sources[0], 1)]) == 1  # cap 1: oldest out
+    assert ds.unbank(3) == ([parts[0].sources[0]], 0) and ds.bank == []
+    ds.deposit([D.Banked(parts[0].sources[0], 2)])
+    assert ds.unbank(4) == ([], 1)  # two versions old under max_staleness 1: expired
+    assert doctest.testmod(D).failed == 0
+
+
+def test_mask_truncated_and_overlong_shape_the_batch_from_the_finish_reason():
+    """A completion the engine cut (finish reason ``length``) is truncated whatever its length; masked, it gets
+    advantage 0 and leaves dapo's token count, while the group mean still counts it."""
+    from learner.step import informative, trained_tokens
+
+    cut = comp([5, 6], "aa", finish="length")        # cut by the engine before max_completion_length (4)
+    full = comp([7, 8, 9, 10], "b")                  # 4 tokens, ended by EOS: not cut
+    other = comp([5], "a")
+    b = build_batch([(group(3, [[cut, full, other]]), [ITEM])], ToyTokenReward("a"), current_version=3,
+                    max_staleness=1, vocab_size=VOCAB, scale_rewards="none", max_completion_length=4,
+                    mask_truncated=True)
+    assert [s.truncated for s in b.samples] == [True, False, False] and [s.masked for s in b.samples] == [
+        True, False, False]
+    assert b.rewards == [[1.0, 0.0, 1.0]]  # ToyTokenReward("a"): 1 when the text holds "a"
+    assert [s.advantage for s in b.samples] == pytest.approx([0.0, -2 / 3, 1 / 3])  # the mean counts the cut one
+    assert trained_tokens(b.samples) == 5 and len(informative(b.samples)) == 2
+    assert b.degenerate == [False]  # the spread over the trained ones: 0 vs 1
+    # judged over the completions that would be trained: with the cut one masked, [0, 0] has no spread
+    b = build_batch([(group(3, [[cut, full, comp([6], "b")]]), [ITEM])], ToyTokenReward("a"), current_version=3,
+                    max_staleness=1, vocab_size=VOCAB, scale_rewards="none", max_completion_length=4,
+                    mask_truncated=True)
+    assert b.degenerate == [True] and b.rewards == [[1.0, 0.0, 0.0]]

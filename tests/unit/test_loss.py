@@ -88,25 +88,60 @@ def test_clipping_stops_gradient_on_the_clipped_side():
     assert st.high_clipped == 1 and st.low_clipped == 0
 
 
-def test_truncated_is_caps_stale_weight_but_keeps_gradient():
+def test_truncated_is_caps_every_row_but_keeps_gradient():
+    """Fresh rows are capped as stale ones are (#34): a fresh row's ratio is the engines' gap, and with A < 0
+    ``-A * max(r, clip(r))`` was unbounded in it. ``tis_cap=None`` is TRL's uncapped ratio."""
     behaviour = torch.zeros(2, 1)
-    logps = torch.full((2, 1), math.log(5.0), requires_grad=True)  # ratio 5, far past cap 2
     adv = torch.tensor([-1.0, -1.0])
-    loss, st = policy_loss(
-        logps,
-        behaviour,
-        adv,
-        torch.ones(2, 1),
-        max_completion_length=1,
-        stale=torch.tensor([True, False]),
-        tis_cap=2.0,
-    )
+    for cap, want in ((2.0, [2.0, 2.0]), (None, [5.0, 5.0])):
+        logps = torch.full((2, 1), math.log(5.0), requires_grad=True)  # ratio 5, far past cap 2
+        loss, st = policy_loss(logps, behaviour, adv, torch.ones(2, 1), max_completion_length=1,
+                               stale=torch.tensor([True, False]), tis_cap=cap)
+        loss.backward()
+        # per-token losses min(5, cap) * |A|; gradient wrt logp the same weight * |A| / B (truncated IS keeps it)
+        assert math.isclose(float(loss), sum(want) / 2, rel_tol=1e-6)
+        assert torch.allclose(logps.grad.flatten(), torch.tensor(want) / 2)
+        assert st.truncated == (2 if cap else 0)
+        # the mismatch is split by kind of row: both rows sampled at ratio 5
+        mm = st.mismatch.metrics()
+        assert math.isclose(mm["sampling/fresh/importance_sampling_ratio/max"], 5.0, rel_tol=1e-6)
+        assert math.isclose(mm["sampling/stale/sampling_logp_difference/mean"], math.log(5.0), rel_tol=1e-6)
+
+
+def test_delta_caps_the_unclipped_branch_of_every_row_without_gradient():
+    """TRL's ``delta``: ``min(r, delta)`` on the unclipped branch; past it the token has no gradient."""
+    behaviour = torch.zeros(2, 2)
+    logps = torch.tensor([[math.log(5.0), math.log(1.5)]] * 2, requires_grad=True)
+    loss, st = policy_loss(logps, behaviour, torch.tensor([-1.0, -1.0]), torch.ones(2, 2), max_completion_length=2,
+                           stale=torch.tensor([True, False]), delta=3.0, tis_cap=2.0)
     loss.backward()
-    # per-token losses: stale row -> min(5, 2) * 1 = 2; fresh row -> 5 (plain PPO for A < 0)
-    assert math.isclose(float(loss), (2.0 + 5.0) / 2, rel_tol=1e-6)
-    # gradient wrt logp: stale row cap * |A| / B, fresh row ratio * |A| / B
-    assert torch.allclose(logps.grad.flatten(), torch.tensor([2.0 / 2, 5.0 / 2]))
-    assert st.truncated == 1
+    # token 0: min(5, 3) = 3, no gradient; token 1: ratio 1.5 under delta, plain PPO for A < 0
+    assert math.isclose(float(loss), 2 * (3.0 + 1.5) / 4, rel_tol=1e-6)
+    assert torch.allclose(logps.grad[:, 0], torch.zeros(2))
+    assert torch.allclose(logps.grad[:, 1], torch.full((2,), 1.5 / 4))
+    assert st.truncated == 2
+
+
+def test_sequence_level_ratio_and_band():
+    """GSPO: one ratio per row, exp of the masked mean log-ratio; the band drops a row whose geometric-mean ratio
+    is outside it and the mismatch statistics still see it."""
+    behaviour = torch.zeros(2, 3)
+    lr = torch.tensor([[0.1, 0.3, 9.0], [0.0, 0.02, 0.0]])  # row 0's third token is padding
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    logps = lr.clone().requires_grad_(True)
+    loss, st = policy_loss(logps, behaviour, torch.tensor([1.0, 1.0]), mask, importance_sampling_level="sequence",
+                           epsilon=0.5, max_completion_length=3, tis_cap=None)
+    s0, s1 = math.exp(0.2), math.exp(0.02 / 3)
+    assert math.isclose(float(loss), -(2 * s0 + 3 * s1) / 6, rel_tol=1e-5)
+    mm = st.mismatch.metrics()
+    assert math.isclose(mm["sampling/seq_ratio/max"], s0, rel_tol=1e-5)
+    assert math.isclose(mm["sampling/seq_ratio/min"], s1, rel_tol=1e-5)
+    assert math.isclose(mm["sampling/k3"], sum(math.exp(x) - x - 1 for x in (0.1, 0.3, 0, 0.02, 0)) / 5, rel_tol=1e-5)
+    loss, st = policy_loss(logps, behaviour, torch.tensor([1.0, 1.0]), mask, max_completion_length=3,
+                           seq_ratio_band=(0.99, 1.01), tis_cap=None)
+    assert math.isclose(float(loss), -(2.0 + math.exp(0.02)) / 6, rel_tol=1e-5)  # row 0 (geo e^0.2) dropped
+    assert st.tokens == 3 and st.mismatch.metrics()["sampling/seq_masked"] == 0.5
+    assert st.mismatch.metrics()["sampling/importance_sampling_ratio/max"] > 1.3  # measured before the band
 
 
 def test_logps_at_temperature_match_log_softmax():

@@ -140,3 +140,46 @@ def test_compare_pairs_each_seed_and_reports_median_and_spread():
                                      "max": 4.5, "n": 2}
     systems = C.per_system(rs)
     assert systems["trl_x"]["seeds"] == [42, 43, 44] and systems["ours"]["step_s"]["median"] == 1.0
+
+
+def test_compare_races_the_seed_averaged_curves():
+    """The race on the seed-averaged curves: per step the mean clock and reward over the seeds both ran, the finish
+    line the lower final mean, its spread the reward's standard deviation over seeds there."""
+    import pytest
+
+    import launch.race as C
+
+    def res(system, seed, rewards, step_s):
+        return C.summarize(system, seed, [{"step_s": step_s, "reward": r} for r in rewards], 1)
+
+    rs = [res("ours", 42, [0.0, 1.0, 1.0], 1.0), res("trl_x", 42, [0.0, 0.5, 0.9], 3.0),
+          res("ours", 43, [0.0, 0.2, 0.4], 1.0), res("trl_x", 43, [0.0, 0.8, 0.8], 2.0),
+          res("trl_x", 44, [0.0, 0.1, 0.2], 1.0)]
+    av = C.averaged_races(rs, ("trl_x", "trl_y"))["trl_x"]
+    # ours: clock 1, 2, 3 and reward 0, 0.6, 0.7; the peer (seeds 42, 43): clock 2.5, 5, 7.5 and 0, 0.65, 0.85
+    assert av["seeds"] == [42, 43] and av["target"] == pytest.approx(0.7)
+    assert av["time_ours_s"] == 3.0 and av["time_peer_s"] == 7.5 and av["ratio"] == pytest.approx(2.5)
+    assert av["target_sd"] == pytest.approx(max(0.42426, 0.07071), abs=1e-4)
+
+
+def test_compare_set_reaches_trl_under_its_names(tmp_path):
+    """``launch.compare --set`` gives both systems one config: GRPOTrainer gets the objective options TRL names,
+    the overlong punishment as TRL's own reward function weighted by the penalty, and a note of what it lacks."""
+    from configs import load_config
+    from launch.compare import DEMO_CONFIG, race_sets
+    from launch.trl_peer import grpo_args, not_in_trl, trl_rewards
+
+    sets = race_sets(sft=None, steps=4, seed=1, tasks=["push"], num_generations=4, prompts_per_step=2,
+                     max_completion_length=32, learning_rate=1e-3, temperature=1.0, model="models/small-pt")
+    plain = load_config(DEMO_CONFIG, sets)
+    assert not_in_trl(plain) == [] and trl_rewards(plain, len) == ([len], None)
+    cfg = load_config(DEMO_CONFIG, sets + ["epsilon_high=0.28", "delta=4", "importance_sampling_level=sequence",
+                                           "mask_truncated_completions=true", "rewards.overlong_buffer=8",
+                                           "rewards.overlong_penalty=0.5", "dynamic_sampling.enabled=true"])
+    funcs, weights = trl_rewards(cfg, len)
+    args = grpo_args(cfg, str(tmp_path), vllm=False, reward_weights=weights)
+    assert (args.epsilon, args.epsilon_high, args.delta) == (0.2, 0.28, 4.0)
+    assert args.importance_sampling_level == "sequence" and args.mask_truncated_completions is True
+    assert weights == [1.0, 0.5] and args.reward_weights == [1.0, 0.5]
+    assert funcs[1](completion_ids=[[1] * 24, [1] * 28, [1] * 32]) == [0.0, -0.5, -1.0]  # TRL's, unscaled
+    assert not_in_trl(cfg) == ["dynamic_sampling.enabled"]
