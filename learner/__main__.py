@@ -62,6 +62,13 @@ def preflight(cfg, resume: Path | None = None, need_data: bool = True) -> str | 
                 load_custom(task, spec)
             except ValueError as e:
                 return str(e)
+    if cfg.tools:  # the user's own tools import, are typed and documented, before any model loads
+        from rewards.tools import load_tools
+
+        try:
+            load_tools(cfg.tools)
+        except ValueError as e:
+            return str(e)
     if cfg.sft.enabled and cfg.init_adapter is None:
         sft = Path(cfg.run_dir or "runs/run") / "sft" / "adapter"
         if not (sft / "adapter_config.json").exists():
@@ -244,10 +251,12 @@ def wait_for_actors(publisher, expected: int, timeout_s: float, world: int, poll
 
 def _transports(cfg, kind: str):
     if kind == "local":
-        from learner.rollouts_local import HFLocalActor
+        from learner.rollouts_local import HFLocalActor, local_device_dtype
 
+        device, dtype = local_device_dtype(cfg)  # the learner's GPU when it has one
         actor = HFLocalActor(
-            cfg.model_id, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, wire_dtype=cfg.sync.wire_dtype
+            cfg.model_id, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, wire_dtype=cfg.sync.wire_dtype,
+            device=device, dtype=dtype,
         )
         return actor, actor
     import sync

@@ -128,7 +128,9 @@ def build_peft_model(
     base.config.use_cache = False
     if gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    torch.manual_seed(seed)
+    # the CPU generator only: PEFT initialises LoRA on the CPU and then moves it to the base layer's device;
+    # torch.manual_seed would also reseed every GPU's generator, the learner's and the local stand-in's alike
+    torch.random.default_generator.manual_seed(seed)
     if init_adapter is not None:
         model = PeftModel.from_pretrained(base, str(init_adapter), is_trainable=True)
     else:

@@ -15,8 +15,13 @@ Behaviour, mirroring the real pair:
   publications late (or once it waited ``lag_s``), as an actor whose acks come late.
 * ``submit`` generates immediately at the currently loaded version (the group is tagged with it) and
   queues the group; ``receive`` pops groups in submission order. Generation is deterministic: each
-  request is sampled under ``torch.manual_seed(sampling.seed)`` in a forked RNG, so the same weights
-  and request give the same completions (what the resume test relies on).
+  request is sampled with the generators of its device seeded from ``sampling.seed`` (:func:`seeded`), so the
+  same weights and request give the same completions (what the resume test relies on); the generators are
+  restored afterwards, so the learner's own random stream (its CPU generator, its GPU's) is as if no rollout had
+  been drawn. ``torch.manual_seed`` would reseed every GPU's generator and leave them so.
+* Where it runs (:func:`local_device_dtype`): on the learner's own device (rank 0's GPU on a GPU node, its
+  ``learner.comm.cuda_index``), in the dtype an actor would serve (``actor.dtype``; ``auto`` is bf16 on a GPU,
+  float32 on the CPU). Its model copy and ``generate``'s KV cache and scores share that GPU with the learner.
 * Logprobs are those of the *processed* distribution (``log_softmax(logits / T)`` of the sampled token,
   from ``generate``'s scores), like vLLM's ``processed_logprobs``; top-p is applied by ``generate``.
 * Prompts may be chat messages (tokenised with the chat template, generation prompt added) or token ids.
@@ -24,6 +29,7 @@ Behaviour, mirroring the real pair:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 
@@ -32,6 +38,35 @@ import torch
 from sync import SyncError
 from sync.prompts import encode_prompt
 from sync.wire import Completion, Heartbeat, PromptResult, RolloutGroup, RolloutRequest, WeightAck
+
+
+def local_device_dtype(cfg, cuda: bool | None = None, env=None) -> tuple[torch.device, torch.dtype]:
+    """Where ``--rollouts local`` generates: the learner's device (:func:`learner.engine.select_device_dtype`, so
+    rank 0's GPU when the learner is on one), in ``actor.dtype`` (``auto``: bf16 on a GPU, float32 on the CPU, as
+    ``actor.runtime`` resolves it). ``cuda``: whether torch sees a GPU (default: ask torch)."""
+    from learner.engine import select_device_dtype
+
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    device, _ = select_device_dtype(cfg.learner.precision, cuda, env)
+    name = cfg.actor.dtype
+    if name == "auto":
+        name = "bfloat16" if device.type == "cuda" else "float32"
+    return device, getattr(torch, name)
+
+
+@contextlib.contextmanager
+def seeded(device: torch.device, seed: int | None):
+    """Generation under ``seed`` on ``device``: the CPU generator and, on a GPU, that GPU's own generator are seeded,
+    and both are put back as they were on leaving. No other GPU's generator is touched (``torch.manual_seed`` would
+    reseed every one of them, for good)."""
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device.index] if cuda else [], device_type="cuda"):
+        if seed is not None:
+            torch.random.default_generator.manual_seed(seed)
+            if cuda:
+                with torch.cuda.device(device):
+                    torch.cuda.manual_seed(seed)  # the current device's only
+        yield
 
 
 class HFLocalActor:
@@ -47,18 +82,22 @@ class HFLocalActor:
         init_adapter=None,
         lag_versions: int = 0,
         lag_s: float = 5.0,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
     ):
         from learner.engine import build_peft_model, load_tokenizer
 
+        self.device, self.dtype = torch.device(device), dtype
         self.tokenizer = load_tokenizer(model_id)
         self.model = build_peft_model(
             model_id,
             lora_r=lora_r,
             lora_alpha=lora_alpha,
-            dtype=torch.float32,
+            dtype=dtype,
             init_adapter=init_adapter,
             seed=0,
         )
+        self.model.to(device=self.device, dtype=dtype)  # PEFT keeps fresh adapters in fp32 on a bf16 base
         self.model.eval()
         self.actor_id = actor_id
         self.wire_dtype = wire_dtype
@@ -108,8 +147,9 @@ class HFLocalActor:
                 self.actor_id, version, False, 0.0, digest, f"unexpected tensors {missing[:2]}"
             )
             return
-        # the delta now served, read back from the model, against the one received
-        served, sent = lora_pairs(get_peft_model_state_dict(self.model)), lora_pairs(tensors)
+        # the delta now served, read back from the model (its device, its dtype), against the one received
+        served = lora_pairs({k: v.detach().to("cpu") for k, v in get_peft_model_state_dict(self.model).items()})
+        sent = lora_pairs(tensors)
         cos = DeltaCosine()
         for mod, (a, b) in sent.items():
             cos.add_lowrank(*served[mod], a, b)
@@ -179,7 +219,7 @@ class HFLocalActor:
     @torch.no_grad()
     def _generate(self, prompt, sp, index: int) -> PromptResult:
         ids = encode_prompt(self.tokenizer, prompt)
-        x = torch.tensor([ids])
+        x = torch.tensor([ids], device=self.device)
         greedy = sp.temperature == 0
         kwargs = dict(
             max_new_tokens=sp.max_tokens,
@@ -192,13 +232,12 @@ class HFLocalActor:
         )
         if not greedy:
             kwargs.update(temperature=sp.temperature, top_p=sp.top_p, top_k=0)
-        with torch.random.fork_rng(devices=[]):
-            if sp.seed is not None:
-                torch.manual_seed(sp.seed * 1009 + index)
+        with seeded(self.device, None if sp.seed is None else sp.seed * 1009 + index):
             out = self.model.generate(input_ids=x, attention_mask=torch.ones_like(x), **kwargs)
         seqs = out.sequences[:, x.size(1) :]
-        scores = torch.stack(out.scores, dim=1).float()  # [n, steps, V], processed
-        logps = torch.log_softmax(scores, dim=-1).gather(-1, seqs.unsqueeze(-1)).squeeze(-1)
+        # the processed scores of each step (fp32 [n, V]), one step at a time: no [n, steps, V] copy
+        logps = torch.stack([torch.log_softmax(s.float(), dim=-1).gather(-1, seqs[:, t : t + 1]).squeeze(-1)
+                             for t, s in enumerate(out.scores)], dim=1)
         eos = self.tokenizer.eos_token_id
         comps = []
         for row, lp in zip(seqs.tolist(), logps.tolist(), strict=True):
