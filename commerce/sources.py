@@ -78,10 +78,10 @@ def parse(spec: str | os.PathLike) -> Source:
     Traceback (most recent call last):
     ...
     commerce.sources.SourceMissing: no/such/file.jsonl: no such pairs file
-    >>> parse("me/commerce-pairs")
+    >>> parse("me/pairs")
     Traceback (most recent call last):
     ...
-    commerce.sources.SourceMissing: me/commerce-pairs: no such pairs file (a Hub dataset needs its split: me/commerce-pairs:train)
+    commerce.sources.SourceMissing: me/pairs: no such pairs file (a Hub dataset needs its split: me/pairs:train)
     """
     s = str(spec)
     p = Path(s)

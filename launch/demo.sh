@@ -8,6 +8,7 @@
 #      actor and learner pinned to separate cores as stand-ins for separate GPUs; sampled evals
 #      (eval.samples per prompt, fixed seed) with their standard errors
 #   4. plots + report.md (with the noise band) in runs/demo, and the handoff's decision tree on the run
+#   5. the command that exports its adapter (python -m learner.export; tests/integration/test_e2e_adapter.py runs it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
@@ -41,3 +42,5 @@ stamp "GRPO done"
 "$PY" -m launch.report "$RUN" --title "$title"
 "$PY" -m learner.decide "$RUN" | tee "$RUN/decide.txt"
 echo "demo: done in $(( $(date +%s) - start ))s; see $RUN/report.md"
+echo "demo: to ship its adapter (a PEFT folder, the tokenizer and a model card; --best, --merge, --push-to-hub REPO):"
+echo "  $PY -m learner.export $RUN --out $RUN-export"

@@ -1,7 +1,8 @@
 """End to end, the saved adapter: ``RUN_DIR/adapter`` of a real run (the learning proof's sync-on run,
-made once per session, see ``e2e_helpers.learning_run``) is a PEFT adapter that vLLM
-(``enable_lora`` + ``LoRARequest``) and transformers+PEFT both load, and both reproduce the learner's
-own logprobs of fixed completion tokens (temperature 1, float32) within 1e-3.
+made once per session, see ``e2e_helpers.learning_run``) is a PEFT adapter, and its export (``python -m learner.export
+RUN_DIR --out DIR``, the command ``make demo`` prints for its own run) is a folder that vLLM (``enable_lora`` +
+``LoRARequest``) and transformers+PEFT both load, and both reproduce the learner's own logprobs of fixed completion
+tokens (temperature 1, float32; the learner reading ``RUN_DIR/adapter``) within 1e-3.
 """
 
 from __future__ import annotations
@@ -48,8 +49,28 @@ def trained(tiny_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def vllm_sampled(trained, tmp_path_factory):
-    adapter, cfg = trained
+def exported(trained, tmp_path_factory):
+    """The run's adapter exported with the command ``launch/demo.sh`` prints for its own run (RUN_DIR and the output
+    folder substituted)."""
+    import shlex
+    from pathlib import Path
+
+    adapter, _ = trained
+    run, out = adapter.parent, tmp_path_factory.mktemp("exported") / "demo-export"
+    line = next(ln for ln in (Path(__file__).resolve().parents[2] / "launch" / "demo.sh").read_text().splitlines()
+                if "-m learner.export" in ln and ln.lstrip().startswith("echo"))
+    words = shlex.split(shlex.split(line)[1])   # echo "  $PY -m learner.export $RUN --out $RUN-export"
+    argv = [{"$RUN": str(run), "$RUN-export": str(out)}.get(w, w) for w in words[words.index("learner.export") + 1:]]
+    r = subprocess.run([sys.executable, "-m", "learner.export", *argv], capture_output=True, text=True, timeout=300,
+                       cwd=Path(__file__).resolve().parents[2])
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def vllm_sampled(trained, exported, tmp_path_factory):
+    _, cfg = trained
+    adapter = exported
     script = tmp_path_factory.mktemp("vllm_adapter") / "sample.py"
     script.write_text(VLLM)
     proc = subprocess.run([sys.executable, str(script), str(cfg.model_id), str(adapter), json.dumps(CHAT)],
@@ -86,12 +107,21 @@ def test_saved_adapter_is_peft_format(trained):
     assert any("lora_B" in k and t.abs().max() > 0 for k, t in tensors.items())  # trained (B starts at 0)
 
 
-def test_vllm_and_peft_reproduce_the_learners_logprobs(trained, vllm_sampled, actor_kit):
+def test_the_export_is_a_peft_folder_with_tokenizer_and_card(trained, exported):
+    adapter, cfg = trained
+    assert (exported / "adapter_model.safetensors").read_bytes() == (adapter / "adapter_model.safetensors").read_bytes()
+    assert (exported / "tokenizer_config.json").is_file() and (exported / "config.yaml").is_file()
+    card = (exported / "README.md").read_text()
+    assert card.startswith(f"---\nbase_model: {cfg.model_id}\nlibrary_name: peft\n")
+    assert f"the final (step {cfg.max_steps}) weights" in card and "--enable-lora" in card
+
+
+def test_vllm_and_peft_reproduce_the_learners_logprobs(trained, exported, vllm_sampled, actor_kit):
     adapter, cfg = trained
     prompt_ids = vllm_sampled["prompt_ids"]
     comps = [r["ids"] for r in vllm_sampled["completions"]]
     ours = learner_logprobs(cfg, adapter, prompt_ids, comps)
-    peft = type(actor_kit.reference)(cfg.model_id).logprobs(adapter, prompt_ids, comps)
+    peft = type(actor_kit.reference)(cfg.model_id).logprobs(exported, prompt_ids, comps)
     base = learner_logprobs(cfg, None, prompt_ids, comps)  # fresh LoRA (B = 0): the base model
     flat = lambda rows: torch.tensor([x for r in rows for x in r])  # noqa: E731
     learner, vllm = flat(ours), flat([r["lps"] for r in vllm_sampled["completions"]])

@@ -2,11 +2,11 @@
 
 ``FakeHub()`` serves, on a free loopback port, the few endpoints ``huggingface_hub`` (2.x) calls to create a repository
 and commit files to it: ``POST /api/repos/create``, ``POST /api/validate-yaml`` (the README's front matter must be a
-YAML mapping), ``POST /api/{type}s/{repo}/preupload/{rev}`` (every file is answered
-``"regular"``, so the content travels base64 in the commit: no LFS, no Xet) and ``POST /api/{type}s/{repo}/commit/{rev}``
-(NDJSON). It keeps each repository's visibility and files and every request it saw (method, path, the bearer token),
-and answers anything else 404. Point ``huggingface_hub`` at it with ``HF_ENDPOINT=hub.url`` (read when the library is
-imported: set it in a subprocess's environment).
+YAML mapping), ``POST /api/{type}s/{repo}/preupload/{rev}`` (every file is answered ``"regular"``, so the content
+travels base64 in the commit: no LFS, no Xet) and ``POST /api/{type}s/{repo}/commit/{rev}`` (NDJSON). It keeps each
+repository's visibility and files and every request it saw (method, path, the bearer token), and answers anything else
+404. Point ``huggingface_hub`` at it with ``HF_ENDPOINT=hub.url`` (read when the library is imported: set it in a
+subprocess's environment).
 """
 
 from __future__ import annotations
