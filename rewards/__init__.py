@@ -9,7 +9,9 @@ DeepSpeed, transformers or numpy (reward workers stay cheap). Public API:
   ``.score``/``.components``/``.tasks``; :func:`toy_reward` (``rewards.toy``);
 - :func:`per_task_breakdown`: ``eval/<task>`` and ``eval/mean_reward`` for the eval callback;
 - :class:`Sandbox` (``rewards.sandbox``): one read-only SELECT under a deadline;
-- ``python -m rewards.audit PAIRS.jsonl`` (old vs new parser) and ``python -m rewards.bench``.
+- ``python -m rewards.audit PAIRS.jsonl`` (old vs new parser) and ``python -m rewards.bench``;
+- ``python -m rewards.redteam [--task T] [--config C]``: the best prompt-agnostic template per task against the
+  run's reward (:mod:`rewards.attack`: slots, parts, the search).
 """
 
 from __future__ import annotations

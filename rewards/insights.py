@@ -169,14 +169,16 @@ def _fact_numbers(facts: str, prompt: str) -> frozenset[float] | None:
 _NEW_WORD = re.compile(r"[a-z]{3,}")
 _KEY_SUBJECTS = {"pedidos": ("pedido",), "avaliacoes_negativas": ("negativ", "insatisf"),
                  "pct_negativas": ("negativ", "insatisf"), "nota_media": ("nota", "media"), "pct_atraso": ("atras",),
-                 "nota_media_atrasados": ("nota", "media", "atras"), "pct_atraso_negativas": ("atras", "negativ"),
+                 "nota_media_atrasados": ("nota", "media"), "pct_atraso_negativas": ("atras", "negativ"),
                  "principais_reclamacoes": ("reclama",), "estados_mais_negativas": ("estado",),
-                 "categorias_mais_negativas": ("categoria",), "recorte": ("amostra", "recorte", "pedido")}
+                 "categorias_mais_negativas": ("categoria",), "recorte": ("amostra", "recorte")}
 """The words (stems) that name each fact of the synthetic facts; other keys are named by their own words, and a
 list item ``[name, figure]`` also by its name (a complaint, a state, a category)."""
 MAX_TEXT = 20000
 _WINDOW = 6  # words (and figures) either side of a figure where what it measures may be named
-_LOOSE = {"pedido": 2}  # a word in every bullet names its fact only right next to the figure ("86 pedidos")
+_LOOSE = {"pedido": 2}
+"""A word found in every bullet names its fact only right next to the figure ("86 pedidos"), and is not one of
+the nearest words that decide what a figure measures ("cai para 1,04 nos pedidos atrasados": the score)."""
 _TOKEN = re.compile(r"[-+]?\d+(?:[.,]\d+)*|[a-z_]+")
 
 
@@ -259,10 +261,11 @@ def _figures(text: str, subjects: Subjects, k: int) -> list[tuple[list[float], b
         facts = subjects.facts_of(tok)
         bound = False
         if facts:
-            near = sorted((abs(j - i), tokens[j]) for j in range(max(0, i - _WINDOW), min(len(tokens), i + _WINDOW + 1))
-                          if 0 < abs(j - i) <= reach[j])
+            span = range(max(0, i - _WINDOW), min(len(tokens), i + _WINDOW + 1))
+            near = sorted((abs(j - i), tokens[j]) for j in span if 0 < abs(j - i) <= reach[j] == _WINDOW)
             cut = near[min(k, len(near)) - 1][0] if near else -1  # the k nearest, and those as near as the k-th
-            bound = any(_names(w, st) for d, w in near if d <= cut for st in facts)
+            close = [w for d, w in near if d <= cut] + [tokens[j] for j in span if 0 < abs(j - i) <= reach[j] < _WINDOW]
+            bound = any(_names(w, st) for w in close for st in facts)
         out.append((values, bool(facts), bound))
     return out
 

@@ -198,10 +198,12 @@ def _run(args) -> int:
             db, pairs, donors_path = Path(summary["db"]), Path(summary["eval"]), Path(summary["train"])
         rows = _rows(pairs, custom)
         donor_rows = _rows(donors_path, custom) if donors_path.is_file() else []
-        tasks = args.task or [t for t in known if any(r.task == t for r in rows)]
+        tasks = list(dict.fromkeys(args.task)) or [t for t in known if any(r.task == t for r in rows)]
         missing = [t for t in tasks if not any(r.task == t for r in rows)]
         if missing:
             raise RedTeamError(f"no eval prompt of task {missing[0]!r} in {pairs}")
+        if "sql_qa" in tasks and not db.is_file():
+            raise RedTeamError(f"no database at {db} (sql_qa runs the queries on it): --db or data.db_path")
         try:
             fn = make_reward(db if db.is_file() else None, **cfg["reward_kwargs"])
         except ValueError as e:
