@@ -17,9 +17,19 @@
   ``sync.max_logprob_gap`` (by precision, :func:`max_logprob_gap`) with the actor at the learner's version stops
   the run in one line naming the actor. It backs the readback (``actor.readback``, which checks weights) with
   what the engine samples: it sees a request routed to another adapter, model, tokenizer or sampler.
+
+``python -m learner.evaluate --config C --adapter A [--adapter B ...] [--base]`` runs this eval outside a run, for
+adapters side by side through a real actor: :mod:`learner.eval_cli`.
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__":  # the CLI: parsed before torch loads; this module is then imported under its own name
+    import sys
+
+    from learner.eval_cli import main
+
+    sys.exit(main())
 
 import math
 import time
