@@ -2,7 +2,7 @@
 made once per session, see ``e2e_helpers.learning_run``) is a PEFT adapter, and its export (``python -m learner.export
 RUN_DIR --out DIR``, the command ``make demo`` prints for its own run) is a folder that vLLM (``enable_lora`` +
 ``LoRARequest``) and transformers+PEFT both load, and both reproduce the learner's own logprobs of fixed completion
-tokens (temperature 1, float32; the learner reading ``RUN_DIR/adapter``) within 1e-3.
+tokens on the run's eval prompts (temperature 1, float32; the learner reading ``RUN_DIR/adapter``) within 1e-3.
 """
 
 from __future__ import annotations
@@ -22,20 +22,21 @@ from e2e_helpers import learning_run
 
 pytestmark = pytest.mark.slow
 
-CHAT = [{"role": "user", "content": "Fale sobre entrega numero 7."}]
 VLLM = textwrap.dedent("""
     import json, sys
     if __name__ == "__main__":
         from vllm import LLM, SamplingParams
         from vllm.lora.request import LoRARequest
-        model, adapter, chat = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+        model, adapter, chats = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
         llm = LLM(model=model, dtype="float32", kv_cache_memory_bytes=128 * 2**20, max_model_len=256,
                   enable_lora=True, max_lora_rank=16, max_loras=1, enforce_eager=True, seed=0)
         sp = SamplingParams(n=4, temperature=1.0, max_tokens=12, logprobs=0, seed=3, ignore_eos=True)
-        out = llm.chat([chat], sp, lora_request=LoRARequest("trained", 1, adapter))[0]
-        rows = [dict(ids=list(c.token_ids), lps=[lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs)])
-                for c in out.outputs]
-        print("RESULT " + json.dumps(dict(prompt_ids=list(out.prompt_token_ids), completions=rows)))
+        outs = llm.chat(chats, sp, lora_request=LoRARequest("trained", 1, adapter))
+        res = [dict(prompt_ids=list(out.prompt_token_ids),
+                    completions=[dict(ids=list(c.token_ids), lps=[lp[t].logprob for t, lp in zip(c.token_ids,
+                                                                                                 c.logprobs)])
+                                 for c in out.outputs]) for out in outs]
+        print("RESULT " + json.dumps(res))
 """)
 
 
@@ -73,7 +74,11 @@ def vllm_sampled(trained, exported, tmp_path_factory):
     adapter = exported
     script = tmp_path_factory.mktemp("vllm_adapter") / "sample.py"
     script.write_text(VLLM)
-    proc = subprocess.run([sys.executable, str(script), str(cfg.model_id), str(adapter), json.dumps(CHAT)],
+    from learner.data import load_items, stratified_subset
+
+    chats = [it.messages for it in stratified_subset(load_items(cfg.data.eval_pairs, cfg.data.tasks),
+                                                     cfg.eval.subset_size, cfg.seed)[:4]]   # the run's eval prompts
+    proc = subprocess.run([sys.executable, str(script), str(cfg.model_id), str(adapter), json.dumps(chats)],
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})  # in-process: ~15 s sooner
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -118,13 +123,15 @@ def test_the_export_is_a_peft_folder_with_tokenizer_and_card(trained, exported):
 
 def test_vllm_and_peft_reproduce_the_learners_logprobs(trained, exported, vllm_sampled, actor_kit):
     adapter, cfg = trained
-    prompt_ids = vllm_sampled["prompt_ids"]
-    comps = [r["ids"] for r in vllm_sampled["completions"]]
-    ours = learner_logprobs(cfg, adapter, prompt_ids, comps)
-    peft = type(actor_kit.reference)(cfg.model_id).logprobs(exported, prompt_ids, comps)
-    base = learner_logprobs(cfg, None, prompt_ids, comps)  # fresh LoRA (B = 0): the base model
+    ours, peft, base, sampled = [], [], [], []
+    for res in vllm_sampled:  # one per eval prompt
+        prompt_ids, comps = res["prompt_ids"], [r["ids"] for r in res["completions"]]
+        ours += learner_logprobs(cfg, adapter, prompt_ids, comps)
+        peft += type(actor_kit.reference)(cfg.model_id).logprobs(exported, prompt_ids, comps)
+        base += learner_logprobs(cfg, None, prompt_ids, comps)  # fresh LoRA (B = 0): the base model
+        sampled += [r["lps"] for r in res["completions"]]
     flat = lambda rows: torch.tensor([x for r in rows for x in r])  # noqa: E731
-    learner, vllm = flat(ours), flat([r["lps"] for r in vllm_sampled["completions"]])
+    learner, vllm = flat(ours), flat(sampled)
     gap_vllm = (learner - vllm).abs().max().item()
     gap_peft = (learner - flat(peft)).abs().max().item()
     moved = (learner - flat(base)).abs().mean().item()
