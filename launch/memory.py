@@ -84,14 +84,15 @@ class Shape:
 
     def activation_bytes(self, nbytes: int, seq_len: int, lora_r: int) -> int:
         """Bytes one decoder layer keeps for backward per token (transformers 5's Qwen3 under PEFT LoRA, training
-        dtype of ``nbytes``), as counted by ``launch.learner_memory``: the two RMSNorms' inputs in fp32 (they upcast)
-        and their outputs; q_norm's and k_norm's fp32 inputs; SDPA's query, key and value (k and v repeated to the
+        dtype of ``nbytes``), as counted by ``launch.learner_memory``: the two RMSNorms' inputs in fp32 (they upcast),
+        their outputs and inverse RMS; q_norm's and k_norm's fp32 inputs and inverse RMS per head; SDPA's query, key
+        and value (k and v repeated to the
         query's heads: transformers passes ``enable_gqa`` only without a mask), output and fp32 log-sum-exp; the
         ``[B, 1, L, L]`` mask in the training dtype that SDPA converts a boolean mask to in every layer (rows of
         unequal length); the MLP's gate, up, activation and product; LoRA A's outputs (seven linears)."""
         q, kv, h, i = self.heads * self.head_dim, self.kv_heads * self.head_dim, self.hidden, self.intermediate
-        return (2 * h * (4 + nbytes) + 4 * (q + kv) + 4 * q * nbytes + 4 * self.heads + seq_len * nbytes
-                + 4 * i * nbytes + 7 * lora_r * nbytes)
+        norms = 2 * h * (4 + nbytes) + 2 * 4 + 4 * (q + kv) + 4 * (self.heads + self.kv_heads)
+        return norms + 4 * q * nbytes + 4 * self.heads + seq_len * nbytes + 4 * i * nbytes + 7 * lora_r * nbytes
 
 
 # Public Tucano2 checkpoints (seed README: Qwen3 bodies, tied embeddings), so a dry run on a laptop can plan
