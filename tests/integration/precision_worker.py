@@ -52,15 +52,45 @@ def micro_batch_loss(pol, index: int, world: int = 1):
     return -logps.sum() / (SAMPLES / world)
 
 
+def config(model: str, stage: int):
+    from configs import load_config
+
+    return load_config(REPO / "configs" / "smoke_cpu.yaml",
+                       [f"model_id={model}", f"learner.zero_stage={stage}", "learner.precision=bf16",
+                        "learner.gradient_checkpointing=true", "learner.share_prompt=false",
+                        "learner.micro_batch_size=2", "logging.wandb_mode=disabled"])
+
+
+def one_step(model: str, stage: int, recording: list | None = None):
+    """This rank's share of the step (micro-batches dealt round-robin), its gradient as DeepSpeed holds it (fp32,
+    gathered) and the step; returns (rank, world, gradients, what it saw). ``recording[0]`` is set while it runs."""
+    from deepspeed.utils import safe_get_full_grad
+
+    from learner.engine import PolicyEngine
+
+    pol = PolicyEngine(config(model, stage))
+    randomise_lora_b(pol)
+    mine = list(range(SAMPLES // 2))[pol.rank::pol.world]  # 4 micro-batches of 2 rows, dealt to the ranks
+    if recording is not None:
+        recording[0] = True
+    for i, b in enumerate(mine):
+        pol.backward(micro_batch_loss(pol, b, pol.world), boundary=i == len(mine) - 1)
+    grads = {n: safe_get_full_grad(p).detach().float().clone().contiguous()
+             for n, p in pol.module.named_parameters() if p.requires_grad}
+    res = pol.step()
+    if recording is not None:
+        recording[0] = False
+    info = {"grad_norm": res.grad_norm, "applied": res.skipped is None and bool(pol.engine.was_step_applied()),
+            "backward_passes": len(mine), "param_dtype": str(next(pol.module.parameters()).dtype),
+            "gradient_checkpointing": bool(pol.module.base_model.model.is_gradient_checkpointing)}
+    return pol.rank, pol.world, grads, info
+
+
 def main(model: str, out: str, stages: str) -> int:
     sys.path.insert(0, str(REPO))
     import torch
     import torch.distributed as dist
-    from deepspeed.utils import safe_get_full_grad
     from safetensors.torch import save_file
-
-    from configs import load_config
-    from learner.engine import PolicyEngine
 
     seen: dict[str, set[str]] = {}
     recording = [False]
@@ -78,28 +108,12 @@ def main(model: str, out: str, stages: str) -> int:
 
         setattr(dist, name, rec)
     for stage in [int(s) for s in stages.split(",")]:
-        cfg = load_config(REPO / "configs" / "smoke_cpu.yaml",
-                          [f"model_id={model}", f"learner.zero_stage={stage}", "learner.precision=bf16",
-                           "learner.gradient_checkpointing=true", "learner.share_prompt=false",
-                           "learner.micro_batch_size=2", "logging.wandb_mode=disabled"])
-        pol = PolicyEngine(cfg)
-        randomise_lora_b(pol)
-        mine = list(range(SAMPLES // 2))[pol.rank::pol.world]  # 4 micro-batches of 2 rows, dealt to the ranks
         seen.clear()
-        recording[0] = True
-        for i, b in enumerate(mine):
-            pol.backward(micro_batch_loss(pol, b, pol.world), boundary=i == len(mine) - 1)
-        grads = {n: safe_get_full_grad(p).detach().float().clone().contiguous()
-                 for n, p in pol.module.named_parameters() if p.requires_grad}
-        res = pol.step()
-        recording[0] = False
-        info = {"collectives": {k: sorted(v) for k, v in sorted(seen.items())}, "grad_norm": res.grad_norm,
-                "applied": res.skipped is None and bool(pol.engine.was_step_applied()),
-                "backward_passes": len(mine), "param_dtype": str(next(pol.module.parameters()).dtype),
-                "gradient_checkpointing": bool(pol.module.base_model.model.is_gradient_checkpointing)}
-        if pol.rank == 0:
-            save_file(grads, str(Path(out) / f"z{stage}-w{pol.world}.safetensors"))
-            (Path(out) / f"z{stage}-w{pol.world}.json").write_text(json.dumps(info))
+        rank, world, grads, info = one_step(model, stage, recording)
+        info["collectives"] = {k: sorted(v) for k, v in sorted(seen.items())}
+        if rank == 0:
+            save_file(grads, str(Path(out) / f"z{stage}-w{world}.safetensors"))
+            (Path(out) / f"z{stage}-w{world}.json").write_text(json.dumps(info))
     return 0
 
 

@@ -42,19 +42,17 @@ def engine(tiny_model, stage: int, precision: str):
     return pol
 
 
-def accumulated(tiny_model, stage: int, micro_batches: list[int]) -> dict[str, torch.Tensor]:
-    """The gradient DeepSpeed holds (its fp32 copy, gathered) after backward over ``micro_batches`` of one step."""
+def grads_of(pol) -> dict[str, torch.Tensor]:
+    """The gradient DeepSpeed holds now (its fp32 copy, gathered under ZeRO-3)."""
     from deepspeed.utils import safe_get_full_grad
-    from precision_worker import micro_batch_loss
 
-    pol = engine(tiny_model, stage, "bf16")
-    for i, b in enumerate(micro_batches):
-        pol.backward(micro_batch_loss(pol, b), boundary=i == len(micro_batches) - 1)
     return {n: safe_get_full_grad(p).clone() for n, p in pol.module.named_parameters() if p.requires_grad}
 
 
 @pytest.mark.parametrize("stage", [0, 2, 3])
 def test_bf16_engine_sums_micro_batches_in_fp32(tiny_model, stage):
+    from precision_worker import micro_batch_loss
+
     pol = engine(tiny_model, stage, "bf16")
     ds = pol.engine
     assert next(pol.module.parameters()).dtype == torch.bfloat16
@@ -62,8 +60,14 @@ def test_bf16_engine_sums_micro_batches_in_fp32(tiny_model, stage):
     assert ds.communication_data_type == torch.float32
     assert type(ds.optimizer).__name__ == WRAPPER[stage]
     assert isinstance(ds.optimizer.optimizer, torch.optim.AdamW)  # ours, inside DeepSpeed's wrapper
-    both = accumulated(tiny_model, stage, [0, 1])
-    one, two = accumulated(tiny_model, stage, [0]), accumulated(tiny_model, stage, [1])
+    # one step of two micro-batches: the gradient after the first, then after both; the second alone on a twin
+    pol.backward(micro_batch_loss(pol, 0), boundary=False)
+    one = grads_of(pol)
+    pol.backward(micro_batch_loss(pol, 1), boundary=True)
+    both = grads_of(pol)
+    twin = engine(tiny_model, stage, "bf16")
+    twin.backward(micro_batch_loss(twin, 1), boundary=True)
+    two = grads_of(twin)
     assert all(g.dtype == torch.float32 for g in both.values())
     scale = max(float(g.abs().max()) for g in both.values())
     assert scale > 0
@@ -80,23 +84,25 @@ def test_fp32_engine_runs_torch_adamw_unwrapped(tiny_model):
 
 
 def test_two_bf16_ranks_with_gradient_checkpointing_reduce_in_fp32(tiny_model, tmp_path):
-    """Two gloo ranks in bf16 with gradient checkpointing, at ZeRO 2 and 3 (one worker process per rank; the
-    same step on one rank as the reference): every collective that carried gradients was fp32, the step's
+    """Two gloo ranks in bf16 with gradient checkpointing, at ZeRO 2 and 3 (one worker process per rank; the same
+    step on one rank, in this process, as the reference): every floating-point reduction was fp32, the step's
     gradient is one rank's to bf16 rounding, and the optimizer step was applied."""
-    for world in (1, 2):
-        port = free_port()
-        procs = []
-        for rank in range(world):
-            env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1", WANDB_MODE="disabled")
-            procs.append(subprocess.Popen([sys.executable, str(WORKER), str(tiny_model), str(tmp_path), "2,3"],
-                                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                          text=True))
-        logs = [p.communicate(timeout=300)[0] for p in procs]
-        assert [p.returncode for p in procs] == [0] * world, "\n".join(x[-3000:] for x in logs)
+    from precision_worker import one_step
+
+    port = free_port()
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(tiny_model), str(tmp_path), "2,3"],
+                                      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    references = {stage: one_step(str(tiny_model), stage) for stage in (2, 3)}  # while the ranks run
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(x[-3000:] for x in logs)
     for stage in (2, 3):
-        info = {w: json.loads((tmp_path / f"z{stage}-w{w}.json").read_text()) for w in (1, 2)}
-        two = info[2]
+        _, world, g1, one = references[stage]
+        assert world == 1
+        two = json.loads((tmp_path / f"z{stage}-w2.json").read_text())
         assert two["gradient_checkpointing"] and two["param_dtype"] == "torch.bfloat16"
         assert two["applied"] and two["backward_passes"] == 2  # both micro-batches of this rank's share
         # what crossed between the ranks during backward and the step: every floating-point reduction (the
@@ -104,10 +110,10 @@ def test_two_bf16_ranks_with_gradient_checkpointing_reduce_in_fp32(tiny_model, t
         reduced = {d for op, dtypes in two["collectives"].items() if op.startswith(("all_reduce", "reduce"))
                    for d in dtypes}
         assert "torch.float32" in reduced and not reduced & {"torch.bfloat16", "torch.float16"}, two["collectives"]
-        g1, g2 = (load_file(tmp_path / f"z{stage}-w{w}.safetensors") for w in (1, 2))
+        g2 = load_file(tmp_path / f"z{stage}-w2.safetensors")
         scale = max(float(t.abs().max()) for t in g1.values())
         diff = max(float((g1[k] - g2[k]).abs().max()) for k in g1) / scale
         # one rank sums all 4 micro-batches, two ranks 2 each and then each other's: bf16 forward rounding only
         # (a rank's share lost or counted twice moves it by ~1/2)
         assert diff < 2e-2, diff
-        assert abs(info[1]["grad_norm"] - two["grad_norm"]) < 2e-2 * info[1]["grad_norm"]
+        assert abs(one["grad_norm"] - two["grad_norm"]) < 2e-2 * one["grad_norm"]
