@@ -84,7 +84,8 @@ def group(tmp_path_factory):
     """A one-rank gloo group in this process (an in-memory store, as learner.comm.init makes), guarded."""
     import torch.distributed as dist
 
-    if not dist.is_initialized():
+    made = not dist.is_initialized()
+    if made:
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     comm.guard()
     yield dist
@@ -93,6 +94,13 @@ def group(tmp_path_factory):
         if hasattr(fn, "__wrapped__"):
             setattr(dist, name, fn.__wrapped__)
     dist._tucano2_guarded = False
+    if made:  # a learner started later in this process makes its own group, with its launcher variables
+        import deepspeed.comm.comm as dcc
+        from deepspeed.utils import groups
+
+        dist.destroy_process_group()
+        dcc.cdb = None
+        groups._release_process_group_references(None)
 
 
 def test_the_guard_refuses_a_collective_our_code_issues_elsewhere(group):
