@@ -17,7 +17,11 @@ prompts outside the sample.
 
 What it does not model: a template is one text for every prompt, so a policy that reads the prompt (the order's
 situation, the review, which figure means what) is answering, not gaming; the search finds templates, not the
-best answers. ``--fail-above X`` exits 1 when a task's best template scores above X (a CI gate, like ours at 0.5).
+best answers. Where every prompt lists its facts in the same order, "the fifth figure" is a fact's name, and a
+template that cites it by place is an answer: ``--figures any`` fills each prompt's figure slots in a shuffled
+order, so a template cannot know which figure is which (how CI checks insights, whose synthetic facts have one
+layout in 76-88% of the eval prompts). ``--fail-above X`` exits 1 when a task's best template scores above X (a CI gate,
+like ours at 0.5).
 """
 
 from __future__ import annotations

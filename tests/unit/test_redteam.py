@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parents[2]
 BOUND = 0.5
 BUDGET, SAMPLE = 160, 32
 # insights: each prompt's figures fill the slots in a shuffled order. In their order the best template is the
-# reference answers' own (the synthetic facts list the same facts in the same order in ~9 of 10 prompts, and
-# the references cite them by that position): README "Rewards under search".
+# reference answers' own (the synthetic facts list the same facts in the same order in 76-88% of the eval prompts,
+# and the references are sentences around them): README "Rewards under search".
 FIGURES = {"extraction": "ordered", "sql_qa": "ordered", "insights": "any", "push": "ordered"}
 
 
