@@ -75,6 +75,14 @@ def main(argv=None) -> int:
     if args.replica < 0:
         print("actor: --replica must be >= 0", file=sys.stderr)
         return 2
+    if cfg.tools:  # the user's own tools import, are typed and documented, before the engine starts
+        from rewards.tools import load_tools
+
+        try:
+            load_tools(cfg.tools)
+        except ValueError as e:
+            print(f"actor: {e}", file=sys.stderr)
+            return 2
     actor_id = args.actor_id or f"{socket.gethostname()}-a{args.replica}"
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s {actor_id} %(name)s %(levelname)s %(message)s")

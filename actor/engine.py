@@ -47,6 +47,10 @@ Two ways to take a version (``actor.load_mode``):
      so a step between the two could evict the new adapter and the readback read an empty slot (pinned by
      ``tests/integration/test_actor_precision.py::test_the_readback_sees_the_new_adapter_under_slot_pressure``).
 
+Tool episodes (``RunConfig.tools``, a request's ``meta["tasks"]`` and ``meta["max_turns"]`` > 1): a tool prompt's
+completions run as episodes of several turns with the calls in a worker pool beside generation
+(``actor.episodes``); a request stays in flight until all its episodes ended. Without tools nothing changes.
+
 Text is decoded once from the final token ids (``detokenize=False`` in the engine): vLLM's incremental
 detokenizer drops a trailing partial UTF-8 character, so its text could disagree with the ids the
 learner trains on and the reward must score the same thing.
@@ -62,7 +66,6 @@ import contextlib
 import gc
 import itertools
 import logging
-import math
 import os
 import shutil
 import time
@@ -74,7 +77,8 @@ from sync.prompts import encode_prompt
 from actor.engine_args import WORKER_EXTENSION, attention_backend, engine_kwargs, gpu_engine_kwargs  # noqa: F401
 from actor.runtime import (child_pids, configure_cpu_env, cpu_core_list, device_problem, engine_dtype,
                            inline_engine_env, on_gpu, private_rpc_dir, reap, release_inline_engine, serve_mode)
-from actor.versions import LoraVersions, token_runs
+from actor.outputs import prompt_result, sampled_logprobs  # noqa: F401 - sampled_logprobs: its home before
+from actor.versions import LoraVersions
 
 log = logging.getLogger("actor.engine")
 
@@ -99,10 +103,10 @@ def _worker_error(e: Exception) -> str:
 
 @dataclass
 class _Pending:
-    """One submitted rollout request: its vLLM request ids, results filled as they finish."""
+    """One submitted rollout request: its vLLM requests in flight (id -> prompt slot), results filled per prompt as
+    they finish (a tool prompt's once all its episodes ended, ``actor.episodes``)."""
 
     key: object
-    vllm_ids: list[str]
     version: int
     """The version served when it was admitted: every token's version is this or newer."""
     submitted: float
@@ -111,6 +115,13 @@ class _Pending:
     gen_tokens: int = 0
     lora_id: int | None = None
     """The adapter it runs on (adapter mode), held until it finishes."""
+    lora: object = None
+    rids: dict = field(default_factory=dict)
+    tool_s: float = 0.0
+    tool_idle_s: float = 0.0
+    sampling: object = None
+    ignore_eos: bool = False
+    max_turns: int = 1
 
 
 class RolloutEngine:
@@ -170,9 +181,19 @@ class RolloutEngine:
         self.pause_s = 0.0                       # the last in-flight load's scheduler pause (merged mode)
         self._pending: dict[str, _Pending] = {}  # vLLM request id -> its request
         self._by_key: dict[object, _Pending] = {}
+        self._done: list[_Pending] = []
         self._ids = itertools.count()
         self.generated_tokens = 0               # lifetime counters, for metrics
         self.completed_requests = 0
+        self.episodes = None                     # the tool episodes (actor.episodes), with RunConfig.tools
+        if cfg.tools:
+            from actor.episodes import EpisodeRunner
+
+            try:
+                self.episodes = EpisodeRunner(self)
+            except BaseException:  # a tool that does not load (rewards.tools): no engine left behind
+                self.close()
+                raise
         log.info("engine ready in %.1fs (%s mode, %s, %s%s)", self.start_s, self.mode, self.dtype,
                  "GPU" if self.gpu else "CPU", ", inline" if self.inline else "")
 
@@ -208,7 +229,7 @@ class RolloutEngine:
         than ``expect_checksum``, the previously served version stays in place (everything is checked before
         the weights are touched).
         """
-        if self._pending and self.load_mode == "drain":
+        if self._by_key and self.load_mode == "drain":  # an episode waiting on a tool is in flight
             raise EngineBusy(f"cannot load version {version}: {len(self._by_key)} requests in flight")
         adapter_dir = None if adapter_dir is None else Path(adapter_dir)
         if self.mode == "merged":
@@ -367,8 +388,11 @@ class RolloutEngine:
                               top_p=float(sampling.top_p), max_tokens=int(sampling.max_tokens), seed=seed,
                               logprobs=0, ignore_eos=ignore_eos, detokenize=False, flat_logprobs=True)
 
-    def submit(self, key, prompts: list, sampling, ignore_eos: bool = False) -> None:
-        """Queue one request (all its prompts, ``sampling.n`` samples each) under ``key``."""
+    def submit(self, key, prompts: list, sampling, ignore_eos: bool = False, tasks: list | None = None,
+               max_turns: int | None = None) -> None:
+        """Queue one request (all its prompts, ``sampling.n`` samples each) under ``key``. ``tasks`` (one per prompt)
+        and ``max_turns``: a prompt of a task with tools (``RunConfig.tools``) at ``max_turns`` > 1 runs as
+        ``sampling.n`` tool episodes (``actor.episodes``); the others exactly as without them."""
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
@@ -376,27 +400,52 @@ class RolloutEngine:
             raise ValueError(f"request {key!r} is already in flight")
         if not prompts:
             raise ValueError("a request needs at least one prompt")
+        if tasks is not None and (not isinstance(tasks, list) or len(tasks) != len(prompts)):
+            raise ValueError(f"meta tasks must list one task per prompt ({len(prompts)})")
+        tools = [None] * len(prompts)
+        if tasks is not None and self.episodes is not None:
+            tools = [self.episodes.tools_for(t, max_turns) for t in tasks]
+            prompts = [self.episodes.messages(p, ts, max_turns) if ts else p for p, ts in zip(prompts, tools,
+                                                                                                strict=True)]
         salt = {"cache_salt": self._salt} if self._salt is not None else {}
-        token_prompts = [TokensPrompt(prompt_token_ids=self.encode_prompt(p), **salt) for p in prompts]
-        params = [self.sampling_params(sampling, i, ignore_eos) for i in range(len(prompts))]
+        prompt_ids = [self.encode_prompt(p) for p in prompts]
         lora = self._stale or self._lora
-        ids = []
+        p = _Pending(key=key, version=self._version, submitted=time.perf_counter(), results=[None] * len(prompts),
+                     left=len(prompts), lora_id=None if lora is None else lora.lora_int_id, lora=lora)
         try:
-            for tp, sp in zip(token_prompts, params, strict=True):
+            for i, ids in enumerate(prompt_ids):
+                if tools[i]:
+                    self.episodes.start(p, i, ids, tools[i], sampling, i, ignore_eos, max_turns)
+                    continue
+                sp = self.sampling_params(sampling, i, ignore_eos)
                 sp.output_kind = RequestOutputKind.FINAL_ONLY   # as LLM.generate: whole outputs only
-                rid = f"r{next(self._ids)}"
-                self.llm.llm_engine.add_request(rid, tp, sp, lora_request=lora)
-                ids.append(rid)
+                self._add(p, i, TokensPrompt(prompt_token_ids=ids, **salt), sp)
         except Exception:
-            if ids:
-                self.llm.llm_engine.abort_request(ids)
+            if p.rids:
+                self.llm.llm_engine.abort_request(list(p.rids))
+            for rid in p.rids:
+                self._pending.pop(rid, None)
+            if self.episodes is not None:
+                self.episodes.drop(p)
             raise
-        p = _Pending(key=key, vllm_ids=list(ids), version=self._version, submitted=time.perf_counter(),
-                     results=[None] * len(ids), left=len(ids), lora_id=None if lora is None else lora.lora_int_id)
         self.loras.acquire(p.lora_id)
-        for i in ids:
-            self._pending[i] = p
         self._by_key[key] = p
+
+    def _add(self, p: _Pending, slot: int, prompt, params) -> str:
+        """One vLLM request of ``p`` for its prompt ``slot``, on ``p``'s adapter; returns its id."""
+        rid = f"r{next(self._ids)}"
+        self.llm.llm_engine.add_request(rid, prompt, params, lora_request=p.lora)
+        p.rids[rid] = slot
+        self._pending[rid] = p
+        return rid
+
+    def prompt_done(self, p: _Pending, slot: int, result) -> None:
+        """Prompt ``slot`` of ``p`` has its result; ``p`` is done (returned by the next :meth:`step`) with its last."""
+        p.results[slot] = result
+        p.gen_tokens += sum(c.sampled for c in result.completions)
+        p.left -= 1
+        if p.left == 0:
+            self._done.append(p)
 
     @property
     def in_flight(self) -> int:
@@ -404,27 +453,37 @@ class RolloutEngine:
         return len(self._by_key)
 
     def step(self) -> list[tuple[object, list, dict]]:
-        """One engine step; returns ``(key, prompt results, stats)`` for each request it completed."""
-        if not self._pending:
-            return []
+        """One engine step; returns ``(key, prompt results, stats)`` for each request it completed. With tool
+        episodes waiting on their calls and nothing else to run, it waits for a call instead (``tool_idle_s``)."""
+        eps = self.episodes
+        if eps is not None:
+            eps.poll()
+        if self._pending:
+            for out in self.llm.llm_engine.step():
+                if not out.finished:
+                    continue
+                p = self._pending.pop(out.request_id, None)
+                if p is None:
+                    continue
+                slot = p.rids.pop(out.request_id)
+                if eps is not None and eps.owns(out.request_id):
+                    eps.on_turn(out)
+                else:
+                    self.prompt_done(p, slot, self._prompt_result(out, p.version))
+        elif eps is not None and eps.waiting:
+            eps.wait_idle()
         done = []
-        for out in self.llm.llm_engine.step():
-            if not out.finished:
-                continue
-            p = self._pending.pop(out.request_id, None)
-            if p is None:
-                continue
-            p.results[p.vllm_ids.index(out.request_id)] = self._prompt_result(out, p.version)
-            p.gen_tokens += sum(len(c.token_ids) for c in out.outputs)
-            p.left -= 1
-            if p.left == 0:
-                del self._by_key[p.key]
-                self.loras.release(p.lora_id)
-                wall = time.perf_counter() - p.submitted
-                self.generated_tokens += p.gen_tokens
-                self.completed_requests += 1
-                done.append((p.key, p.results, {"generate_s": wall, "gen_tokens": float(p.gen_tokens),
-                                                "version": float(p.version)}))
+        for p in self._done:
+            del self._by_key[p.key]
+            self.loras.release(p.lora_id)
+            self.generated_tokens += p.gen_tokens
+            self.completed_requests += 1
+            stats = {"generate_s": time.perf_counter() - p.submitted, "gen_tokens": float(p.gen_tokens),
+                     "version": float(p.version)}
+            if p.max_turns > 1:
+                stats.update(tool_s=p.tool_s, tool_idle_s=p.tool_idle_s)
+            done.append((p.key, p.results, stats))
+        self._done = []
         return done
 
     def abort_all(self) -> list:
@@ -433,36 +492,29 @@ class RolloutEngine:
         if self._pending:
             self.llm.llm_engine.abort_request(list(self._pending))
         held = [p.lora_id for p in self._by_key.values()]
+        if self.episodes is not None:
+            for p in self._by_key.values():
+                self.episodes.drop(p)
         self._pending.clear()
         self._by_key.clear()
+        self._done = []
         for lid in held:
             self.loras.release(lid)
         return keys
 
-    def generate(self, prompts: list, sampling, ignore_eos: bool = False) -> tuple[list, dict]:
-        """Blocking: ``sampling.n`` samples for each prompt -> (list of PromptResult, stats)."""
+    def generate(self, prompts: list, sampling, ignore_eos: bool = False, **episode) -> tuple[list, dict]:
+        """Blocking: ``sampling.n`` samples for each prompt -> (list of PromptResult, stats); ``episode``: ``tasks``
+        and ``max_turns`` as :meth:`submit`."""
         key = object()
-        self.submit(key, prompts, sampling, ignore_eos)
+        self.submit(key, prompts, sampling, ignore_eos, **episode)
         while True:
             for k, results, stats in self.step():
                 if k is key:
                     return results, stats
 
     def _prompt_result(self, out, version: int):
-        """One prompt's finished completions; ``version``: the one it was admitted under (adapter mode, drain:
-        every token's; merged mode in flight: the first run's, later runs from vLLM's weight-version spans)."""
-        from sync.wire import Completion, PromptResult
-
-        merged = self.mode == "merged"
-        comps = []
-        for c in sorted(out.outputs, key=lambda c: c.index):
-            ids = list(c.token_ids)
-            lps = sampled_logprobs(ids, c.logprobs)
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            runs = token_runs(c.weight_versions if merged else None, len(ids), version)
-            comps.append(Completion(token_ids=ids, logprobs=lps, text=text, finish_reason=str(c.finish_reason),
-                                    version_runs=runs))
-        return PromptResult(prompt_token_ids=list(out.prompt_token_ids), completions=comps)
+        """One prompt's finished completions (:func:`actor.outputs.prompt_result`)."""
+        return prompt_result(out, version, self.mode == "merged", self.tokenizer)
 
     # ----------------------------------------------------------------------------- lifecycle
     def close(self) -> None:
@@ -471,6 +523,8 @@ class RolloutEngine:
         if llm is None:
             return
         self.abort_all()
+        if self.episodes is not None:
+            self.episodes.close()
         self.loras.close()
         if self._merged_dir is not None:
             self._retire_dir(self._merged_dir)
@@ -507,21 +561,6 @@ class RolloutEngine:
 STALE_FAULT_ENV = "TUCANO2_FAULT_STALE_ADAPTER"
 """A fault for the tests, never set by the project: ``<n>``: from the n-th adapter load on, requests go out on the
 previous version's adapter while the actor reports (and reads back) the new one; the logprob probe must see it."""
-
-
-def sampled_logprobs(ids: list[int], logprobs) -> list[float]:
-    """The logprob of each sampled token (NaN where vLLM gave none). With ``flat_logprobs`` and ``logprobs=0`` vLLM
-    keeps exactly one entry per position, the sampled token's, in flat lists: taken whole when its token ids are
-    ``ids``; else (a list of per-position dicts) looked up token by token."""
-    from vllm.logprobs import FlatLogprobs
-
-    if isinstance(logprobs, FlatLogprobs) and logprobs.token_ids == ids and len(logprobs.logprobs) == len(ids):
-        return [float(x) for x in logprobs.logprobs]
-    lps = []
-    for tok, entry in zip(ids, logprobs or [None] * len(ids), strict=True):
-        lp = entry.get(tok) if entry is not None else None
-        lps.append(float(lp.logprob) if lp is not None else math.nan)
-    return lps
 
 
 def _quietly(fn, *args) -> None:

@@ -86,9 +86,11 @@ def score_group(fn, req: RolloutRequest, results) -> list[list[float]]:
     cols = req.meta.get("columns") or [{}] * len(results)
     out = []
     for i, res in enumerate(results):
-        texts = [c.text for c in res.completions]
+        texts = [c.answer for c in res.completions]  # a tool episode's final answer (sync.wire.Completion.answer)
         prompt = req.prompts[i]
         kw = {k: [v] * len(texts) for k, v in (cols[i] if i < len(cols) else {}).items()}
+        for k in (res.completions[0].columns() if res.completions else {}):  # the episodes' own columns
+            kw[k] = [c.columns().get(k) for c in res.completions]
         out.append([float(x) for x in fn(texts, prompts=[prompt] * len(texts), **kw)])
     return out
 
@@ -206,7 +208,8 @@ class ActorServer:
     def _admit(self, req: RolloutRequest) -> None:
         try:
             self.engine.submit(req.request_id, req.prompts, req.sampling,
-                               ignore_eos=bool(req.meta.get("ignore_eos", False)))
+                               ignore_eos=bool(req.meta.get("ignore_eos", False)), tasks=req.meta.get("tasks"),
+                               max_turns=req.meta.get("max_turns"))
         except Exception as e:  # a request the engine cannot take (too long, bad tokens): answer empty
             log.error("actor %s: request %s refused: %s", self.actor_id, req.request_id, e)
             self.endpoint.send_group(RolloutGroup(req.request_id, self.actor_id, self.engine.version, [],

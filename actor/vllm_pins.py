@@ -248,6 +248,20 @@ PINS: list[Pin] = [
         "vllm/sampling_params.py, vllm/logprobs.py FlatLogprobs",
         lambda: "flat_logprobs" in _params(__import__("vllm", fromlist=["SamplingParams"]).SamplingParams)
         or hasattr(__import__("vllm", fromlist=["SamplingParams"]).SamplingParams(), "flat_logprobs")),
+    # --- tool episodes (actor.episodes) -------------------------------------------------------------------------
+    Pin("stop strings need detokenize=True; the token completing one is kept (include_stop_str_in_output), later "
+        "tokens of the same step dropped",
+        "actor.episodes.EpisodeRunner._params (a tool's closing tag ends the turn; the ids are what was sampled)",
+        "vllm/sampling_params.py SamplingParams._verify_args, vllm/v1/engine/detokenizer.py "
+        "BaseIncrementalDetokenizer.update (front end: the same on CUDA, where async scheduling may have sampled a "
+        "token past the stop that is never returned)",
+        lambda: "stop strings are only supported when detokenize is True" in src("sampling_params.py")
+        and "del self.token_ids[first_new_token_index + num_kept :]" in src(
+            "v1/engine/detokenizer.py", "BaseIncrementalDetokenizer.update")),
+    Pin("the k-th child of an n-sample request is seeded seed + k",
+        "actor.episodes.EpisodeRunner.start (episode k's first turn samples what a single-turn request's k-th did)",
+        "vllm/v1/engine/parallel_sampling.py ParentRequest",
+        lambda: "child_sampling_params.seed = seed + index" in src("v1/engine/parallel_sampling.py")),
     # --- the inline engine ---------------------------------------------------------------------------------------
     Pin("VLLM_ENABLE_V1_MULTIPROCESSING=0 runs EngineCore in-process (InprocClient)",
         "actor.runtime.inline_engine_env",

@@ -22,6 +22,7 @@ from configs.rewards import (  # noqa: F401 - re-exported: configs.schema is whe
     PushReward, PushWeights, RewardsConfig, SqlQaReward, SqlQaWeights,
 )
 from configs.section import Section
+from configs.tools import EpisodeConfig, ToolSpec
 
 # LoRA ranks vLLM serves (vllm.lora: max_lora_rank must be one of these).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -481,6 +482,11 @@ class RunConfig(Section):
     """Scenario B's supervised warm-up."""
     dynamic_sampling: DynamicSamplingConfig = DynamicSamplingConfig()
     """Replace groups whose rewards have no spread (off by default)."""
+    tools: dict[str, list[ToolSpec]] = {}
+    """Tools in the rollout, per task (``configs.tools``): ``{sql_qa: [sql], faq: ["pkg.mod:fn", ...]}``. A listed
+    task's completions are episodes of up to ``episode.max_turns`` turns; none listed: every task is single-turn."""
+    episode: EpisodeConfig = EpisodeConfig()
+    """Budgets of the tool-enabled episodes."""
 
     @field_validator("scale_rewards", mode="before")
     @classmethod
@@ -521,6 +527,12 @@ class RunConfig(Section):
         if unknown:
             raise ValueError(f"data.tasks: unknown task {unknown[0]!r} (one of {', '.join(TASKS)}, or a task of "
                              "your own with its reward in rewards.custom)")
+        for task, specs in self.tools.items():
+            if task not in self.data.tasks:
+                raise ValueError(f"tools.{task}: not a task of the run (data.tasks: {', '.join(self.data.tasks)})")
+            names = [s.name for s in specs]
+            if len(set(names)) != len(names) or "observation" in names:
+                raise ValueError(f"tools.{task}: tool names must be distinct and not 'observation': {names}")
         if self.rewards.overlong_buffer is not None and self.rewards.overlong_buffer > self.max_completion_length:
             raise ValueError(f"rewards.overlong_buffer ({self.rewards.overlong_buffer}) exceeds max_completion_length "
                              f"({self.max_completion_length})")

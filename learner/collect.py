@@ -12,6 +12,7 @@ from collections import Counter
 from learner.acks import STOPPED
 from learner.dynamic import Banked
 from learner.evaluate import Interrupted
+from learner.episodes import episode_metrics, timing_metrics
 from learner.rollouts import StepBatch, merge_batches, out_of_bounds, rollout_seed, score_groups, version_metrics
 
 ROUNDS = 4
@@ -60,8 +61,10 @@ def collect(tr) -> tuple[StepBatch, StepBatch, dict]:
         dm = {"dynamic/bank_used": float(len(parts)),
               "dynamic/bank_expired": float(expired + len(sources) - len(parts))}
     requested, dropped, rounds = len(ids), 0, 0
+    tools: dict[str, float] = {}  # tools/generate_s, tool_s, tool_idle_s of the groups that ran tool episodes
     for attempt in range(ROUNDS):
         groups, w, t, g = tr.broker.wait(ids)
+        tools = timing_metrics(groups, tools)
         rounds += 1
         waited, toks, gen = waited + w, toks + t, gen + g
         reason = tr.acks.verify([grp for grp, _ in groups], stop=lambda: tr._sigterm)
@@ -93,7 +96,7 @@ def collect(tr) -> tuple[StepBatch, StepBatch, dict]:
                         min_version=tr.published)
             for k, (items, tag) in enumerate(reqs)
         ]
-    pre = {"perf/generation_wait_s": waited, "_actor_tokens": toks, "_actor_gen_s": gen}
+    pre = {"perf/generation_wait_s": waited, "_actor_tokens": toks, "_actor_gen_s": gen, **tools}
     scored_batch = merge_batches(scored)
     scored_batch.counts.update(counts)
     if ds is None:
@@ -146,6 +149,7 @@ def batch_metrics(tr, train: StepBatch, scored: StepBatch, lr: float) -> dict:
         m["train/clipped_ratio"] = sum(s.truncated for s in scored.samples) / len(scored.samples)
     m["train/staleness"] = (sum(train.staleness) / len(train.staleness)) if train.staleness else 0.0
     m.update(version_metrics(train))
+    m.update(episode_metrics(scored.samples))  # tools/*: {} without tool episodes
     m["train/kl"] = 0.0
     m["train/learning_rate"] = lr
     snap = tr.sampler_snapshots.get(tr.step)  # drawn before the first untrained step = trained
@@ -160,6 +164,7 @@ def batch_metrics(tr, train: StepBatch, scored: StepBatch, lr: float) -> dict:
         "refused_empty",
         "refused_vocab",
         "refused_logprobs",
+        "refused_mask",
         "refused_shape",
         "skipped_nan_reward",
         "skipped_small_group",

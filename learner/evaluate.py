@@ -37,7 +37,9 @@ import time
 import torch
 
 from learner.data import per_task_means
+from learner.episodes import answer
 from learner.rollouts import Sample, collate, group_versions, rollout_seed
+from sync.runs import expand
 from sync.limits import MAX_PROMPTS_PER_REQUEST
 
 
@@ -95,7 +97,7 @@ class Broker:
         for i in ids:
             g = self.done.pop(i)
             out.append((g, self.items.pop(i)))
-            toks += sum(len(c.token_ids) for r in g.results for c in r.completions)
+            toks += sum(c.sampled for r in g.results for c in r.completions)
             gen += float(g.timings.get("generate_s", 0.0))
         return out, time.perf_counter() - t0, toks, gen
 
@@ -110,7 +112,7 @@ def probe(tr) -> dict:
             [tr.probe_item],
             1,
             cfg.temperature,
-            min(32, cfg.max_completion_length),
+            cfg.max_completion_length if tr.probe_item.task in cfg.tools else min(32, cfg.max_completion_length),
             seed=rollout_seed(cfg.seed, 0, 255),
             tag=f"v{tr.version}-{tr.step}",
             min_version=tr.published,
@@ -123,15 +125,16 @@ def probe(tr) -> dict:
         if comps:
             oldest, newest = group_versions(grp)  # an actor may load a version while the probe runs (inflight)
             payload = (grp.results[0].prompt_token_ids, comps[0].token_ids, comps[0].logprobs, oldest,
-                       grp.actor_id, oldest == newest)
+                       grp.actor_id, oldest == newest, expand(comps[0].loss_mask, len(comps[0].token_ids), 1))
     payload = tr._bcast(payload)
     if payload is None or not payload[1]:
         return {}
-    prompt_ids, comp_ids, actor_lp, actor_version, actor_id, one_version = payload
+    prompt_ids, comp_ids, actor_lp, actor_version, actor_id, one_version, bits = payload
     s = Sample(list(prompt_ids), list(comp_ids), list(actor_lp), 0.0, 0.0, actor_version, False)
     b = collate([s], tr.policy.tokenizer.pad_token_id, tr.policy.device)
     lp = tr.policy.completion_logps(b, cfg.temperature, grad=False).float().cpu()[0]
-    diff = (lp - torch.tensor(actor_lp)).abs()
+    sampled = torch.tensor(bits, dtype=torch.bool)  # a tool episode's observations were not sampled: not compared
+    diff = (lp - torch.tensor(actor_lp))[sampled].abs()
     gap, limit = float(diff.mean()), max_logprob_gap(cfg, tr.policy)
     if tr.is_main and one_version and actor_version == tr.version and gap > limit and tr.stop_reason is None:
         tr.stop_reason = (
@@ -179,36 +182,64 @@ def standard_errors(rewards: list[float], tasks: list[str]) -> dict[str, float]:
 
 
 def evaluate(tr, chunk: int = MAX_PROMPTS_PER_REQUEST) -> dict:
-    """The eval subset through the actors at the current version (rank 0)."""
+    """The eval subset through the actors at the current version (rank 0). With tools, the tool tasks' prompts are
+    evaluated a second time at ``max_turns`` 1 on the same adapter (``episode.eval_single_turn``): ``eval_single/*``."""
     cfg = tr.cfg
     if not tr.eval_items:
         return {}
     version = tr.rollout_version  # the current version (publish_weights off: the one the actors serve)
-    ids = [
-        tr._request(
-            "eval",
-            tr.eval_items[i : i + chunk],
-            cfg.eval.samples,
-            cfg.eval.temperature,
-            cfg.max_completion_length,
-            seed=rollout_seed(cfg.seed, 0, 192 + i // chunk),  # the same sample every eval: comparable
-            tag=f"s{tr.step}-{i}",
-            min_version=version,
-        )
-        for i in range(0, len(tr.eval_items), chunk)
-    ]
-    groups, waited, _, _ = tr.broker.wait(ids)
+    single = [it for it in tr.eval_items if it.task in cfg.tools] if cfg.episode.eval_single_turn else []
+    passes = [("eval", tr.eval_items, None)] + ([("eval_single", single, 1)] if single else [])
+    ids = {
+        name: [
+            tr._request(
+                "eval",
+                items[i : i + chunk],
+                cfg.eval.samples,
+                cfg.eval.temperature,
+                cfg.max_completion_length,
+                seed=rollout_seed(cfg.seed, 0, 192 + i // chunk),  # the same sample every eval: comparable
+                tag=f"s{tr.step}-{i}" + ("" if turns is None else f"-t{turns}"),
+                min_version=version,
+                **({} if turns is None else {"max_turns": turns}),
+            )
+            for i in range(0, len(items), chunk)
+        ]
+        for name, items, turns in passes
+    }
+    m: dict = {}
+    waited = 0.0
+    for name, _, _ in passes:
+        groups, w, _, _ = tr.broker.wait(ids[name])
+        waited += w
+        m.update(_eval_metrics(tr, groups, version, name))
+    m["perf/eval_s"] = waited
+    mean = m.get("eval/mean_reward")
+    if mean is not None and (tr.best is None or mean > tr.best[0]):
+        tr.best = (mean, tr.step)
+        m["_new_best"] = 1.0
+    if tr.best is not None:
+        m["eval/best_mean_reward"], m["eval/best_step"] = tr.best[0], float(tr.best[1])
+    return m
+
+
+def _eval_metrics(tr, groups, version: int, prefix: str) -> dict:
+    """``<prefix>/<task>``, components and standard errors of one eval pass's groups. A tool episode is scored on
+    its final answer with the episode's columns (``learner.episodes.answer``)."""
+    cfg = tr.cfg
     rewards, tasks = [], []
     comps: dict[str, list[float]] = {}  # "<task>/<component>" -> one mean per prompt
     for grp, items in groups:
         if grp.version < version:
             tr.log.write(f"eval: actor {grp.actor_id} answered at version {grp.version} < {version}")
         scores = [0.0] * len(items)  # a prompt without an answer scores 0
-        flat = [(k, c.text) for k, res in enumerate(grp.results[: len(items)]) for c in res.completions]
+        flat = [(k, c) for k, res in enumerate(grp.results[: len(items)]) for c in res.completions]
         if flat:
             keys = {key for k, _ in flat for key in items[k].columns}  # aligned: None where a row lacks a column
             cols = {key: [items[k].columns.get(key) for k, _ in flat] for key in sorted(keys)}
-            texts, prompts = [t for _, t in flat], [items[k].messages for k, _ in flat]
+            for key in {key for _, c in flat for key in c.columns()}:  # a tool episode's own columns
+                cols[key] = [c.columns().get(key) for _, c in flat]
+            texts, prompts = [answer(c) for _, c in flat], [items[k].messages for k, _ in flat]
             scored = tr.reward_fn.score(texts, prompts=prompts, **cols) if hasattr(tr.reward_fn, "score") else None
             got = [s.reward for s in scored] if scored is not None else tr.reward_fn(texts, prompts=prompts, **cols)
             per: dict[int, list[float]] = {}
@@ -223,14 +254,8 @@ def evaluate(tr, chunk: int = MAX_PROMPTS_PER_REQUEST) -> dict:
                 comps.setdefault(key, []).append(sum(vals) / len(vals))
         rewards += scores
         tasks += [it.task for it in items]
-    m = per_task_means(rewards, tasks, "eval")
-    m.update({f"eval/{key}": sum(v) / len(v) for key, v in sorted(comps.items())})  # eval/<task>/<component>
-    m.update(standard_errors(rewards, tasks))
-    m["perf/eval_s"] = waited
-    mean = m.get("eval/mean_reward")
-    if mean is not None and (tr.best is None or mean > tr.best[0]):
-        tr.best = (mean, tr.step)
-        m["_new_best"] = 1.0
-    if tr.best is not None:
-        m["eval/best_mean_reward"], m["eval/best_step"] = tr.best[0], float(tr.best[1])
+    m = per_task_means(rewards, tasks, prefix)
+    m.update({f"{prefix}/{key}": sum(v) / len(v) for key, v in sorted(comps.items())})  # <prefix>/<task>/<component>
+    se = standard_errors(rewards, tasks)
+    m.update({k.replace("eval_se/", f"{prefix}_se/", 1) if prefix != "eval" else k: v for k, v in se.items()})
     return m

@@ -17,8 +17,9 @@ Checks made on every group before anything reaches the model (each failure is co
   weights that were never published is a sync bug, not data;
 * its oldest token older than ``current - max_staleness``: the group is dropped (``dropped_stale``);
 * a completion with no tokens (``refused_empty``), a token id outside the model's vocabulary in the
-  prompt or completion (``refused_vocab``), or logprobs that are missing, of the wrong length or not
-  finite (``refused_logprobs``): that completion is dropped;
+  prompt or completion (``refused_vocab``), a tool episode's ``loss_mask`` that does not describe its tokens
+  (``refused_mask``), or logprobs that are missing, of the wrong length or not finite on a sampled token
+  (``refused_logprobs``): that completion is dropped;
 * rewards that are NaN or infinite: the whole group is skipped (``skipped_nan_reward``) — its mean, and
   so every advantage in it, would be NaN;
 * a group left with fewer than 2 completions is skipped (``skipped_small_group``): no baseline.
@@ -32,6 +33,15 @@ reward (before the overlong punishment) over the completions that would be train
 :func:`score_groups` builds one :class:`StepBatch` per group (with the group it came from, for the dynamic
 sampler's bank) and :func:`merge_batches` joins them; :func:`build_batch` does both. Token ids are used as sent
 (no re-tokenisation): the prompt ids the actor actually conditioned on and the completion ids it sampled.
+
+Tool episodes (``actor.episodes``): a completion holds every turn's sampled ids and every observation's ids, with a
+``loss_mask`` 0 on the observations. They stay in the sequence the learner forwards (each turn conditions on them)
+but are out of everything trained or measured on sampled tokens: the loss, the importance ratio and its truncation,
+the clip and mismatch statistics (their ``completion_mask`` is 0), the staleness counts and the lengths
+(``completion_lengths`` are sampled tokens); their behaviour logprobs are set to 0. The reward scores the final
+answer (``Completion.answer``) with the episode's ``turns``, ``tool_calls``, ``tool_errors`` and ``finish_reason``
+as extra columns. Dr. GRPO's constant denominator stays ``completions x max_completion_length``: an episode's
+sampled and observed tokens together fit in ``max_completion_length``, and only its sampled ones add to the sum.
 """
 
 from __future__ import annotations
@@ -42,7 +52,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from learner.episodes import answer, sampled_runs
 from learner.loss import group_advantages
+from sync.runs import expand
 
 
 @dataclass
@@ -73,6 +85,16 @@ class Sample:
     """The engine cut it at ``max_completion_length``."""
     masked: bool = False
     """Not trained (``mask_truncated_completions``): its advantage is 0 and it is out of ``dapo``'s token count."""
+    loss_mask: list[int] | None = None
+    """Per completion token, 1 where the policy sampled it, 0 inside a tool's observation (forwarded, never trained:
+    out of the loss, the ratio and its truncation, the clip and mismatch statistics); None: every token sampled."""
+    episode: object = None
+    """The tool episode's account (``sync.wire.Episode``), None for a single-turn completion."""
+
+    @property
+    def sampled(self) -> int:
+        """Completion tokens the policy sampled."""
+        return len(self.completion_ids) if self.loss_mask is None else sum(self.loss_mask)
 
 
 @dataclass
@@ -132,14 +154,24 @@ def version_metrics(batch: StepBatch) -> dict[str, float]:
 
 
 def check_completion(c, vocab_size: int) -> str | None:
-    """Why a completion is refused, or None."""
+    """Why a completion is refused, or None. A tool episode's ``loss_mask`` must describe its tokens with the first
+    one sampled (``refused_mask``); logprobs are checked on the sampled tokens only (an observation's are
+    placeholders, never used)."""
+    from sync.runs import expand, mask_problem
+
     ids = c.token_ids
     if not ids:
         return "refused_empty"
     if any(t < 0 or t >= vocab_size for t in ids):
         return "refused_vocab"
+    mask = getattr(c, "loss_mask", None) or []
+    if mask_problem(mask, len(ids)) is not None:
+        return "refused_mask"
     lp = c.logprobs
-    if lp is None or len(lp) != len(ids) or not all(math.isfinite(x) for x in lp):
+    if lp is None or len(lp) != len(ids):
+        return "refused_logprobs"
+    bits = expand(mask, len(ids), 1)
+    if not all(math.isfinite(x) for x, m in zip(lp, bits, strict=True) if m):
         return "refused_logprobs"
     return None
 
@@ -237,9 +269,11 @@ def score_groups(
                 rewards = [float(group.rewards[j][k]) for k in kept_idx]
             else:
                 cols = {key: [val] * len(kept) for key, val in item.columns.items()}
-                rewards = [
+                for key in kept[0].columns() if hasattr(kept[0], "columns") else ():  # a tool episode's columns
+                    cols[key] = [c.columns().get(key) for c in kept]
+                rewards = [  # a tool episode's final answer (sync.wire.Completion.answer)
                     float(r) if r is not None else math.nan
-                    for r in reward_fn([c.text for c in kept], prompts=[item.messages] * len(kept), **cols)
+                    for r in reward_fn([answer(c) for c in kept], prompts=[item.messages] * len(kept), **cols)
                 ]
                 scored = getattr(reward_fn, "last_scored", None)
                 if isinstance(scored, list) and len(scored) == len(kept):
@@ -269,13 +303,14 @@ def score_groups(
             batch.staleness.append(staleness)
             for c, a, r, hit in zip(kept, adv, rewards, cut, strict=True):
                 masked = mask_truncated and hit
-                runs = c.runs(group.version)
+                bits = expand(getattr(c, "loss_mask", None) or [], len(c.token_ids), 1)
+                runs = [(s, e, v) for s, e, v in sampled_runs(c.runs(group.version), bits)]
                 first = min(v for _, _, v in runs)
                 batch.samples.append(
                     Sample(
                         list(result.prompt_token_ids),
                         list(c.token_ids),
-                        [float(x) for x in c.logprobs],
+                        [float(x) if m else 0.0 for x, m in zip(c.logprobs, bits, strict=True)],
                         0.0 if masked else float(a),
                         r,
                         first,
@@ -283,10 +318,12 @@ def score_groups(
                         item.task,
                         hit,
                         masked,
+                        bits if 0 in bits else None,
+                        getattr(c, "episode", None),
                     )
                 )
-                batch.completion_lengths.append(len(c.token_ids))
-                batch.mixed_completions += len(runs) > 1
+                batch.completion_lengths.append(sum(bits))
+                batch.mixed_completions += len({v for _, _, v in runs}) > 1
                 for start, end, v in runs:
                     batch.token_count += end - start
                     batch.token_staleness_sum += (end - start) * (current_version - v)
@@ -330,6 +367,8 @@ def collate(
         ids[i, p : p + lc] = torch.tensor(s.completion_ids)
         att[i, p - lp : p + lc] = 1
         cmask[i, :lc] = 1.0 if weights is None else float(weights[i])
+        if s.loss_mask is not None:  # a tool's observation: forwarded, never trained
+            cmask[i, :lc] *= torch.tensor(s.loss_mask, dtype=torch.float32)
         blogp[i, :lc] = torch.tensor(s.behaviour_logps)
     pos = (att.cumsum(-1) - 1).clamp(min=0)
     adv = torch.tensor([s.advantage for s in samples], dtype=torch.float32)
@@ -442,6 +481,8 @@ def pack_shared(
             index[i, 1:n] = torch.arange(start, start + n - 1)
             cids[i, :n] = torch.tensor(s.completion_ids)
             cmask[i, :n] = float(weights[i])
+            if s.loss_mask is not None:  # a tool's observation: forwarded, never trained
+                cmask[i, :n] *= torch.tensor(s.loss_mask, dtype=torch.float32)
             blogp[i, :n] = torch.tensor(s.behaviour_logps)
             tokens += n if weights[i] else 0
             spans[-1][1].append((start, n))
@@ -484,16 +525,21 @@ def rollout_seed(seed: int, step: int, slot: int) -> int:
 
 
 def rollout_request(cfg, kind: str, items: list[PromptItem], n: int, temperature: float, max_tokens: int,
-                    seed: int, request_id: str, min_version: int, step: int):
+                    seed: int, request_id: str, min_version: int, step: int, max_turns: int | None = None):
     """The :class:`sync.wire.RolloutRequest` the learner sends for ``items``: chat prompts, ``n`` samples each;
     ``actor.top_p`` for training only; with ``actor.score_rewards`` the prompts' reference columns go along
-    (``meta["columns"]``), so the actor scores exactly as the learner would."""
+    (``meta["columns"]``), so the actor scores exactly as the learner would. With ``tools`` configured, the prompts'
+    tasks and ``max_turns`` (default ``episode.max_turns``) go along too: the actor runs a tool task's prompts as
+    episodes (``actor.episodes``)."""
     from sync.wire import RolloutRequest, SamplingSpec
 
     top_p = cfg.actor.top_p if kind == "train" else 1.0
     meta = {"kind": kind, "step": step}
     if cfg.actor.score_rewards:
         meta["columns"] = [it.columns for it in items]
+    if cfg.tools:
+        meta["tasks"] = [it.task for it in items]
+        meta["max_turns"] = cfg.episode.max_turns if max_turns is None else max_turns
     return RolloutRequest(
         request_id=request_id,
         prompts=[it.messages for it in items],

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from learner.episodes import TurnGap
 from learner.loss import policy_loss
 from learner.mismatch import StepMismatch
 from learner.rollouts import collate, pack_shared, shard
@@ -45,6 +46,8 @@ class ForwardBackward:
     """The actor-vs-learner mismatch over this rank's forwarded tokens."""
     empty: bool = False
     """Nothing informative in the step: nothing was forwarded and the optimizer must not step."""
+    turn_gap: TurnGap | None = None
+    """Tool episodes: the |learner - actor| logprob per turn index over this rank's forwarded tokens."""
 
 
 def informative(samples: list) -> list:
@@ -55,7 +58,7 @@ def informative(samples: list) -> list:
 
 def trained_tokens(samples: list) -> float:
     """The step's completion tokens that count in ``dapo``'s denominator (masked completions do not)."""
-    return float(sum(len(s.completion_ids) for s in samples if not getattr(s, "masked", False)))
+    return float(sum(s.sampled for s in samples if not getattr(s, "masked", False)))  # a tool's observation: no
 
 
 def forward_backward(policy, cfg, samples, num_tokens: float | None, skip_zero_advantage: bool = True
@@ -65,7 +68,8 @@ def forward_backward(policy, cfg, samples, num_tokens: float | None, skip_zero_a
     tokens (``dapo``'s denominator; None counts them here)."""
     world = policy.world
     work = informative(samples) if skip_zero_advantage else list(samples)
-    out = ForwardBackward(skipped=len(samples) - len(work), mismatch=StepMismatch())
+    out = ForwardBackward(skipped=len(samples) - len(work), mismatch=StepMismatch(),
+                          turn_gap=TurnGap(cfg.episode.max_turns))
     if not informative(samples):  # every rank holds the same samples: every rank skips, no collective is missed
         out.empty = True
         return out
@@ -81,6 +85,7 @@ def forward_backward(policy, cfg, samples, num_tokens: float | None, skip_zero_a
             batch = collate(mb, pad, policy.device, weights=mw)
             out.learner_tokens += int(batch.attention_mask[torch.tensor(mw, dtype=torch.bool)].sum())
         logps = policy.completion_logps(batch, cfg.temperature)
+        out.turn_gap.add(logps, batch.behaviour_logps, batch.completion_mask, mb)
         loss, st = policy_loss(
             logps.float(),
             batch.behaviour_logps,

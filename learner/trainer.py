@@ -168,7 +168,8 @@ class Trainer:
                 )
             )
             self.eval_items = stratified_subset(eval_all, cfg.eval.subset_size, cfg.seed)
-            self.probe_item = (self.eval_items or self.train_items)[0]
+            pool = self.eval_items or self.train_items  # with tools, a tool task's prompt: the probe is an episode
+            self.probe_item = next((it for it in pool if it.task in cfg.tools), pool[0])
             self.reward_fn = reward_fn or make_reward_fn(cfg)
             self.sampler = make_sampler(cfg, self.train_items)
             self.broker = Broker(transport, cfg.sync.request_timeout_s * 3, stop=self._stop_waiting)
@@ -232,9 +233,9 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ actors
     def _request(self, kind: str, items, n: int, temperature: float, max_tokens: int, seed: int, tag: str,
-                 min_version: int) -> str:
+                 min_version: int, max_turns: int | None = None) -> str:
         req = rollout_request(self.cfg, kind, items, n, temperature, max_tokens, seed, f"{kind}-{tag}",
-                              min_version, self.step)
+                              min_version, self.step, max_turns)
         self.broker.submit(req, items)
         return req.request_id
 
@@ -351,6 +352,10 @@ class Trainer:
             "_applied": res.skipped is None,
             **mismatch.metrics(),
         }
+        if self.cfg.tools:  # the same on every rank: every rank takes part in this reduction
+            from learner.episodes import TurnGap
+
+            m.update(TurnGap.metrics(comm.all_reduce(torch.tensor(fb.turn_gap.vector(), dtype=torch.float64)).tolist()))
         if res.skipped is not None:
             m["train/skipped_step"] = 1.0
             m[f"train/skipped_step/{res.skipped.replace(' ', '_')}"] = 1.0

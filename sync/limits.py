@@ -6,7 +6,7 @@ A message can legitimately need at most:
   tokens, at most ``TEXT_BYTES_PER_TOKEN`` bytes of text per token;
 * a rollout group (actor -> learner): those prompts' token ids, plus ``max_completions`` completions of up
   to ``max_completion_length`` tokens, each token an id, a float64 logprob, its text and at most one
-  ``version_runs`` pair (a run per token is the most a completion can carry);
+  ``version_runs`` and one ``loss_mask`` pair (a run per token is the most a completion can carry);
 * a weight update (learner -> actor): the LoRA adapter's tensors (``lora_nbytes`` from the model config),
   else ``sync.max_message_mb``;
 * everything else (Hello, Heartbeat, Welcome, WeightAck, Shutdown): ``CONTROL_BYTES``.
@@ -30,7 +30,8 @@ TEXT_BYTES_PER_TOKEN = 128
 CONTROL_BYTES = 64 * 2**10
 _SLACK = 64 * 2**10  # field names, meta, timings
 _MSGPACK_INT, _MSGPACK_FLOAT = 9, 9
-_PER_TOKEN = _MSGPACK_INT + _MSGPACK_FLOAT + TEXT_BYTES_PER_TOKEN + 2 * _MSGPACK_INT  # id, logprob, text, a run
+# id, logprob, text, a version run, a loss-mask run (a tool episode's account is under _SLACK)
+_PER_TOKEN = _MSGPACK_INT + _MSGPACK_FLOAT + TEXT_BYTES_PER_TOKEN + 4 * _MSGPACK_INT
 
 
 @dataclass(frozen=True)

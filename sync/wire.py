@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import msgpack
+
+from sync.runs import runs_problem, spans
+from sync.wire_check import SEMANTIC, WireError, _build, _check  # noqa: F401 - WireError is re-exported
 
 WIRE_MAGIC = "t2"
 WIRE_VERSION = 2
@@ -37,10 +38,6 @@ DEFAULT_MAX_BYTES = 1024 * 2**20
 
 # safetensors dtype names -> bytes per element
 DTYPE_SIZES = {"BF16": 2, "F16": 2, "F32": 4}
-
-
-class WireError(ValueError):
-    """A frame list that is not a valid message (the message is the one-line reason)."""
 
 
 # ---------------------------------------------------------------------------------------------- messages
@@ -87,13 +84,63 @@ class Completion:
     that loads a version while the sequence runs (``actor.load_mode: inflight``, merged serving) sends two runs
     or more; empty means every token was sampled by the group's ``version``."""
 
+    loss_mask: list[int] = field(default_factory=list)
+    """Which tokens the policy sampled, run-length coded like ``version_runs``: ``[i0, m0, i1, m1, ...]``, ``m`` 1
+    for tokens the engine sampled (trained), 0 for a tool's observation the actor appended (forwarded by the
+    learner, never trained). The first token is always sampled. Empty: every token was sampled (no tools)."""
+    episode: Episode | None = None
+    """What happened in a tool episode (``actor.episodes``); None for a single-turn completion."""
+
     def runs(self, default: int) -> list[tuple[int, int, int]]:
         """``(start, end, version)`` of every run (``default``: the group's version, when none were sent)."""
-        r, n = self.version_runs, len(self.token_ids)
-        if not r:
-            return [(0, n, default)]
-        starts = r[0::2]
-        return [(s, e, v) for s, e, v in zip(starts, [*starts[1:], n], r[1::2], strict=True)]
+        return spans(self.version_runs, len(self.token_ids), default)
+
+    @property
+    def sampled(self) -> int:
+        """Tokens the policy sampled (``loss_mask`` 1): the completion's length without tool observations."""
+        if not self.loss_mask:
+            return len(self.token_ids)
+        return sum(e - s for s, e, m in spans(self.loss_mask, len(self.token_ids), 1) if m)
+
+    def columns(self) -> dict:
+        """The episode's extra reward columns (``turns``, ``tool_calls``, ``tool_errors``, ``finish_reason``); {}
+        for a single-turn completion."""
+        e = self.episode
+        if e is None:
+            return {}
+        return {"turns": e.turns, "tool_calls": e.tool_calls, "tool_errors": e.tool_errors + e.tool_timeouts,
+                "finish_reason": e.finish}
+
+    @property
+    def answer(self) -> str:
+        """What the reward scores: the episode's final answer (its last turn's text; "" when it ended on a tool
+        call), or the whole text of a single-turn completion."""
+        return self.text if self.episode is None else self.text[self.episode.answer_at:]
+
+
+@dataclass(slots=True)
+class Episode:
+    """One tool episode's account (``Completion.episode``); it reaches the reward as extra columns."""
+
+    turns: int
+    """Turns the model wrote (1 + the calls that got an observation)."""
+    tool_calls: int = 0
+    """Calls made (each with an observation, or ending the episode)."""
+    tool_errors: int = 0
+    """Calls whose observation is an error (a failed query, arguments that do not fit, a call over the limit) or
+    whose tool raised."""
+    tool_timeouts: int = 0
+    """Calls their tool did not answer within its ``timeout_s``."""
+    truncated_observations: int = 0
+    """Observations cut to the tool's row or character budget."""
+    finish: str = "stop"
+    """``stop`` (the model ended its answer), ``length`` (a turn or the episode ran out of tokens while sampling),
+    ``max_turns`` (a call on the last turn), ``budget`` (an observation that did not fit, or the wall-clock limit),
+    ``tool_error`` (a tool raised or timed out: no observation)."""
+    answer_at: int = 0
+    """Where the final answer starts in the completion's ``text`` (its length when there is none)."""
+    tool_s: float = 0.0
+    """Seconds its calls took, queued to answered."""
 
 
 @dataclass(slots=True)
@@ -443,141 +490,17 @@ def _contiguous(rows: list) -> bool:
 
 # ---------------------------------------------------------------------------------------------- checking
 
-_HINTS: dict[type, dict[str, Any]] = {}
+
+def _check_completion(c: Completion, where: str) -> None:
+    """``version_runs`` and ``loss_mask`` describe the completion's tokens (:mod:`sync.runs`: pairs, starting at
+    token 0, starts rising strictly inside the completion, values changing from run to run; versions >= -1, mask
+    values 0 or 1). Bounded by the completion: at most one run per token."""
+    why = runs_problem(c.version_runs, len(c.token_ids), min_value=-1, what="version")
+    if why is not None:
+        raise WireError(f"{where}.version_runs: {why}")
+    why = runs_problem(c.loss_mask, len(c.token_ids), values=(0, 1))
+    if why is not None:
+        raise WireError(f"{where}.loss_mask: {why}")
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    h = _HINTS.get(cls)
-    if h is None:
-        h = _HINTS[cls] = typing.get_type_hints(cls)
-    return h
-
-
-def _build(cls: type, body: dict, where: str):
-    hints = _hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in body:
-            kwargs[f.name] = _check(body[f.name], hints[f.name], f"{where}.{f.name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise WireError(f"{where}: missing field {f.name!r}")
-    obj = cls(**kwargs)
-    check = _SEMANTIC.get(cls)
-    if check is not None:
-        check(obj, where)
-    return obj
-
-
-def _check_runs(c: Completion, where: str) -> None:
-    """``version_runs``: pairs, starting at token 0, starts rising strictly inside the completion, versions
-    >= -1 that change from run to run. Bounded by the completion: at most one run per token."""
-    r = c.version_runs
-    if not r:
-        return
-    if len(r) % 2:
-        raise WireError(f"{where}.version_runs: odd length {len(r)} (expected [start, version] pairs)")
-    starts, versions = r[0::2], r[1::2]
-    if starts[0] != 0:
-        raise WireError(f"{where}.version_runs: the first run starts at token {starts[0]}, not 0")
-    n = max(len(c.token_ids), 1)
-    for a, b in zip(starts, starts[1:], strict=False):
-        if b <= a:
-            raise WireError(f"{where}.version_runs: run starts {a}, {b} do not rise")
-    if starts[-1] >= n:
-        raise WireError(f"{where}.version_runs: a run starts at token {starts[-1]} of a {len(c.token_ids)}-token "
-                        "completion")
-    if min(versions) < -1:
-        raise WireError(f"{where}.version_runs: version {min(versions)} < -1")
-    for a, b in zip(versions, versions[1:], strict=False):
-        if a == b:
-            raise WireError(f"{where}.version_runs: two neighbouring runs of version {a}")
-
-
-_SEMANTIC = {Completion: _check_runs}
-"""Checks beyond the field types, per message class, run by :func:`_build` on what it decoded."""
-
-
-def _plain_value(v: Any, where: str, depth: int = 0) -> Any:
-    """Values allowed in free-form fields: JSON-like data plus bytes."""
-    if v is None or type(v) in (bool, int, float, str, bytes):
-        return v
-    if depth > 32:
-        raise WireError(f"{where}: nested too deeply")
-    if isinstance(v, list):
-        for x in v:
-            _plain_value(x, where, depth + 1)
-        return v
-    if isinstance(v, dict):
-        for k, x in v.items():
-            if not isinstance(k, str):
-                raise WireError(f"{where}: map key {k!r} is not a string"[:150])
-            _plain_value(x, where, depth + 1)
-        return v
-    raise WireError(f"{where}: value of type {type(v).__name__} not allowed")
-
-
-def _check(v: Any, tp: Any, where: str) -> Any:
-    """Return ``v`` (ints widened to float where a float is declared) if it has type ``tp``."""
-    if tp is Any:
-        return _plain_value(v, where)
-    if tp is int:
-        if type(v) is not int:
-            raise WireError(f"{where}: expected int, got {type(v).__name__}")
-        return v
-    if tp is float:
-        if type(v) is float:
-            return v
-        if type(v) is int:
-            return float(v)
-        raise WireError(f"{where}: expected float, got {type(v).__name__}")
-    if tp is str or tp is bool:
-        if type(v) is not tp:
-            raise WireError(f"{where}: expected {tp.__name__}, got {type(v).__name__}")
-        return v
-    if tp is dict:
-        if not isinstance(v, dict):
-            raise WireError(f"{where}: expected map, got {type(v).__name__}")
-        return _plain_value(v, where)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(v, dict):
-            raise WireError(f"{where}: expected {tp.__name__} map, got {type(v).__name__}")
-        return _build(tp, v, where)
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (Union, types.UnionType):
-        if v is None and type(None) in args:
-            return None
-        errors = []
-        for alt in args:
-            if alt is type(None):
-                continue
-            try:
-                return _check(v, alt, where)
-            except WireError as e:
-                errors.append(str(e))
-        raise WireError(errors[0] if len(errors) == 1 else f"{where}: matches none of {tp}")
-    if origin is list:
-        if not isinstance(v, list):
-            raise WireError(f"{where}: expected list, got {type(v).__name__}")
-        (et,) = args
-        if et is int:
-            if not all(type(x) is int for x in v):
-                raise WireError(f"{where}: expected list of ints")
-            return v
-        if et is float:
-            if not all(type(x) is float for x in v):
-                if not all(type(x) in (float, int) for x in v):
-                    raise WireError(f"{where}: expected list of floats")
-                return [float(x) for x in v]
-            return v
-        return [_check(x, et, f"{where}[]") for x in v]
-    if origin is dict:
-        if not isinstance(v, dict):
-            raise WireError(f"{where}: expected map, got {type(v).__name__}")
-        kt, vt = args
-        return {_check(k, kt, f"{where}.key"): _check(x, vt, f"{where}[{k}]") for k, x in v.items()}
-    if origin is tuple:
-        if not isinstance(v, list):
-            raise WireError(f"{where}: expected list, got {type(v).__name__}")
-        return tuple(_check(x, args[0], f"{where}[]") for x in v)
-    raise WireError(f"{where}: no checker for {tp}")  # pragma: no cover - schema bug
+SEMANTIC[Completion] = _check_completion
