@@ -3,7 +3,8 @@
 The summary of ``launch/device_check.sh`` (the GPU path on a lent GPU): did the learner's run train and resume
 (steps, versions, finite losses, from ``RUN_DIR/metrics.jsonl``), and how its peak GPU memory, sampled from outside
 by ``nvidia-smi --query-compute-apps`` (``CSV``: ``time,pid,used MiB`` rows), compares with ``launch.memory``'s
-estimate of a learner rank for the same config (:func:`launch.memory.learner_part`). ``--bench``: a
+estimate of a learner rank for the same config (:func:`launch.memory.learner_part`) plus what the local stand-in actor
+of ``--rollouts local`` adds to the same process (:func:`local_actor_gib`). ``--bench``: a
 ``learner.bench`` JSON, whose ``peak_mem_gb`` (torch's own peak allocation) is set beside the estimate's parts the
 allocator holds (the estimate less the CUDA context and the headroom). Prints a table; exit 1 when the run did not
 train and resume, or when a measured peak exceeds the estimate.
@@ -52,20 +53,31 @@ def training_check(rows: list[dict], first_steps: int, total_steps: int) -> list
     return bad
 
 
+def local_actor_gib(cfg, shape) -> float:
+    """What ``--rollouts local``'s stand-in actor adds to the learner's process (``learner.rollouts_local``): its own
+    copy of the base model in bf16 with LoRA, and ``generate``'s KV cache for one step's batch at full length (an
+    upper bound; freed before the training step, so it overlaps with the learner's resident parts only)."""
+    seqs = cfg.prompts_per_step * cfg.num_generations
+    return (shape.params * 2 + seqs * cfg.max_seq_length * shape.kv_bytes_per_token(2)) / GiB
+
+
 def report(cfg, run_dir: Path, smi: Path | None, bench: dict | None, first_steps: int) -> tuple[dict, list[str]]:
     from launch.memory import CUDA_CONTEXT_GIB, learner_part, model_shape
     from learner.metrics import read_metrics
 
-    part = learner_part(cfg, model_shape(str(cfg.model_id)))
+    shape = model_shape(str(cfg.model_id))
+    part = learner_part(cfg, shape)
     rows = read_metrics(run_dir)
     problems = training_check(rows, first_steps, cfg.max_steps)
-    out = {"estimate_gib": part.total, "estimate_items": part.items, "steps": cfg.max_steps}
+    local = local_actor_gib(cfg, shape)
+    out = {"estimate_gib": part.total, "estimate_items": part.items, "local_actor_gib": local, "steps": cfg.max_steps}
     peaks = smi_peaks(smi) if smi is not None and Path(smi).exists() else {}
     if peaks:
-        out["measured_peak_gib"] = max(peaks.values())  # the learner is the only compute process of the check
-        if out["measured_peak_gib"] > part.total:
+        # the learner (with its stand-in actor) is the only compute process of the check
+        out["measured_peak_gib"] = max(peaks.values())
+        if out["measured_peak_gib"] > part.total + local:
             problems.append(f"the learner's peak {out['measured_peak_gib']:.2f} GiB exceeds the plan's "
-                            f"{part.total:.2f} GiB")
+                            f"{part.total:.2f} GiB with the local actor's {local:.2f}")
     else:
         problems.append("no nvidia-smi samples of the learner")
     if bench is not None:
@@ -99,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     out, problems = report(cfg, args.run, args.smi, bench, args.first_steps)
     print("| what | GiB |\n| --- | ---: |")
     print(f"| launch.memory's learner estimate | {out['estimate_gib']:.2f} |")
+    print(f"| + the local stand-in actor (weights, generate's KV at full length) | {out['local_actor_gib']:.2f} |")
     if "measured_peak_gib" in out:
-        print(f"| learner peak (nvidia-smi, context included) | {out['measured_peak_gib']:.2f} |")
+        print(f"| learner process peak (nvidia-smi: context, local actor) | {out['measured_peak_gib']:.2f} |")
     if "bench_peak_gib" in out:
         print(f"| estimate without context and headroom | {out['estimate_allocated_gib']:.2f} |")
         print(f"| learner.bench peak allocation (torch) | {out['bench_peak_gib']:.2f} |")

@@ -372,7 +372,7 @@ def test_the_device_report_compares_the_learners_peak_with_the_plan(tmp_path):
     run = _device_run(tmp_path, [1, 2, 3, 4])
     out, problems = report(cfg, run, smi, {"peak_mem_gb": 1.0}, first_steps=3)
     assert problems == [] and out["measured_peak_gib"] < out["estimate_gib"]
-    smi.write_text(f"2026/12/07 12:00:00.000, 4242, {int(1.2 * estimate * 1024)}\n")
+    smi.write_text(f"2026/12/07 12:00:00.000, 4242, {int((estimate + out['local_actor_gib'] + 0.5) * 1024)}\n")
     _, problems = report(cfg, run, smi, None, first_steps=3)
     assert len(problems) == 1 and "exceeds the plan's" in problems[0]
     assert training_check([{"step": 1, "train/loss": 0.1}, {"step": 2, "train/loss": float("nan")}], 2, 3) == [
