@@ -20,6 +20,8 @@ machine (on a shared box the load drifts over minutes, and one after the other m
 1.08 for the same code); ``ratio_vs_raw_vllm`` is the median over the rounds of the actor's tokens/s over raw
 vLLM's in the same round (``--sequential``: one after the other, the ratio of their totals). ``engine p50 s``:
 the actor's own time from admitting a request to its last token.
+``--only tools`` (a config with ``tools``): the tools row, rollouts of a tool task's prompts with tools and without on
+one engine, and how long the engine sat idle waiting on the calls (``actor.tools_bench``).
 Without ``--config`` an offline bench-size model is built
 (``zoo`` shape ``bench``, ~22M parameters) and the workload is 2 prompts x 16 samples x 128 tokens.
 On a GPU node the same command, with the run's config, is the rollout benchmark.
@@ -64,7 +66,8 @@ def parse_args(argv=None):
     p.add_argument("--samples", type=int, default=None, help="G (default: config's num_generations)")
     p.add_argument("--tokens", type=int, default=None, help="tokens per completion (default: config's)")
     p.add_argument("--repeats", type=int, default=3, help="timed requests per contender after a warm-up")
-    p.add_argument("--only", default="hf,vllm_raw,actor", help="contenders to run, comma-separated")
+    p.add_argument("--only", default="hf,vllm_raw,actor",
+                   help="contenders to run, comma-separated (and tools: the tools row, a config with tools)")
     p.add_argument("--dtypes", default=None,
                    help="engine dtypes to compare side by side, e.g. float32,bfloat16 (default: the config's)")
     p.add_argument("--serve-modes", default=None,
@@ -404,9 +407,12 @@ def main(argv=None) -> int:
     from actor.runtime import on_gpu
 
     only = [c.strip() for c in args.only.split(",") if c.strip()]
-    unknown = set(only) - {"hf", "vllm_raw", "actor"}
+    unknown = set(only) - {"hf", "vllm_raw", "actor", "tools"}
     if unknown:
         print(f"actor.bench: unknown contender(s) {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    if "tools" in only and not cfg.tools:
+        print("actor.bench: --only tools needs a config with tools (e.g. configs/demo_tools_cpu.yaml)", file=sys.stderr)
         return 2
     n_prompts = args.prompts or cfg.prompts_per_step
     g = args.samples or cfg.num_generations
@@ -421,7 +427,8 @@ def main(argv=None) -> int:
     dtypes = [d.strip() for d in (args.dtypes or cfg.actor.dtype).split(",")]
     modes = [m.strip() for m in (args.serve_modes or cfg.actor.serve_mode).split(",")]
     grid = [(d, m) for d in dtypes for m in modes]
-    bar = tqdm(total=len(only) * len(grid) * (args.repeats + 1), desc="rollout bench", unit="req")
+    bar = tqdm(total=(len(only) + ("tools" in only)) * len(grid) * (args.repeats + 1), desc="rollout bench",
+               unit="req")  # the tools row sends two requests a round
     results: dict[str, dict] = {}
     try:
         adapter_dir = make_adapter(cfg, work / "adapter")
@@ -435,6 +442,13 @@ def main(argv=None) -> int:
                 r = run_hf(c, prompts, adapter_dir, g, tokens, args.repeats, bar.update)
                 r["contender"] += tag
                 results["hf" + tag] = r
+            if "tools" in only:
+                from actor.tools_bench import run_tools
+
+                bar.set_postfix_str("tools" + tag)
+                for name, r in run_tools(c, n_prompts, g, tokens, args.repeats, adapter_dir, bar.update).items():
+                    r["contender"] += tag
+                    results[name + tag] = r
             engines = [n for n in ("vllm_raw", "actor") if n in only]
             groups = ([engines] if engines else []) if args.paired else [[n] for n in engines]  # --only hf: none
             for names in groups:
@@ -482,6 +496,10 @@ def main(argv=None) -> int:
     for k in ("speedup_vs_hf", "ratio_vs_raw_vllm"):
         if k in out:
             print(f"{k}: {out[k]:.3f}")
+    if "tools" in results:
+        from actor.tools_bench import describe
+
+        print(describe(results))
     if "paired_ratios" in results.get("actor", {}):
         print("actor / vllm_raw per round: " + " ".join(f"{x:.3f}" for x in results["actor"]["paired_ratios"]))
         print("CPU taken while idle during the other's requests (cores): " + ", ".join(

@@ -14,6 +14,8 @@ import re
 
 OBS_OPEN = "\n<observation>\n"
 OBS_CLOSE = "\n</observation>\n"
+OBS_ROWS, OBS_CHARS = 20, 1500
+"""A tool's default observation budget (``configs.tools.ToolSpec``'s ``max_observation_rows`` and ``_chars``)."""
 
 _FENCE = re.compile(r"^```[A-Za-z0-9_+-]*\s*\n?(.*?)\n?```$", re.S)
 

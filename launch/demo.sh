@@ -16,7 +16,14 @@ CONFIG="${CONFIG:-configs/demo_cpu.yaml}"
 RUN="${RUN:-runs/demo}"
 start=$(date +%s)
 stamp() { echo "demo: $1 at $(( $(date +%s) - start ))s"; }
-PY="$PY" bash launch/demo_model.sh
+model=$("$PY" -c 'import sys
+from configs import ConfigError, load_config
+try:
+    print(load_config(sys.argv[1]).model_id)
+except ConfigError as e:
+    sys.exit(f"demo: invalid config: {e}")' "$CONFIG")
+# a config on models/small-pt-tools (configs/demo_tools_cpu.yaml) gets the stand-in pre-trained on tool episodes too
+TOOLS=$([ "$model" = models/small-pt-tools ] && echo 1 || echo 0) PY="$PY" bash launch/demo_model.sh
 stamp "stand-in model ready"
 rm -rf "$RUN"
 title="make demo: the small Tucano2 stand-in on CPU (GRPO from the pre-trained stand-in)"

@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     pt.add_argument("--lr", type=float, default=3e-3)
     pt.add_argument("--block", type=int, default=256, help="tokens per packed training sequence")
     pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--tool-share", type=float, default=0.0,
+                    help="share of the sql_qa documents written as tool episodes (zoo.tool_docs; default 0)")
     pt.add_argument("--exclude-pairs", default="auto",
                     help="pair file whose prompts and answers are left out (default: pairs/eval.jsonl beside --db; "
                          "'none' keeps everything)")
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
         exclude = None if args.exclude_pairs == "none" else args.exclude_pairs
         pretrain(args.model, args.out, db_path=args.db, steps=args.steps, batch=args.batch, block=args.block,
-                 lr=args.lr, seed=args.seed, exclude_pairs=exclude)
+                 lr=args.lr, seed=args.seed, exclude_pairs=exclude, tool_share=args.tool_share)
         return 0
     if args.cmd == "count":
         for shape in SHAPES:

@@ -69,20 +69,33 @@ def pair_strings(path: str | Path | None) -> set[str]:
 
 
 def task_documents(db_path, train_pairs, held_out_prompts: set[str], caps: dict[str, int] | None = None,
-                   log=None) -> list[str]:
-    """Prompt + answer documents: the train pairs, then other seeds' pairs from ``db_path`` (up to ``caps``)."""
+                   log=None, tool_share: float = 0.0, seed: int = 0) -> list[str]:
+    """Prompt + answer documents: the train pairs, then other seeds' pairs from ``db_path`` (up to ``caps``);
+    ``tool_share`` of the sql_qa ones written as tool episodes (``zoo.tool_docs``)."""
+    import random
     import sqlite3
 
     caps = dict(DOC_CAPS if caps is None else caps)
     docs: list[str] = []
     seen: set[str] = set(held_out_prompts)
     count = dict.fromkeys(caps, 0)
+    rng = random.Random(seed)
+    sandbox = None
+    if tool_share > 0 and db_path is not None and Path(db_path).is_file():
+        from commerce.sandbox import Sandbox
+
+        sandbox = Sandbox(db_path)
 
     def add(task: str, user: str, answer: str) -> None:
         if user in seen or count.get(task, 0) >= caps.get(task, 0):
             return
         seen.add(user)
         count[task] += 1
+        if sandbox is not None and task == "sql_qa" and rng.random() < tool_share:
+            from zoo.tool_docs import episode_answer
+
+            answer = episode_answer(answer, sandbox, rng) or answer
+            count["sql_qa episodes"] = count.get("sql_qa episodes", 0) + 1
         docs.append(user + "\n\n" + answer)
 
     for r in _rows(train_pairs):
@@ -104,13 +117,15 @@ def task_documents(db_path, train_pairs, held_out_prompts: set[str], caps: dict[
                             add(task, it["prompt"][-1]["content"], it["answer"])
             finally:
                 con.close()
+    if sandbox is not None:
+        sandbox.close()
     if log:
         log(f"pretrain: task documents {count}")
     return docs
 
 
 def pretrain_texts(db_path=None, train_pairs: str | Path | None = None, exclude_pairs: str | Path | None = None,
-                   caps: dict[str, int] | None = None, log=None) -> tuple[list[str], int]:
+                   caps: dict[str, int] | None = None, log=None, tool_share: float = 0.0) -> tuple[list[str], int]:
     """The pre-training texts (see the module docstring) and how many corpus texts were held out as eval."""
     from zoo.build import corpus
 
@@ -130,7 +145,7 @@ def pretrain_texts(db_path=None, train_pairs: str | Path | None = None, exclude_
 
     held_out = pair_strings(exclude_pairs)
     pair_texts = pair_strings(train_pairs)
-    docs = task_documents(db_path, train_pairs, {u for u, _ in read_pairs(exclude_pairs)}, caps, log)
+    docs = task_documents(db_path, train_pairs, {u for u, _ in read_pairs(exclude_pairs)}, caps, log, tool_share)
     texts, dropped = [], 0
     for t in corpus(db_path):
         if t in held_out:
@@ -160,7 +175,7 @@ def packed_blocks(tokenizer, texts, block: int) -> list[list[int]]:
 
 def pretrain(model_dir: str | Path, out: str | Path, db_path=None, steps: int = 300, batch: int = 16,
              block: int = 256, lr: float = 3e-3, seed: int = 0, train_pairs: str | Path | None = "auto",
-             exclude_pairs: str | Path | None = "auto", log=print) -> Path:
+             exclude_pairs: str | Path | None = "auto", log=print, tool_share: float = 0.0) -> Path:
     """Train all weights of ``model_dir`` as a causal LM on :func:`pretrain_texts`; write ``out`` atomically.
 
     ``train_pairs`` / ``exclude_pairs`` "auto" are ``pairs/train.jsonl`` / ``pairs/eval.jsonl`` beside
@@ -180,7 +195,7 @@ def pretrain(model_dir: str | Path, out: str | Path, db_path=None, steps: int = 
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    texts, dropped = pretrain_texts(db_path, train_pairs, exclude_pairs, log=log)
+    texts, dropped = pretrain_texts(db_path, train_pairs, exclude_pairs, log=log, tool_share=tool_share)
     blocks = torch.tensor(packed_blocks(tok, texts, block))
     gen = torch.Generator().manual_seed(seed)
     order: list[int] = []
@@ -209,6 +224,7 @@ def pretrain(model_dir: str | Path, out: str | Path, db_path=None, steps: int = 
         tok.save_pretrained(tmp)
         meta = json.loads((Path(model_dir) / "zoo.json").read_text()) if (Path(model_dir) / "zoo.json").exists() else {}
         meta.update(pretrain={"steps": steps, "batch": batch, "block": block, "lr": lr, "seed": seed,
+                              "tool_share": tool_share,
                               "blocks": len(blocks), "held_out_texts": dropped,
                               "loss_first": first, "loss_last": loss.item()})
         (tmp / "zoo.json").write_text(json.dumps(meta))

@@ -182,11 +182,12 @@ def test_the_learner_trains_only_what_the_policy_sampled():
 
 
 def test_an_observation_does_not_make_a_completion_stale_or_mixed():
-    """The observation took the first turn's version (4) while the whole answer after it is version 5: staleness and
-    the mixed count read sampled tokens only."""
-    c = episode_completion(versions=(0, 4, 3, 5))  # turn 1 at v4, the observation at 4, turn 2 at 5
-    parts, _ = _score([c, episode_completion(versions=(0, 4, 3, 5))], lambda c, **k: [1.0, 0.0])
-    assert parts[0].token_staleness_sum == 6 and parts[0].token_staleness_max == 1
+    """Every sampled token at version 5, the observation labelled 4: staleness, the mixed count and the sample's
+    version read sampled tokens only."""
+    parts, _ = _score([episode_completion(versions=(0, 5, 3, 4, 5, 5)) for _ in range(2)], lambda c, **k: [1.0, 0.0])
+    b = parts[0]
+    assert b.token_staleness_sum == 0 and b.token_staleness_max == 0 and b.mixed_completions == 0
+    assert b.token_count == 10 and all(s.version == 5 and not s.stale for s in b.samples)
 
 
 @pytest.mark.parametrize("mask, logprobs, why", [
@@ -301,7 +302,37 @@ def test_the_doctests_of_the_tool_modules():
     import learner.episodes
     import rewards.tools
     import sync.runs
+    import zoo.tool_docs
 
-    for mod in (commerce.episode, rewards.tools, sync.runs, learner.episodes):
+    for mod in (commerce.episode, rewards.tools, sync.runs, learner.episodes, zoo.tool_docs):
         res = doctest.testmod(mod)
         assert res.failed == 0 and res.attempted > 0, mod.__name__
+
+
+def test_the_pretraining_episodes_read_what_the_actor_appends(commerce_data):
+    """``zoo pretrain --tool-share``: a sql_qa document written as an episode holds, after its probe, exactly the
+    observation the actor's sql tool gives for that probe with the default budget (the configs' defaults are
+    ``commerce.episode``'s); the tool share 0 leaves the documents as they were."""
+    from commerce.episode import OBS_CHARS, OBS_ROWS, find_call, observation
+    from zoo.pretrain import task_documents
+
+    assert (ToolSpec(fn="sql").max_observation_rows, ToolSpec(fn="sql").max_observation_chars) == (OBS_ROWS, OBS_CHARS)
+    db, train = Path(commerce_data) / "commerce.db", Path(commerce_data) / "pairs" / "train.jsonl"
+    caps = {"sql_qa": 30}
+    plain = task_documents(None, train, set(), caps)
+    docs = task_documents(db, train, set(), caps, tool_share=1.0, seed=3)
+    assert len(docs) == len(plain) == 30 and task_documents(db, train, set(), caps) == plain
+    pool = ToolPool(1, db)
+    sql = builtin_sql(ToolSpec(fn="sql"))
+    misses = 0
+    try:
+        for doc, orig in zip(docs, plain, strict=True):
+            user = doc[:doc.index("\n\n<sql>")]
+            head, answer = doc[len(user) + 2:], orig[len(user) + 2:]
+            assert orig.startswith(user + "\n\n") and head.endswith(answer) and answer.startswith("```sql")
+            name, probe = find_call(head[:head.index("</sql>") + 6], ["sql"])
+            assert head == f"<sql>{probe}</sql>" + observation(pool.submit(sql, probe).result(timeout=10).text) + answer
+            misses += probe not in " ".join(answer.split())
+    finally:
+        pool.close()
+    assert 5 < misses < 25  # about half the probes are near misses
