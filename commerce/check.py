@@ -313,7 +313,8 @@ def _run_references(rep: Report, db: Path, refs: dict[str, list[tuple[str, int]]
 def add_arguments(c: argparse.ArgumentParser) -> None:
     c.add_argument("--db", default=None, help="the commerce.db the sql_qa reward reads (data.db_path)")
     c.add_argument("--pairs", action="extend", nargs="+", default=[], metavar="FILE",
-                   help="pairs jsonl files (data.train_pairs, data.eval_pairs); repeatable")
+                   help="pair files or datasets (data.train_pairs, data.eval_pairs): .jsonl; .parquet, .json, .csv, "
+                        "a save_to_disk DIR[:split] or a Hub owner/name:split through datasets; repeatable")
     c.add_argument("--strict", action="store_true", help="treat warnings (rows without references...) as problems")
     c.add_argument("--all", dest="list_all", action="store_true",
                    help=f"list every malformed row and failing query (default: the first {LISTED} per file)")

@@ -15,8 +15,9 @@ process reads ``/proc`` through psutil; nothing runs inside the run) every ``--i
   design, and their rate is reported).
 
 The verdict compares the steady state: samples from step ``--warmup`` on (first tenth by default; the engine's caches
-and the allocator settle first), split into a first and a last quarter. A series is flat when its least-squares slope
-projected over the whole steady stretch stays within its tolerance (memory: 5% of its mean or 20 MiB, whichever is
+and the allocator settle first) up to the last step, while the run has its usual processes (not its shut-down), split
+into a first and a last quarter. A series is flat when its least-squares slope projected over the whole steady stretch
+grows less than its tolerance (a series that falls piles nothing up) (memory: 5% of its mean or 20 MiB, whichever is
 larger; counts of files, descriptors, processes and shared-memory entries: their last quarter's peak within 2 of the
 first quarter's; the run directory less metrics and logs: its last quarter's peak within one checkpoint's size of the
 first quarter's). Prints a table, writes JSON, exits 0 when every series is flat and 1 otherwise. BENCHMARKS.md, "A long
@@ -48,13 +49,15 @@ SOAK_SETTINGS = {
 
 
 def role(p) -> str:
-    """launcher, actor, engine (vLLM's EngineCore and workers), learner or other (by command line)."""
+    """launcher, actor, engine-core (vLLM's EngineCore), engine-worker, learner or other (by command line)."""
     try:
         cmd = " ".join(p.cmdline())
     except Exception:  # noqa: BLE001 - gone
         return "other"
+    if cmd.startswith("VLLM::Worker"):
+        return "engine-worker"
     if cmd.startswith("VLLM::") or "EngineCore" in cmd:
-        return "engine"
+        return "engine-core"
     if " -m actor" in cmd:
         return "actor"
     if " -m learner" in cmd:
@@ -193,9 +196,19 @@ def _fit(xs: list[float], ys: list[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx else 0.0
 
 
-def analyse(samples: list[dict], warmup: int, checkpoint_mib: float = 0.0) -> list[Verdict]:
-    """A :class:`Verdict` per series over the samples from step ``warmup`` on (see the module docstring)."""
-    steady = [s for s in samples if s["step"] >= warmup]
+def steady_state(samples: list[dict], warmup: int, last: int | None = None) -> list[dict]:
+    """The samples from step ``warmup`` up to (not including) step ``last`` taken while the run had its usual
+    number of processes: not the start-up, nor the shutdown (processes exiting), nor a restart."""
+    inside = [s for s in samples if s["step"] >= warmup and (last is None or s["step"] < last)]
+    counts = [s.get("procs/all", 0) for s in inside]
+    usual = max(set(counts), key=counts.count) if counts else 0
+    return [s for s in inside if s.get("procs/all", 0) == usual]
+
+
+def analyse(samples: list[dict], warmup: int, checkpoint_mib: float = 0.0, last: int | None = None) -> list[Verdict]:
+    """A :class:`Verdict` per series over :func:`steady_state` (see the module docstring). Only growth counts: a
+    series that falls piles nothing up."""
+    steady = steady_state(samples, warmup, last)
     if len(steady) < 8:
         raise ValueError(f"{len(steady)} samples after step {warmup}: too few to judge (a longer run or a shorter "
                          "--interval)")
@@ -211,7 +224,8 @@ def analyse(samples: list[dict], warmup: int, checkpoint_mib: float = 0.0) -> li
         drift = slope * span
         mean = sum(ys) / len(ys)
         if k.startswith(("rss_mib/", "shm/run_mib", "shm/all_mib")):
-            tol, flat = max(0.05 * mean, 20.0), abs(drift) <= max(0.05 * mean, 20.0)
+            tol = max(0.05 * mean, 20.0)
+            flat = drift <= tol
         elif k.startswith("run/") and k.endswith("mib"):  # checkpoints rotate: bounded by one more of them
             tol = max(checkpoint_mib, 1.0)
             flat = max(tail) <= max(head) + tol
@@ -225,9 +239,9 @@ def analyse(samples: list[dict], warmup: int, checkpoint_mib: float = 0.0) -> li
     return out
 
 
-def growth(samples: list[dict], warmup: int) -> float:
+def growth(samples: list[dict], warmup: int, last: int | None = None) -> float:
     """metrics.jsonl + logs/ growth in KiB per step over the steady state (by design: a line or two per step)."""
-    steady = [s for s in samples if s["step"] >= warmup]
+    steady = steady_state(samples, warmup, last)
     if len(steady) < 2 or steady[-1]["step"] == steady[0]["step"]:
         return 0.0
     return (steady[-1]["run/metrics_logs_kib"] - steady[0]["run/metrics_logs_kib"]) / (
@@ -317,18 +331,19 @@ def main(argv=None) -> int:
     samples = sampler.samples
     ckpt = max((s.get("run/checkpoints_mib", 0.0) for s in samples), default=0.0) / 2  # one of the two kept
     try:
-        verdicts = analyse(samples, warmup, ckpt)
+        verdicts = analyse(samples, warmup, ckpt, last=args.steps)
     except ValueError as e:
         print(f"soak: {e} (the run exited {rc}; see {args.run_dir}.log)", file=sys.stderr)
         return 1
-    rate = growth(samples, warmup)
+    rate = growth(samples, warmup, last=args.steps)
     print(render(verdicts))
     left = dir_size(ipc)
     print(f"soak: the run exited {rc} after {time.time() - t0:.0f} s; {len(samples)} samples, steps "
           f"{warmup}-{samples[-1]['step']} judged; metrics.jsonl + logs/ grow {rate:.2f} KiB a step (a line per step, "
           f"by design); the ipc directory holds {left[0]} files after the run")
     out = args.json or Path(f"{args.run_dir}.json")
-    out.write_text(json.dumps({"command": cmd, "steps": args.steps, "warmup": warmup, "exit": rc,
+    out.write_text(json.dumps({"command": cmd, "env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+                               "steps": args.steps, "warmup": warmup, "exit": rc,
                                "seconds": round(time.time() - t0, 1), "metrics_logs_kib_per_step": rate,
                                "verdicts": [v.__dict__ for v in verdicts], "samples": samples}, indent=1))
     shutil.rmtree(ipc, ignore_errors=True)
