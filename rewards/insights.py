@@ -188,7 +188,11 @@ class Subjects(NamedTuple):
     entries: tuple[tuple[float, frozenset[str]], ...]
     stems: frozenset[str]
     memo: dict
-    """A figure as written -> the stem sets of the facts it is a figure of (filled as texts are scored)."""
+    """A figure as written -> the stem sets of the facts it is a figure of (filled as texts are scored, at most
+    4,096 entries)."""
+    recent: dict
+    """A line's tokens -> its figures, for the lines just scored (a bullet is checked as a bullet and as a line of
+    the text; at most 64 entries)."""
 
     def facts_of(self, token: str) -> list[frozenset[str]]:
         got = self.memo.get(token)
@@ -227,7 +231,7 @@ def fact_subjects(facts: str, prompt: str) -> Subjects:
     """((figure, the stems naming it), ...) and every stem that names a fact: from the facts (a JSON object: its
     keys and list items), or from the prompt's lines (a line's words name its figures).
 
-    >>> entries, names, _ = fact_subjects('{"pct_atraso": 29.1, "estados_mais_negativas": [["SP", 35]]}', "")
+    >>> entries, names, _, _ = fact_subjects('{"pct_atraso": 29.1, "estados_mais_negativas": [["SP", 35]]}', "")
     >>> entries[0], sorted(entries[1][1])
     ((29.1, frozenset({'atras'})), ['estado', 'sp'])
     """
@@ -240,7 +244,7 @@ def fact_subjects(facts: str, prompt: str) -> Subjects:
         for line in (prompt or "").splitlines():
             label = line.split(":", 1)[0] if ":" in line else line
             _entries("", line, frozenset(_stems(label) or _stems(line)), out)
-    return Subjects(tuple(out), frozenset(s for _, st in out for s in st), {})
+    return Subjects(tuple(out), frozenset(s for _, st in out for s in st), {}, {})
 
 
 def _names(word: str, stems) -> bool:
@@ -251,6 +255,9 @@ def _figures(text: str, subjects: Subjects, k: int) -> list[tuple[list[float], b
     """(readings, a figure of the facts, cited with what it measures) of each number of ``text``."""
     all_stems = subjects.stems
     tokens = _TOKEN.findall(fold(text[:MAX_TEXT]))
+    key = (tuple(tokens), k)
+    if key in subjects.recent:
+        return subjects.recent[key]
     numeric = [t[-1].isdigit() for t in tokens]
     reach = [0 if num else _reach(w, all_stems) for w, num in zip(tokens, numeric, strict=True)]
     out = []
@@ -267,6 +274,9 @@ def _figures(text: str, subjects: Subjects, k: int) -> list[tuple[list[float], b
             close = [w for d, w in near if d <= cut] + [tokens[j] for j in span if 0 < abs(j - i) <= reach[j] < _WINDOW]
             bound = any(_names(w, st) for w in close for st in facts)
         out.append((values, bool(facts), bound))
+    if len(subjects.recent) >= 64:
+        subjects.recent.clear()
+    subjects.recent[key] = out
     return out
 
 
