@@ -180,7 +180,7 @@ def test_a_float32_merge_is_the_trained_model(runs, tiny_model, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     run, out = runs["trained"], tmp_path / "merged"
-    assert export(run, "--out", out, "--merge", "--dtype", "float32") == 0
+    assert export(run, "--out", out, "--merge", "--dtype", "float32", "--check-prompts", "2") == 0
     card = (out / "README.md").read_text()
     assert front_matter(out / "README.md")["library_name"] == "transformers"
     assert "## The merge" in card and "| q_proj | 1.000000 |" in card

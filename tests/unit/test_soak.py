@@ -80,3 +80,12 @@ def test_a_steady_run_is_flat_and_a_leak_is_not():
     assert not shm["shm/run_entries"].flat
     with pytest.raises(ValueError, match="too few to judge"):
         analyse(series(10), warmup=40)
+
+
+def test_help_and_a_run_too_short_to_judge():
+    r = subprocess.run([sys.executable, "-m", "launch.soak", "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "--steps" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "launch.soak", "--steps", "10"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "soak: --steps must be at least 40 (the steady state needs samples)"
