@@ -59,7 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "repeatable, evaluated in order")
     p.add_argument("--base", action="store_true", help="the base model too (first column)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
-                   help="where evaluate.json and the actor's log go (default runs/evaluate-<config stem>)")
+                   help="where evaluate.json and the actor's log go (default runs/evaluate-<config stem>, or "
+                        "runs/evaluate-<run> for a run's config.yaml)")
     p.add_argument("--start-timeout", type=float, default=900.0, help="seconds for the actor's engine to start")
     return p.parse_args(argv)
 
@@ -281,7 +282,8 @@ def main(argv=None) -> int:
     from configs import private_run_dir
     from configs.schema import VLLM_LORA_RANKS
 
-    out = args.out or Path("runs") / f"evaluate-{Path(args.config).stem}"
+    conf = Path(args.config)  # a run's config.yaml is named after its run: runs/demo/config.yaml -> runs/evaluate-demo
+    out = args.out or Path("runs") / f"evaluate-{conf.parent.name if conf.name == 'config.yaml' else conf.stem}"
     private_run_dir(out)
     ranks = [int(json.loads((c.path / "adapter_config.json").read_text()).get("r", 0)) for c in cands if c.path]
     r = max([cfg.lora_r, *ranks])
