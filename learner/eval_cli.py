@@ -163,7 +163,8 @@ class Session:
 
 class ProgressBroker:
     """The run's :class:`learner.evaluate.Broker`, waited on one request at a time so a progress bar can follow; the
-    groups it hands out are kept for the per-prompt scores."""
+    groups each wait hands out are kept (one list per wait: the eval's passes, the main one first) for the per-prompt
+    scores."""
 
     def __init__(self, broker, bar, keep: list):
         self.inner, self.bar, self.keep = broker, bar, keep
@@ -179,22 +180,26 @@ class ProgressBroker:
             waited, toks, gen = waited + w, toks + t, gen + g
             if self.bar is not None:
                 self.bar.update(1)
-        self.keep.extend(out)
+        self.keep.append(out)
         return out, waited, toks, gen
 
 
 def prompt_scores(groups, reward_fn, samples: int) -> list[dict]:
     """Per eval prompt, in order: its task, its score (the mean of its ``samples`` completions; a missing one counts 0)
-    and its components' means, scored as :func:`learner.evaluate.evaluate` scores them (the CLI checks that their means
-    are its metrics)."""
+    and its components' means, scored as :func:`learner.evaluate.evaluate` scores them (a tool episode on its final
+    answer with the episode's columns; the CLI checks that their means are its metrics)."""
+    from learner.episodes import answer
+
     out = []
     for grp, items in groups:
-        flat = [(k, c.text) for k, res in enumerate(grp.results[: len(items)]) for c in res.completions]
+        flat = [(k, c) for k, res in enumerate(grp.results[: len(items)]) for c in res.completions]
         rows = [{"task": it.task, "score": 0.0, "components": {}} for it in items]
         if flat:
             keys = {key for k, _ in flat for key in items[k].columns}
             cols = {key: [items[k].columns.get(key) for k, _ in flat] for key in sorted(keys)}
-            texts, prompts = [t for _, t in flat], [items[k].messages for k, _ in flat]
+            for key in {key for _, c in flat for key in c.columns()}:  # a tool episode's own columns
+                cols[key] = [c.columns().get(key) for _, c in flat]
+            texts, prompts = [answer(c) for _, c in flat], [items[k].messages for k, _ in flat]
             scored = reward_fn.score(texts, prompts=prompts, **cols) if hasattr(reward_fn, "score") else None
             got = [s.reward for s in scored] if scored is not None else reward_fn(texts, prompts=prompts, **cols)
             comps: dict[tuple[int, str], list[float]] = {}
@@ -331,7 +336,8 @@ def run(args, cfg, cands: list[Candidate], out: Path, tmp: Path) -> int:
         except LearnerError as e:
             raise RuntimeError(f"the actor did not start: {e}") from None
         acks = AckWatch(publisher, cfg.sync, lambda line: print(line, file=sys.stderr, flush=True))
-        chunks = math.ceil(len(items) / MAX_PROMPTS_PER_REQUEST)
+        single = [it for it in items if it.task in cfg.tools] if cfg.episode.eval_single_turn else []
+        chunks = math.ceil(len(items) / MAX_PROMPTS_PER_REQUEST) + math.ceil(len(single) / MAX_PROMPTS_PER_REQUEST)
         from tqdm.auto import tqdm
 
         bar = tqdm(total=chunks * len(cands), desc="evaluate", unit="request", file=sys.stderr,
@@ -351,10 +357,10 @@ def run(args, cfg, cands: list[Candidate], out: Path, tmp: Path) -> int:
             session.broker = ProgressBroker(broker, bar, session.groups)
             session.rollout_version = session.step = v
             m = evaluate(session)
-            c.metrics = {k: v for k, v in m.items() if not k.startswith("_") and k.startswith(("eval/", "eval_se/"))}
+            c.metrics = {k: v for k, v in m.items() if not k.startswith("_") and k.startswith("eval")}
             c.metrics.pop("eval/best_mean_reward", None)
             c.metrics.pop("eval/best_step", None)
-            c.prompts = prompt_scores(session.groups, reward_fn, cfg.eval.samples)
+            c.prompts = prompt_scores(session.groups[0], reward_fn, cfg.eval.samples)   # the main pass
             agree(c)
         bar.close()
     finally:
