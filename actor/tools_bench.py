@@ -4,9 +4,10 @@ with tools and without, on one engine.
 One :class:`actor.engine.RolloutEngine` on the config's settings (its ``tools`` and ``episode`` sections; the LoRA
 adapter loaded), the prompts of the config's first tool task from its train pairs. Each round sends the same request
 twice, as single-turn completions (``max_turns`` 1: today's request) and as tool episodes (``episode.max_turns``),
-the order alternating, after a warm-up of each. Nothing is forced: completions end on EOS or at
-``max_completion_length``, so the two do not generate the same number of tokens; what is compared is the sampled
-tokens per second (an observation's tokens are not generated) and what the tools cost:
+the order alternating, after a warm-up of each. As in the other rows, EOS is ignored (``ignore_eos``), so a
+single-turn completion and an episode both run to ``max_completion_length`` (an episode's turns end at a tool's
+closing tag, its observations take part of the budget): the same work, and what is compared is the sampled tokens
+per second (an observation's tokens are not generated: prefilled with the next turn) and what the tools cost:
 
 * ``tool_s``: the calls' seconds, queued to answered, summed over the episodes (they overlap generation);
 * ``idle_s``: seconds the engine had nothing to step because every running sequence was waiting on a call (the
@@ -43,7 +44,7 @@ def run_tools(cfg, n_prompts: int, g: int, tokens: int, repeats: int, adapter_di
     from sync.wire import SamplingSpec
 
     task, prompts = tool_prompts(cfg, n_prompts)
-    eng = RolloutEngine(cfg)
+    eng = RolloutEngine(cfg, delete_retired=False)  # the adapter directory stays the bench's
     rows: dict[str, dict] = {"single-turn": {"lat": [], "tok": [], "idle": [], "tool": [], "turns": []},
                              "tools": {"lat": [], "tok": [], "idle": [], "tool": [], "turns": []}}
     try:
@@ -55,8 +56,8 @@ def run_tools(cfg, n_prompts: int, g: int, tokens: int, repeats: int, adapter_di
                 idle0 = eng.episodes.idle_s if eng.episodes is not None else 0.0
                 t0 = time.perf_counter()
                 results, stats = eng.generate(prompts, SamplingSpec(g, cfg.temperature, cfg.actor.top_p, tokens,
-                                                                    1000 + i), tasks=[task] * len(prompts),
-                                              max_turns=turns)
+                                                                    1000 + i), ignore_eos=True,
+                                              tasks=[task] * len(prompts), max_turns=turns)
                 dt = time.perf_counter() - t0
                 if i:  # the first round warms up
                     r = rows[name]

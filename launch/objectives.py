@@ -1,4 +1,4 @@
-"""``python -m launch.objectives {spread,dynamic,overlong}``: dynamic sampling and the overlong options, measured.
+"""``python -m launch.objectives {spread,dynamic,overlong,mismatch}``: #34's objective options, measured.
 
 Variants side by side on the demo's stand-in under several seeds, each run our whole system (``launch/cpu.sh``: a
 vLLM actor process and a DeepSpeed learner process, pinned to separate cores).
@@ -14,6 +14,10 @@ vLLM actor process and a DeepSpeed learner process, pinned to separate cores).
 - ``overlong``: neither, DAPO's soft overlong punishment (``rewards.overlong_buffer``) and
   ``mask_truncated_completions``, at a ``--max-completion-length`` low enough that 10-30 % of completions are cut:
   per run the share cut (first and last 5 steps), the completion length, the task reward and the eval reward.
+- ``mismatch``: the actor-vs-learner mismatch (``sampling/*``, :mod:`learner.mismatch`) with both sides in float32
+  and both in bf16 (the actor in adapter mode, as a GPU run): fresh rows (the engines' own gap) apart from stale ones
+  (gap plus one update's drift), per token and per sequence (the geometric-mean ratio GSPO clips). The floor the
+  README quotes.
 
 The work is the race's (:func:`launch.compare.race_sets`: the demo config, ``models/small-pt``, constant lr,
 Dr. GRPO, staleness 1), from the demo's start (no SFT) unless ``--sft``, with the eval on (``--eval-every``,
@@ -124,13 +128,36 @@ def base_sets(args, seed: int, sft: Path | None) -> list[str]:
     sets = race_sets(sft=sft, steps=args.steps, seed=seed, tasks=[args.task], num_generations=args.num_generations,
                      prompts_per_step=args.prompts_per_step, max_completion_length=args.max_completion_length,
                      learning_rate=args.learning_rate, temperature=1.0)
+    if not args.eval_every:
+        return sets
     drop = ("eval.every=", "eval.at_start=")
     return [s for s in sets if not s.startswith(drop)] + [
         f"eval.every={args.eval_every}", "eval.at_start=true", f"eval.subset_size={args.eval_prompts}",
         "eval.samples=2", "eval.temperature=1.0"]
 
 
+MISMATCH_KEYS = ("sampling_logp_difference/mean", "sampling_logp_difference/max", "importance_sampling_ratio/min",
+                 "importance_sampling_ratio/max", "k3", "seq_ratio/min", "seq_ratio/max")
+
+
+def mismatch_summary(rows: list[dict]) -> dict:
+    """Per kind of row (fresh, stale): the mean over steps of each mean, the extreme over steps of each min/max."""
+    out = {}
+    for kind in ("fresh", "stale"):
+        got = {}
+        for key in MISMATCH_KEYS:
+            v = [r[f"sampling/{kind}/{key}"] for r in rows if isinstance(r.get(f"sampling/{kind}/{key}"), (int, float))]
+            if v:
+                got[key] = min(v) if key.endswith("min") else max(v) if key.endswith("max") else statistics.fmean(v)
+        got["steps"] = sum(1 for r in rows if f"sampling/{kind}/k3" in r)
+        out[kind] = got
+    return out
+
+
 def variants_for(args) -> dict[str, list[str]]:
+    if args.cmd == "mismatch":
+        return {"fp32": ["actor.dtype=float32", "learner.precision=fp32"],
+                "bf16": ["actor.dtype=bfloat16", "learner.precision=bf16"]}
     if args.cmd == "dynamic":
         on = ["dynamic_sampling.enabled=true", f"dynamic_sampling.tol={args.tol}",
               f"dynamic_sampling.max_rounds={args.max_rounds}", f"dynamic_sampling.max_factor={args.max_factor}"]
@@ -204,7 +231,8 @@ def table(results: list[dict], names: list[str], cmd: str, per_seed: dict) -> st
 
 
 def spread_probe(args) -> int:
-    """G samples per prompt from the starting policy through our actor's engine, scored by the learner's reward:
+    """G samples per prompt from the starting policy (HF generate, :class:`learner.rollouts_local.HFLocalActor`),
+    scored by the learner's reward:
     the share of groups whose reward spread (max - min) is at most each tolerance, per task."""
     from configs import load_config
     from learner.data import load_items, make_reward_fn
@@ -213,18 +241,15 @@ def spread_probe(args) -> int:
     out = {}
     for task in args.tasks.split(","):
         cfg = load_config(REPO / DEMO_CONFIG, [f"model_id={args.model}", f"data.tasks=[\"{task}\"]",
-                                               f"max_completion_length={args.max_completion_length}",
-                                               "actor.inline_engine=true"])
-        from actor.engine import RolloutEngine
+                                               f"max_completion_length={args.max_completion_length}"])
+        from learner.rollouts_local import HFLocalActor
         from sync.wire import SamplingSpec
 
         items = load_items(cfg.data.train_pairs, cfg.data.tasks)[: args.prompts]
-        eng = RolloutEngine(cfg)
-        try:
-            results, _ = eng.generate([it.messages for it in items],
-                                      SamplingSpec(args.num_generations, 1.0, 1.0, args.max_completion_length, 7))
-        finally:
-            eng.close()
+        # the starting policy sampled by HF generate in this process (launch drives the actor only as a process)
+        gen = HFLocalActor(cfg.model_id, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha)
+        sp = SamplingSpec(args.num_generations, 1.0, 1.0, args.max_completion_length, 7)
+        results = [gen._generate(it.messages, sp, i) for i, it in enumerate(items)]
         reward = make_reward_fn(cfg)
         spreads, cut, lens = [], 0, []
         for it, res in zip(items, results, strict=True):
@@ -256,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--tols", default="0,0.01,0.02,0.05")
     sp.add_argument("--model", default=BASE)
     sp.add_argument("--json", default=None)
-    for name in ("dynamic", "overlong"):
+    for name in ("dynamic", "overlong", "mismatch"):
         q = sub.add_parser(name, help=f"the {name} variants side by side under --seeds seeds")
         q.add_argument("--seeds", type=int, default=3)
         q.add_argument("--steps", type=int, default=40)
@@ -272,11 +297,13 @@ def main(argv: list[str] | None = None) -> int:
         q.add_argument("--json", default=None)
         q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="an override for every variant")
+        if name == "mismatch":
+            q.set_defaults(seeds=1, steps=12, eval_every=0)
         if name == "dynamic":
             q.add_argument("--tol", type=float, default=0.0)
             q.add_argument("--max-rounds", type=int, default=2)
             q.add_argument("--max-factor", type=float, default=3.0)
-        else:
+        elif name == "overlong":
             q.add_argument("--buffer", type=int, default=16)
             q.add_argument("--penalty", type=float, default=1.0)
     args = p.parse_args(argv)
@@ -305,12 +332,21 @@ def main(argv: list[str] | None = None) -> int:
             rows = run_ours(work / tag, base_sets(args, seed, sft) + variants[name] + args.overrides,
                             work / f"{tag}.log")
             s = run_summary(rows)
+            if args.cmd == "mismatch":
+                s["mismatch"] = mismatch_summary(rows)
             results.append({"variant": name, "seed": seed, "summary": s, "wall_s": time.perf_counter() - t0,
                             "rows": rows})
             print(f"objectives: {tag}: eval {s['eval_first']} -> {s['eval_final']}, {s['steps']} steps, "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
     per_seed = compare_runs(results, names)
-    print("\n" + table(results, names, args.cmd, per_seed))
+    if args.cmd == "mismatch":
+        print(f"\n{'run':<12} {'rows':<6} {'steps':>5} " + " ".join(f"{k:>30}" for k in MISMATCH_KEYS))
+        for r in results:
+            for kind, mm in r["summary"]["mismatch"].items():
+                print(f"{r['variant'] + ' s' + str(r['seed']):<12} {kind:<6} {mm['steps']:>5} "
+                      + " ".join(f"{mm.get(k, float('nan')):>30.3g}" for k in MISMATCH_KEYS))
+    else:
+        print("\n" + table(results, names, args.cmd, per_seed))
     out = Path(args.json) if args.json else work / f"{args.cmd}.json"
     out.write_text(json.dumps({**provenance(argv), "settings": vars(args), "variants": variants,
                                "per_seed": per_seed, "results": results}, indent=1))

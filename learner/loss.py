@@ -17,13 +17,15 @@ Where this departs from the Dr. GRPO paper (Liu et al., 2025, "Understanding R1-
   separate, detached importance weight; we take the ratio directly against the actor logprobs because our
   rollouts can be up to ``max_staleness`` versions old and there is no learner-side ``pi_old`` to compute
   without a second forward pass of an older adapter.
-* Off-policy rollouts (sampled by a version older than the current one) use truncated importance
-  sampling: in the unclipped branch the ratio ``r = pi/mu`` is replaced by ``r * sg(min(1, cap / r))``,
-  whose value is ``min(r, cap)`` and whose gradient is ``min(r, cap) * grad log pi`` (the classic
-  truncated-IS policy gradient; the cap is ``learner.tis_cap``). Without it a negative-advantage token
-  the new policy likes far more than the stale sampler did has an unbounded weight (the PPO clip only
-  bounds the other side). On-policy rollouts are untouched, so with ``max_staleness: 0`` the loss is
-  exactly Dr. GRPO. (TRL's ``delta`` caps the same branch but zeroes the gradient past the cap.)
+* Every row uses truncated importance sampling: in the unclipped branch the ratio ``r = pi/mu`` is replaced
+  by ``r * sg(min(1, cap / r))``, whose value is ``min(r, cap)`` and whose gradient is ``min(r, cap) * grad log
+  pi`` (the classic truncated-IS policy gradient; the cap is ``learner.tis_cap``). Without it a
+  negative-advantage token the learner likes far more than the sampler did has an unbounded weight (the PPO
+  clip only bounds the other side): on a stale row that is policy drift, on a fresh row the engines' numeric
+  gap, which a bf16 engine or a wrong sampler can make large. (Until #34 fresh rows had no cap.) TRL without
+  vLLM recomputes ``pi_old`` itself, so its fresh ratio is exactly 1 and needs no cap; with vLLM it caps the
+  engine gap in a separate weight. ``delta`` (TRL's two-sided clip: ``min(r, delta)``, no gradient past it)
+  replaces the truncation on every row when set.
 * The log-ratio is clamped to +-20 and is 0 at padding (:data:`LOG_RATIO_MAX`), so one token the actor found
   near-impossible cannot overflow ``exp`` and turn the step into NaN; such tokens get no gradient.
 * The constant denominator counts the completions of the whole optimizer step (all micro-batches and all
@@ -33,10 +35,15 @@ Where this departs from the Dr. GRPO paper (Liu et al., 2025, "Understanding R1-
 * ``loss_type="grpo"`` averages each completion's tokens, then completions (the original GRPO), and
   ``"dapo"`` divides the token sum by the number of real tokens in the step; both are here for comparison.
 
-Where it departs from TRL 1.16's ``GRPOTrainer._compute_loss``: no entropy masking/bonus, no
-off-policy-sequence mask, no ``delta`` two-sided clipping, no KL term when beta is 0 (no reference
-model is loaded). With those at TRL's defaults, loss and gradients match TRL to 1e-5
-(``tests/unit/test_loss_trl_parity.py``).
+TRL 1.16's objective options, with its names and meaning (each matches TRL's ``_compute_loss`` to 1e-5 on the
+same tensors, ``tests/unit/test_loss_trl_parity.py``): ``epsilon_high`` (clip-higher), ``delta`` (two-sided
+clip), ``importance_sampling_level: sequence`` (GSPO; our ratio carries the engine gap, which TRL's does not at
+its first iteration: the gap's sequence-level size is logged every step, :mod:`learner.mismatch`, and the README
+says what band is safe) and ``mask_truncated_completions`` (applied in :mod:`learner.rollouts`: a cut completion
+gets advantage 0, is not forwarded, and leaves dapo's token count). ``learner.seq_ratio_band`` drops a row whose
+geometric-mean ratio leaves a band (verl's Geo-RS, SkyRL's geo mask; TRL has no such option for its ratio).
+Where it departs from TRL: no entropy masking/bonus, no off-policy-sequence mask, no KL term when beta is 0 (no
+reference model is loaded), and the truncated IS above (``tis_cap: None`` is TRL's uncapped ratio).
 
 With ``learner.share_prompt`` the group's prompt is forwarded once per micro-batch and its completions
 packed after it under a block-causal mask (:func:`packed_completion_logps`); TRL forwards the prompt
@@ -54,10 +61,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from learner.token_logps import token_logps
+
+if TYPE_CHECKING:
+    from learner.mismatch import StepMismatch
 
 LOSS_TYPES = ("dr_grpo", "grpo", "dapo")
 LOG_RATIO_MAX = 20.0
@@ -183,6 +194,11 @@ class LossStats:
     high_clipped: float
     ratio_sum: float
     truncated: float
+    mismatch: StepMismatch | None = None
+    """The actor-vs-learner mismatch over the trained tokens (:mod:`learner.mismatch`)."""
+
+
+IS_LEVELS = ("token", "sequence")
 
 
 def policy_loss(
@@ -193,38 +209,70 @@ def policy_loss(
     *,
     epsilon: float = 0.2,
     epsilon_high: float | None = None,
+    delta: float | None = None,
+    importance_sampling_level: str = "token",
     loss_type: str = "dr_grpo",
     max_completion_length: int | None = None,
     num_completions: float | None = None,
     num_tokens: float | None = None,
     stale: torch.Tensor | None = None,
-    tis_cap: float = 2.0,
+    tis_cap: float | None = 2.0,
+    seq_ratio_band: tuple[float, float] | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
     """The clipped surrogate loss of one micro-batch, scaled so micro-batch losses *add up* to the step's.
 
     ``logps``/``behaviour_logps``/``mask``: ``[B, T]``; ``advantages``: ``[B]``.
+    ``epsilon``/``epsilon_high``: the clip range ``[1 - epsilon, 1 + epsilon_high]`` (TRL's names; ``epsilon_high``
+    None is ``epsilon``). ``delta``: TRL's two-sided clip, ``min(r, delta)`` on the unclipped branch of every row
+    (no gradient past it); when set it replaces the truncated IS below. ``importance_sampling_level``: ``token``, or
+    ``sequence`` (GSPO: one ratio per row, ``exp`` of the masked mean log-ratio).
     ``num_completions``: completions of the whole step (dr_grpo, grpo; default B).
     ``num_tokens``: real tokens of the whole step (dapo; default ``mask.sum()``).
     ``max_completion_length``: dr_grpo's constant (default T).
-    ``stale``: ``[B]`` bool, rows sampled by an older policy version (truncated IS at ``tis_cap``).
+    ``tis_cap``: truncated IS on the unclipped branch of every row, fresh or stale (value ``min(r, cap)``, gradient
+    ``min(r, cap) * grad log pi``); None: no cap (TRL's ratio without vLLM). ``stale``: ``[B]`` bool, rows sampled
+    by an older policy version (only splits the mismatch statistics).
+    ``seq_ratio_band``: ``(low, high)``: a row whose geometric-mean ratio is outside is not trained (its mask is
+    zeroed; the denominators are the caller's and do not change).
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    if importance_sampling_level not in IS_LEVELS:
+        raise ValueError(f"importance_sampling_level must be one of {IS_LEVELS}, got {importance_sampling_level!r}")
+    from learner.mismatch import measure
+
     eps_low, eps_high = epsilon, epsilon if epsilon_high is None else epsilon_high
     mask = mask.to(logps.dtype)
     adv = advantages.to(logps.dtype).unsqueeze(1)
-    # Padding positions get ratio 1 and the log-ratio stays within +-LOG_RATIO_MAX, so exp() cannot overflow
-    # and no position can turn the loss or its gradient into inf/NaN (0 * inf).
-    ratio = torch.exp(((logps - behaviour_logps) * mask).clamp(-LOG_RATIO_MAX, LOG_RATIO_MAX))
+    # Padding positions get log-ratio 0 and it stays within +-LOG_RATIO_MAX, so exp() cannot overflow and no
+    # position can turn the loss or its gradient into inf/NaN (0 * inf).
+    log_ratio = ((logps - behaviour_logps) * mask).clamp(-LOG_RATIO_MAX, LOG_RATIO_MAX)
+    dropped = None
+    if seq_ratio_band is not None:
+        with torch.no_grad():
+            geo = torch.exp((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0))
+            dropped = (geo < seq_ratio_band[0]) | (geo > seq_ratio_band[1])
+        mismatch = measure(log_ratio, mask, stale, dropped)
+        mask = mask * (~dropped).to(mask.dtype).unsqueeze(1)
+        log_ratio = log_ratio * mask
+    else:
+        mismatch = measure(log_ratio, mask, stale)
+    if importance_sampling_level == "sequence":
+        log_ratio = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
+    ratio = torch.exp(log_ratio)  # [B, T], or [B, 1] at the sequence level
     clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
-    unclipped = ratio
     truncated = torch.zeros_like(ratio, dtype=torch.bool)
-    if stale is not None and bool(stale.any()):
-        truncated = stale.unsqueeze(1) & (ratio.detach() > tis_cap)
+    if delta is not None:  # TRL: coef_1 = clamp(coef_1, max=delta) on every row
+        truncated = ratio.detach() > delta
+        unclipped = torch.clamp(ratio, max=delta)
+    elif tis_cap is not None:
+        truncated = ratio.detach() > tis_cap
         # value min(r, cap), gradient min(r, cap) * grad log pi; the weight is finite everywhere (the division
         # only happens where r > cap >= 1), so an underflowed ratio cannot make 0 * inf.
         weight = torch.where(truncated, tis_cap / ratio.detach().clamp(min=tis_cap), torch.ones_like(ratio))
         unclipped = ratio * weight
+    else:
+        unclipped = ratio
     per_token = -torch.min(unclipped * adv, clipped * adv)
     b, t = logps.shape
     if loss_type == "dr_grpo":
@@ -247,6 +295,7 @@ def policy_loss(
             high_clipped=float(high.sum()),
             ratio_sum=float((ratio * mask).sum()),
             truncated=float((truncated.to(mask.dtype) * mask).sum()),
+            mismatch=mismatch,
         )
     return loss, stats
 

@@ -29,5 +29,6 @@ def test_the_actor_bench_probes_cuda_only_fork_safely(tiny_model, tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     recorded = by_program(probes(tmp_path / "probes")).get("actor.bench", [])
-    assert any("/actor/bench.py:" in rec["caller"] for rec in recorded), recorded  # the bench's own probe, before it would start vLLM
+    # the bench's own probe, before it would start vLLM
+    assert any("/actor/bench.py:" in rec["caller"] for rec in recorded), recorded
     assert recorded and not poisoning(recorded), poisoning(recorded)

@@ -268,8 +268,8 @@ def test_zero3_init_sets_the_device_the_learner_chose(tmp_path, group):
         mp.setattr(acc, "device_name", lambda i=None: (asked.append(("device_name", i)), real_name(i))[1])
         mp.setattr(acc, "set_device", lambda d: asked.append(("set_device", d)))
         dc.init_distributed(dist_backend="gloo", verbose=False)
-        deepspeed.zero.Init(module=torch.nn.Linear(4, 4),
-                            config_dict_or_path={"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}})
+        ds_config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}}
+        deepspeed.zero.Init(module=torch.nn.Linear(4, 4), config_dict_or_path=ds_config)
     indices = {int(i) for what, i in asked if what == "device_name" and i is not None}
     assert any(what == "set_device" for what, _ in asked)  # it set the device it named (on CPU: "cpu")
     assert indices == {chosen["set_device"].index}, asked

@@ -162,7 +162,7 @@ def test_compare_races_the_seed_averaged_curves():
     assert av["target_sd"] == pytest.approx(max(0.42426, 0.07071), abs=1e-4)
 
 
-def test_compare_set_reaches_trl_under_its_names(tmp_path):
+def test_compare_set_reaches_trl_under_its_names(tmp_path, single_process):
     """``launch.compare --set`` gives both systems one config: GRPOTrainer gets the objective options TRL names,
     the overlong punishment as TRL's own reward function weighted by the penalty, and a note of what it lacks."""
     from configs import load_config

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-import pytest
 import torch
 
 from configs import load_config
