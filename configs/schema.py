@@ -142,7 +142,8 @@ class LearnerConfig(Section):
     ranks: int = Field(1, ge=1)
     """Learner processes (DeepSpeed data-parallel ranks)."""
     zero_stage: Literal[0, 1, 2, 3] = 2
-    """DeepSpeed ZeRO stage."""
+    """DeepSpeed ZeRO stage. In bf16, 0 runs DeepSpeed's stage 1 (``BF16_Optimizer``: gradients accumulated in fp32,
+    which DeepSpeed's stage 0 refuses for a bf16 model; :mod:`learner.engine`)."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """``auto``: bf16 on GPU, fp32 on CPU."""
     device: Literal["auto", "cuda"] = "auto"

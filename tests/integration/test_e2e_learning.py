@@ -50,14 +50,15 @@ def test_eval_reward_rises_with_the_weight_sync(learning_runs):
     assert gain(curve) > 0.3, curve
     log = (run / "logs" / "actor-0.log").read_text()
     rows = [r for r in read_metrics(run) if "perf/step_s" in r]
-    # a version per step that reached the optimizer (a step with no nonzero advantage makes none)
-    last = STEPS - sum(r.get("train/skipped_step", 0) for r in rows)
-    assert rows[-1]["train/version"] == last >= STEPS - 3, [r.get("train/skipped_step") for r in rows]
+    # a version per step that reached the optimizer: once every group of the toy reward earns the same reward (it
+    # saturates within ~6 updates), a step has no nonzero advantage and makes none
+    last = STEPS - int(sum(r.get("train/skipped_step/no_signal", 0) for r in rows))
+    assert rows[-1]["train/version"] == last, [r.get("train/skipped_step") for r in rows]
     assert f"serving v{last}" in log  # the actor followed the learner to the last version
     assert "merged mode, float32" in log
     # every sync measured: the float32 merged engine serves the delta the learner trained
     syncs = [r for r in read_metrics(run) if "sync/served_delta_cosine" in r]
-    every_load_checked(read_metrics(run), run, STEPS)
+    every_load_checked(read_metrics(run), run, last)
     assert all(r["sync/served_delta_cosine"] > 0.999 for r in syncs), [r["sync/served_delta_cosine"] for r in syncs]
 
 
@@ -71,7 +72,7 @@ def test_eval_reward_stays_flat_without_the_weight_sync(learning_runs):
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     # The learner trained (a version per step that reached the optimizer) on every rollout, all from v0, none
     # dropped as stale.
-    assert rows[-1]["train/version"] == STEPS - sum(r.get("train/skipped_step", 0) for r in rows) >= STEPS - 3
+    assert rows[-1]["train/version"] == STEPS - sum(r.get("train/skipped_step/no_signal", 0) for r in rows)
     assert all(r["train/dropped_stale"] == 0 and r["train/staleness"] == 0 for r in rows)
     assert sum(r["train/completions"] for r in rows) == STEPS * 2 * 8
     log = (run / "logs" / "actor-0.log").read_text()
