@@ -252,11 +252,10 @@ def policy_loss(
         with torch.no_grad():
             geo = torch.exp((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0))
             dropped = (geo < seq_ratio_band[0]) | (geo > seq_ratio_band[1])
-        mismatch = measure(log_ratio, mask, stale, dropped)
+    mismatch = measure(log_ratio, mask, stale, dropped)  # over every trained token, before the band drops rows
+    if dropped is not None:
         mask = mask * (~dropped).to(mask.dtype).unsqueeze(1)
         log_ratio = log_ratio * mask
-    else:
-        mismatch = measure(log_ratio, mask, stale)
     if importance_sampling_level == "sequence":
         log_ratio = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
     ratio = torch.exp(log_ratio)  # [B, T], or [B, 1] at the sequence level
