@@ -155,7 +155,7 @@ def run_hf(cfg, prompts, adapter_dir, g, tokens, repeats, tick) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from actor.runtime import engine_dtype
+    from configs.device import engine_dtype
 
     gpu = torch.cuda.is_available()
     dtype = getattr(torch, engine_dtype(cfg.actor.dtype, gpu))

@@ -72,11 +72,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from configs.device import engine_dtype
 from sync.prompts import encode_prompt
 
 from actor.engine_args import WORKER_EXTENSION, attention_backend, engine_kwargs, gpu_engine_kwargs  # noqa: F401
-from actor.runtime import (child_pids, configure_cpu_env, cpu_core_list, device_problem, engine_dtype,
-                           inline_engine_env, on_gpu, private_rpc_dir, reap, release_inline_engine, serve_mode)
+from actor.runtime import (child_pids, configure_cpu_env, cpu_core_list, device_problem, inline_engine_env, on_gpu,
+                           private_rpc_dir, reap, release_inline_engine, serve_mode)
 from actor.outputs import prompt_result, sampled_logprobs  # noqa: F401 - sampled_logprobs: its home before
 from actor.versions import LoraVersions
 

@@ -42,13 +42,6 @@ def device_problem(cfg) -> str | None:
                                                                                           torch.version.cuda)
 
 
-def engine_dtype(dtype: str, gpu: bool) -> str:
-    """``auto``: bfloat16 on GPU, float32 on CPU (bf16 is emulated there, ~5x slower)."""
-    if dtype == "auto":
-        return "bfloat16" if gpu else "float32"
-    return dtype
-
-
 def lora_rank_slot(r: int) -> int:
     """Smallest rank vLLM accepts that holds an adapter of rank ``r``."""
     for slot in VLLM_LORA_RANKS:

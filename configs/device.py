@@ -2,6 +2,7 @@
 
 - :func:`process_env`: the environment every process that may start vLLM or fork needs before anything probes CUDA
   (importing ``actor`` or ``launch`` applies it).
+- :func:`engine_dtype`: the dtype an actor's engine serves in (``actor.dtype`` resolved for the device).
 - :func:`no_gpu_line`: why torch sees no GPU where the plan put a component on one (``actor.device`` /
   ``learner.device: cuda``, set by the launcher), or where ``make setup`` installed the cuda extra. torch 2.13 and
   vLLM 0.32 are CUDA 13 builds: an older NVIDIA driver makes ``torch.cuda.is_available()`` False and nothing else
@@ -16,6 +17,20 @@ import os
 import re
 import shutil
 import subprocess
+
+def engine_dtype(dtype: str, gpu: bool) -> str:
+    """The dtype an actor's engine serves in, from ``actor.dtype``: ``auto`` is bfloat16 on a GPU and float32 on the
+    CPU (bf16 is emulated there, ~5x slower). Every component that needs the actor's dtype (the actor, ``--rollouts
+    local``, the probe gate, the race's TRL peer) resolves it here. vLLM's own ``auto`` is not this: it serves a
+    float32 checkpoint in the platform's half precision (``vllm/config/model.py: _resolve_auto_dtype``).
+
+    >>> engine_dtype("auto", gpu=False), engine_dtype("auto", gpu=True), engine_dtype("float16", gpu=False)
+    ('float32', 'bfloat16', 'float16')
+    """
+    if dtype == "auto":
+        return "bfloat16" if gpu else "float32"
+    return dtype
+
 
 PROCESS_ENV_FORCED = {"PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
 """Set in every process that may start vLLM or fork, before anything probes CUDA. Without it

@@ -21,10 +21,12 @@ output's ``note`` says so.
   of each, in order), read inside ``_generate``; ``tests/integration/test_race_prompts.py`` compares them with
   the prompts our learner requests.
 - ``--vllm``: ``use_vllm=True, vllm_mode="colocate"`` (vLLM in the trainer process, which runs on the CPU build
-  too). One process on every core of the machine: that is how TRL runs. vLLM's CPU worker replaces
-  ``torch.set_num_threads`` with a no-op in the process that hosts it, which for colocate is the trainer's own:
-  the trainer keeps the threads it had before (one per core it may use). Each row records the trainer thread's
-  CPU affinity and torch's thread count while it trains (``cpu``), so the race shows it.
+  too), its engine in our actor's dtype (:func:`serve_in`: TRL leaves it to vLLM's ``auto``, which serves a float32
+  checkpoint in bf16; the output's ``engine_dtype`` is what the engine holds). One process on every core of the
+  machine: that is how TRL runs. vLLM's CPU worker replaces ``torch.set_num_threads`` with a no-op in the process
+  that hosts it, which for colocate is the trainer's own: the trainer keeps the threads it had before (one per core
+  it may use). Each row records the trainer thread's CPU affinity and torch's thread count while it trains
+  (``cpu``), so the race shows it.
 - Timing per step: wall time, generation, weight sync and the rest (old-logprob forward, loss forward/backward,
   optimizer: ``train_s``), and the step's mean train reward. ``--progress FILE`` gets each row as it is made
   (``launch.compare`` watches it to time the set-up the same way for every system).
@@ -40,6 +42,7 @@ import sys
 import time
 from pathlib import Path
 
+from configs.device import engine_dtype
 from launch.racewatch import cpu_list
 
 
@@ -95,6 +98,21 @@ def trl_rewards(cfg, reward_fn) -> tuple[list, list[float] | None]:
 
     return ([reward_fn, get_soft_overlong_punishment(cfg.max_completion_length, cfg.rewards.overlong_buffer)],
             [1.0, cfg.rewards.overlong_penalty])
+
+
+def serve_in(dtype: str) -> None:
+    """Make TRL's colocated engine serve in ``dtype`` (our actor's, :func:`configs.device.engine_dtype`). TRL 1.16
+    builds its ``vllm.LLM`` without a dtype, and vLLM's ``auto`` serves a float32 checkpoint in the platform's half
+    precision (``vllm/config/model.py: _resolve_auto_dtype``: bfloat16 on this CPU, and on a GPU): TRL then samples
+    a bf16 rounding of the float32 policy it trains, with a logprob gap to its own trainer of 0.008 a token (ours:
+    0.0002), and 7 of 32 step-1 samples differed from ours under the same seeds. Its engine is built in ours' dtype,
+    so both systems start from the same policy (``tests/integration/test_race_step1.py``)."""
+    import functools
+
+    import trl.generation.vllm_generation as vg
+
+    llm = getattr(vg.LLM, "func", vg.LLM)
+    vg.LLM = functools.partial(llm, dtype=dtype)
 
 
 def grpo_args(cfg, out_dir: str, vllm: bool, reward_weights: list[float] | None = None):
@@ -175,6 +193,8 @@ class Peer:
             timing["sync"].append(time.perf_counter() - t0)
 
         VLLMGeneration.sync_weights = timed_sync
+        if vllm:
+            serve_in(engine_dtype(cfg.actor.dtype, torch.cuda.is_available()))
         rows = self.rows
         progress_file = open(progress, "a", buffering=1) if progress else None  # noqa: SIM115 - closed in train()
         self._progress = progress_file
@@ -261,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
                   "weight sync via vLLM reload_weights (CPU build)" if args.vllm and cpu else "",
                   f"not in TRL, run without: {', '.join(not_in_trl(cfg))}" if not_in_trl(cfg) else "") if x),
               "steps": peer.rows}
+    if args.vllm:
+        result["engine_dtype"] = str(peer.trainer.vllm_generation.llm.llm_engine.model_config.dtype).split(".")[-1]
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"trl_peer: {result['system']}: {len(peer.rows)} steps, wrote {args.out}")
     return 0

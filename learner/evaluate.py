@@ -151,13 +151,13 @@ def probe(tr) -> dict:
 
 def max_logprob_gap(cfg, policy) -> float:
     """The probe gate's limit: ``sync.max_logprob_gap``, or by the two sides' precision (float32 on both: 0.01,
-    else 0.1). The actor's ``auto`` dtype is resolved as ``actor.runtime.engine_dtype`` does, on the learner's
+    else 0.1). The actor's ``auto`` dtype is resolved by ``configs.device.engine_dtype``, on the learner's
     kind of device (actors and learner share the node's hardware)."""
     if cfg.sync.max_logprob_gap is not None:
         return cfg.sync.max_logprob_gap
-    actor = cfg.actor.dtype
-    if actor == "auto":
-        actor = "bfloat16" if policy.device.type == "cuda" else "float32"
+    from configs.device import engine_dtype
+
+    actor = engine_dtype(cfg.actor.dtype, policy.device.type == "cuda")
     return 0.01 if actor == "float32" and policy.dtype == torch.float32 else 0.1
 
 

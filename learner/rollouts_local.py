@@ -35,6 +35,7 @@ from collections import deque
 
 import torch
 
+from configs.device import engine_dtype
 from sync import SyncError
 from sync.prompts import encode_prompt
 from sync.wire import Completion, Heartbeat, PromptResult, RolloutGroup, RolloutRequest, WeightAck
@@ -43,15 +44,12 @@ from sync.wire import Completion, Heartbeat, PromptResult, RolloutGroup, Rollout
 def local_device_dtype(cfg, cuda: bool | None = None, env=None) -> tuple[torch.device, torch.dtype]:
     """Where ``--rollouts local`` generates: the learner's device (:func:`learner.engine.select_device_dtype`, so
     rank 0's GPU when the learner is on one), in ``actor.dtype`` (``auto``: bf16 on a GPU, float32 on the CPU, as
-    ``actor.runtime`` resolves it). ``cuda``: whether torch sees a GPU (default: ask torch)."""
+    ``configs.device.engine_dtype`` resolves it). ``cuda``: whether torch sees a GPU (default: ask torch)."""
     from learner.engine import select_device_dtype
 
     cuda = torch.cuda.is_available() if cuda is None else cuda
     device, _ = select_device_dtype(cfg.learner.precision, cuda, env)
-    name = cfg.actor.dtype
-    if name == "auto":
-        name = "bfloat16" if device.type == "cuda" else "float32"
-    return device, getattr(torch, name)
+    return device, getattr(torch, engine_dtype(cfg.actor.dtype, device.type == "cuda"))
 
 
 @contextlib.contextmanager

@@ -103,6 +103,31 @@ def sharpen_model(src: Path, dst: Path, factor: float = 8.0) -> Path:
     return dst
 
 
+def eos_likely_model(src: Path, dst: Path, factor: float = 24.0) -> Path:
+    """A copy of the model directory ``src`` whose end-of-turn token's embedding row is multiplied by ``factor``.
+
+    A random-weight model almost never samples its end-of-turn token (one in the vocabulary's 2,048), so every
+    completion runs to the length limit. With the row scaled (the embeddings are tied, so its logit scales too) the
+    token wins at some positions and not others: completions stop at many lengths (at 24, 16 samples of the tiny
+    model stopped at 2 to 21 tokens, or ran to the limit).
+    """
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    src, dst = Path(src), Path(dst)
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    eos = json.loads((dst / "config.json").read_text())["eos_token_id"]
+    weights = dst / "model.safetensors"
+    sd = load_file(str(weights))
+    sd["model.embed_tokens.weight"][eos] *= factor
+    save_file(sd, str(weights), metadata={"format": "pt"})
+    return dst
+
+
 def free_port_block(n: int = 1) -> int:
     """The first of ``n`` consecutive ports that are free now, picked below the kernel's ephemeral range.
 

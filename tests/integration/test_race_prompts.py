@@ -23,24 +23,32 @@ import pytest
 
 from configs import load_config
 from configs.loader import dump_config
+from conftest import make_lora_adapter
 from cuda_probes import by_program, poisoning, probe_env, probes
-from e2e_helpers import toy_overrides
+from e2e_helpers import eos_likely_model, toy_overrides
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 STEPS, PROMPTS, G = 3, 3, 2
 
 
-def race_config(tiny_model, tmp: Path, seed: int):
+def race_config(tiny_model, tmp: Path, seed: int, sft: Path | None = None, max_len: int = 8, g: int = G,
+                extra: tuple[str, ...] = ()):
     from launch.compare import DEMO_CONFIG, race_sets
 
-    sets = race_sets(sft=None, steps=STEPS, seed=seed, tasks=["extraction", "sql_qa", "insights", "push"],
-                     num_generations=G, prompts_per_step=PROMPTS, max_completion_length=8, learning_rate=1e-3,
+    sets = race_sets(sft=sft, steps=STEPS, seed=seed, tasks=["extraction", "sql_qa", "insights", "push"],
+                     num_generations=g, prompts_per_step=PROMPTS, max_completion_length=max_len, learning_rate=1e-3,
                      temperature=1.0, model=str(tiny_model))
-    toy = toy_overrides(tiny_model, tmp / "run", tmp / "pairs", max_completion_length=8, num_generations=G,
+    toy = toy_overrides(tiny_model, tmp / "run", tmp / "pairs", max_completion_length=max_len, num_generations=g,
                         prompts_per_step=PROMPTS)
     keep = ("data.train_pairs=", "data.eval_pairs=", "rewards.toy_token=", "run_dir=")
-    return load_config(REPO / DEMO_CONFIG, sets + [o for o in toy if o.startswith(keep)])
+    return load_config(REPO / DEMO_CONFIG, sets + [o for o in toy if o.startswith(keep)] + list(extra))
+
+
+def lone_env(tmp: Path) -> dict:
+    """This environment without what an in-process learner left (accelerate would ask for ``MASTER_ADDR``)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
+    return {**env, "WANDB_MODE": "disabled"}
 
 
 def test_trl_peer_and_our_learner_get_the_same_prompts_in_the_same_order(tiny_model, tmp_path, single_process):
@@ -53,10 +61,9 @@ def test_trl_peer_and_our_learner_get_the_same_prompts_in_the_same_order(tiny_mo
 
     conf, out = tmp_path / "race.yaml", tmp_path / "trl.json"
     conf.write_text(dump_config(cfg))
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
-    env = probe_env(tmp_path / "cuda-probes", env)  # the peer's CUDA probes, recorded (tests/cuda_probe)
+    env = probe_env(tmp_path / "cuda-probes", lone_env(tmp_path))  # the peer's CUDA probes, recorded (tests/cuda_probe)
     peer = subprocess.run([sys.executable, "-m", "launch.trl_peer", "--config", str(conf), "--out", str(out)],
-                          cwd=REPO, env={**env, "WANDB_MODE": "disabled"}, capture_output=True, text=True, timeout=600)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert peer.returncode == 0, peer.stderr[-3000:]
     recorded = probes(tmp_path / "cuda-probes")
     assert by_program(recorded).get("launch.trl_peer"), "the recorder saw no probe of the peer's"
@@ -87,3 +94,50 @@ def test_trl_peer_and_our_learner_get_the_same_prompts_in_the_same_order(tiny_mo
     task = {prompt_key(it.messages): it.task for it in load_items(cfg.data.train_pairs, cfg.data.tasks)}
     drawn = [task[k] for step in ours for k in step]
     assert all(len(set(drawn[i:i + 4])) == 4 for i in range(0, len(drawn) - 3, 4)), drawn
+
+
+def test_both_systems_sample_the_same_first_step(tiny_model, tmp_path):
+    """Step 1 of the race is the same work for both systems: the same prompt ids, the same sampling parameters, and,
+    given the same seeds, the same completions with the same logprobs, scored to the same rewards, counted to the
+    same length and clipped share, as each system logs them (``step1_worker.py``: our actor's engine and scoring, and
+    one step of TRL's GRPOTrainer with vLLM colocate, its sampling seeded per sample as our actor seeds it).
+
+    The policy at step 1 is a trained adapter (random, non-zero) on a tiny model whose end-of-turn token is made
+    likely (its embedding row scaled), so completions stop at many lengths. Both engines must serve it in float32:
+    TRL left to itself builds its ``vllm.LLM`` in vLLM's ``auto`` dtype, bf16 for this float32 checkpoint, and then
+    samples other completions (``launch.trl_peer.serve_in``)."""
+    from launch.compare import OURS_SETS
+
+    model = eos_likely_model(tiny_model, tmp_path / "model")
+    adapter = make_lora_adapter(model, tmp_path / "init", seed=5, std=0.1)
+    cfg = race_config(model, tmp_path, seed=11, sft=adapter, max_len=24, g=4, extra=tuple(OURS_SETS))
+    conf = tmp_path / "race.yaml"
+    conf.write_text(dump_config(cfg))
+    worker = [sys.executable, str(Path(__file__).with_name("step1_worker.py"))]
+    for args in (["ours", str(conf), str(tmp_path / "ours.json")],
+                 ["trl", str(conf), str(tmp_path / "ours.json"), str(tmp_path / "trl.json")]):
+        run = subprocess.run(worker + args, cwd=REPO, env=lone_env(tmp_path), capture_output=True, text=True,
+                             timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+    ours, theirs = (json.loads((tmp_path / f"{w}.json").read_text()) for w in ("ours", "trl"))
+    g = cfg.num_generations
+
+    assert theirs["dtype"] == "torch.float32", theirs["dtype"]  # ours' actor.dtype on the CPU
+    assert [ids for p in ours["prompts"] for ids in [p["prompt_ids"]] * g] == theirs["prompt_ids"]
+    assert ours["sampling"] == theirs["sampling"]
+    mine = [c for p in ours["prompts"] for c in p["completions"]]
+    assert len(mine) == len(theirs["completions"]) == PROMPTS * g
+    differ = [k for k, (a, b) in enumerate(zip(mine, theirs["completions"], strict=True)) if a["ids"] != b["ids"]]
+    assert not differ, f"{len(differ)} of {len(mine)} step-1 samples differ under the same seeds: {differ}"
+    for a, b in zip(mine, theirs["completions"], strict=True):
+        assert a["finish_reason"] == b["finish_reason"]
+        assert max(abs(x - y) for x, y in zip(a["logprobs"], b["logprobs"], strict=True)) < 1e-4
+    rewards = [r for p in ours["prompts"] for r in p["rewards"]]
+    assert rewards == pytest.approx(theirs["rewards"], abs=1e-9)
+    # what each system logs for the step, from its own code
+    assert theirs["completion_length"] == pytest.approx(ours["completion_length"], abs=1e-6)
+    assert theirs["clipped_ratio"] == pytest.approx(ours["clipped_ratio"], abs=1e-6)
+    assert theirs["reward"] == pytest.approx(ours["reward"], abs=1e-6)
+    # not a vacuous match: completions stop at several lengths, some at the limit, and the rewards differ
+    assert {c["finish_reason"] for c in mine} == {"stop", "length"}
+    assert len({len(c["ids"]) for c in mine}) >= 3 and len(set(rewards)) >= 2

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from actor.merge import lora_scale, read_adapter
-from actor.runtime import configure_cpu_env, cpu_core_list, engine_dtype, lora_rank_slot
+from actor.runtime import configure_cpu_env, cpu_core_list, lora_rank_slot
+from configs.device import engine_dtype
 from actor.serve import ThroughputMeter, score_group
 from sync import tensors as T
 from sync.wire import Completion, PromptResult, RolloutRequest, SamplingSpec
