@@ -21,8 +21,9 @@ output's ``note`` says so.
   of each, in order), read inside ``_generate``; ``tests/integration/test_race_prompts.py`` compares them with
   the prompts our learner requests.
 - ``--vllm``: ``use_vllm=True, vllm_mode="colocate"`` (vLLM in the trainer process, which runs on the CPU build
-  too), its engine in our actor's dtype (:func:`serve_in`: TRL leaves it to vLLM's ``auto``, which serves a float32
-  checkpoint in bf16; the output's ``engine_dtype`` is what the engine holds). One process on every core of the
+  too), its engine built in our actor's dtype and under the run's seed (:func:`colocated_engine`: TRL leaves the
+  dtype to vLLM's ``auto``, which serves a float32 checkpoint in bf16, and seeds every run's engine alike; the
+  output's ``engine_dtype`` and ``engine_seed`` are what the engine holds). One process on every core of the
   machine: that is how TRL runs. vLLM's CPU worker replaces ``torch.set_num_threads`` with a no-op in the process
   that hosts it, which for colocate is the trainer's own: the trainer keeps the threads it had before (one per core
   it may use). Each row records the trainer thread's CPU affinity and torch's thread count while it trains
@@ -100,19 +101,29 @@ def trl_rewards(cfg, reward_fn) -> tuple[list, list[float] | None]:
             [1.0, cfg.rewards.overlong_penalty])
 
 
-def serve_in(dtype: str) -> None:
-    """Make TRL's colocated engine serve in ``dtype`` (our actor's, :func:`configs.device.engine_dtype`). TRL 1.16
-    builds its ``vllm.LLM`` without a dtype, and vLLM's ``auto`` serves a float32 checkpoint in the platform's half
-    precision (``vllm/config/model.py: _resolve_auto_dtype``: bfloat16 on this CPU, and on a GPU): TRL then samples
-    a bf16 rounding of the float32 policy it trains, with a logprob gap to its own trainer of 0.008 a token (ours:
-    0.0002), and 7 of 32 step-1 samples differed from ours under the same seeds. Its engine is built in ours' dtype,
-    so both systems start from the same policy (``tests/integration/test_race_step1.py``)."""
-    import functools
+def colocated_engine(dtype: str, seed: int) -> None:
+    """Build TRL's colocated ``vllm.LLM`` in ``dtype`` and under ``seed``, as our actor's engine is built.
 
+    - ``dtype``: our actor's (:func:`configs.device.engine_dtype`). TRL 1.16 builds its engine without a dtype, and
+      vLLM's ``auto`` serves a float32 checkpoint in the platform's half precision (``vllm/config/model.py:
+      _resolve_auto_dtype``: bfloat16 on this CPU, and on a GPU): TRL then sampled a bf16 rounding of the float32
+      policy it trains (a logprob gap to its own trainer of 0.008 a token; ours 0.0002), and 7 of 32 step-1 samples
+      differed from ours under the same seeds.
+    - ``seed``: the run's, added to the seed TRL gives (``process_index // tensor_parallel_size``). TRL seeds the
+      engine with that alone, so its unseeded requests drew the same random numbers under every race seed: its five
+      "seeds" shared one sampling stream (its step 1 was 31.8 tokens under every ``GRPOConfig.seed`` on seed 44's
+      prompts; 33.3 to 45.4 under six engine seeds). Ours samples under a stream per run seed.
+
+    ``tests/integration/test_race_prompts.py`` checks both on the engine TRL builds."""
     import trl.generation.vllm_generation as vg
 
-    llm = getattr(vg.LLM, "func", vg.LLM)
-    vg.LLM = functools.partial(llm, dtype=dtype)
+    llm = getattr(vg.LLM, "vllm_class", vg.LLM)
+
+    def build(*args, **kwargs):
+        return llm(*args, **{**kwargs, "dtype": dtype, "seed": seed + int(kwargs.get("seed") or 0)})
+
+    build.vllm_class = llm
+    vg.LLM = build
 
 
 def grpo_args(cfg, out_dir: str, vllm: bool, reward_weights: list[float] | None = None):
@@ -194,7 +205,7 @@ class Peer:
 
         VLLMGeneration.sync_weights = timed_sync
         if vllm:
-            serve_in(engine_dtype(cfg.actor.dtype, torch.cuda.is_available()))
+            colocated_engine(engine_dtype(cfg.actor.dtype, torch.cuda.is_available()), cfg.seed)
         rows = self.rows
         progress_file = open(progress, "a", buffering=1) if progress else None  # noqa: SIM115 - closed in train()
         self._progress = progress_file
@@ -282,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"not in TRL, run without: {', '.join(not_in_trl(cfg))}" if not_in_trl(cfg) else "") if x),
               "steps": peer.rows}
     if args.vllm:
-        result["engine_dtype"] = str(peer.trainer.vllm_generation.llm.llm_engine.model_config.dtype).split(".")[-1]
+        model_config = peer.trainer.vllm_generation.llm.llm_engine.model_config
+        result["engine_dtype"], result["engine_seed"] = str(model_config.dtype).split(".")[-1], model_config.seed
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"trl_peer: {result['system']}: {len(peer.rows)} steps, wrote {args.out}")
     return 0

@@ -1,4 +1,4 @@
-"""Both systems' first race step on the same prompts, each in its own process (``test_race_step1.py``).
+"""Both systems' first race step on the same prompts, each in its own process (``test_race_prompts.py``).
 
 ``python step1_worker.py ours CONFIG OUT.json``: our side of step 1 as the learner and the actor run it: the
 learner's sampler draws the step's prompts, :func:`learner.rollouts.rollout_request` builds each request (seed
@@ -9,12 +9,16 @@ learner's sampler draws the step's prompts, :func:`learner.rollouts.rollout_requ
 the seed, every completion (ids, logprobs, finish reason) and its reward; the sampling parameters the engine got;
 and the step's length, clipped share and reward as ``learner.collect.batch_metrics`` computes them.
 
-``python step1_worker.py trl CONFIG OURS.json OUT.json``: TRL's side, one step of :class:`launch.trl_peer.Peer`
-(GRPOTrainer, vLLM colocate) on the same config. Its engine's ``generate`` is wrapped: the first call records
-the prompt ids and the ``SamplingParams`` TRL built, and gives sample k of prompt j the seed our actor gave it
-(a clone of TRL's own parameters with only ``seed`` set), so the two engines draw the same random numbers. The
-rest is TRL's own: it scores those completions (its reward call is recorded), logs its length, clipped share and
-reward, and trains.
+``python step1_worker.py trl CONFIG OURS.json OUT.json [--vllm-auto]``: TRL's side, one step of
+:class:`launch.trl_peer.Peer` (GRPOTrainer, vLLM colocate) on the same config. Its engine's ``generate`` is wrapped:
+the first call records the prompt ids and the ``SamplingParams`` TRL built, and gives sample k of prompt j the seed
+our actor gave it (a clone of TRL's own parameters with only ``seed`` set), so the two engines draw the same random
+numbers. The rest is TRL's own: it scores those completions (its reward call is recorded), logs its length, clipped
+share, reward and its engine's logprob gap to its trainer, and trains. ``--vllm-auto``: the peer as it was before
+#34, its engine as TRL builds it (vLLM's ``auto`` dtype, seed 0 whatever the run's).
+
+``python step1_worker.py compare OURS.json TRL.json``: what the two share (prompt ids, sampling parameters, samples,
+logprobs, rewards) and each one's logged length, clipped share and reward, as JSON.
 """
 
 from __future__ import annotations
@@ -104,11 +108,15 @@ def ours(conf: str, out: str) -> None:
     engine.close()
 
 
-def trl(conf: str, ours_file: str, out: str) -> None:
+def trl(conf: str, ours_file: str, out: str, *flags: str) -> None:
     import tempfile
 
+    import launch.trl_peer
     from configs import load_config
     from launch.trl_peer import Peer
+
+    if "--vllm-auto" in flags:  # the peer before #34: TRL's engine as TRL builds it (vLLM's auto dtype, seed 0)
+        launch.trl_peer.colocated_engine = lambda dtype, seed: None
 
     cfg = load_config(conf, ["max_steps=1"])
     mine = json.load(open(ours_file))
@@ -117,7 +125,7 @@ def trl(conf: str, ours_file: str, out: str) -> None:
     peer = Peer(cfg, vllm=True, out_dir=tempfile.mkdtemp(prefix="step1-trl-"))
     trainer = peer.trainer
     llm = trainer.vllm_generation.llm
-    rec: dict = {"dtype": str(llm.llm_engine.model_config.dtype)}
+    rec: dict = {"dtype": str(llm.llm_engine.model_config.dtype), "engine_seed": llm.llm_engine.model_config.seed}
     generate = llm.generate
 
     def seeded_generate(prompts, sampling_params=None, **kw):
@@ -150,9 +158,34 @@ def trl(conf: str, ours_file: str, out: str) -> None:
     trainer.reward_funcs[0] = recording_reward
     peer.train()
     row = peer.rows[0]
+    logged = next(x for x in trainer.state.log_history if "sampling/sampling_logp_difference/mean" in x)
     json.dump({**rec, "rewards": [x for c in calls for x in c],
+               "logp_gap_to_trainer": logged["sampling/sampling_logp_difference/mean"],
                **{k: row.get(k) for k in ("completion_length", "clipped_ratio", "reward")}}, open(out, "w"))
 
 
+def compare(ours_file: str, trl_file: str) -> dict:
+    """What the two step-1 files share, as printed by ``python step1_worker.py compare OURS.json TRL.json``."""
+    ours, theirs = json.load(open(ours_file)), json.load(open(trl_file))
+    g = len(theirs["completions"]) // len(ours["prompts"])
+    mine = [c for p in ours["prompts"] for c in p["completions"]]
+    same = [a for a, b in zip(mine, theirs["completions"], strict=True) if a["ids"] == b["ids"]]
+    gaps = [abs(x - y) for a, b in zip(mine, theirs["completions"], strict=True) if a["ids"] == b["ids"]
+            for x, y in zip(a["logprobs"], b["logprobs"], strict=True)]
+    rewards = [r for p in ours["prompts"] for r in p["rewards"]]
+    out = {"trl_engine_dtype": theirs["dtype"], "trl_engine_seed": theirs.get("engine_seed"),
+           "prompt_ids_equal": [ids for p in ours["prompts"] for ids in [p["prompt_ids"]] * g] == theirs["prompt_ids"],
+           "sampling_params_equal": ours["sampling"] == theirs["sampling"],
+           "samples_identical": f"{len(same)} of {len(mine)}",
+           "max_abs_logprob_diff_on_identical": max(gaps) if gaps else None,
+           "rewards_identical": f"{sum(abs(a - b) < 1e-9 for a, b in zip(rewards, theirs['rewards'], strict=True))} "
+                                f"of {len(rewards)}",
+           "trl_logp_gap_to_its_trainer": theirs.get("logp_gap_to_trainer")}
+    for k in ("completion_length", "clipped_ratio", "reward"):
+        out[k] = {"ours": ours[k], "trl": theirs[k]}
+    print(json.dumps(out, indent=1))
+    return out
+
+
 if __name__ == "__main__":
-    {"ours": ours, "trl": trl}[sys.argv[1]](*sys.argv[2:])
+    {"ours": ours, "trl": trl, "compare": compare}[sys.argv[1]](*sys.argv[2:])

@@ -1,5 +1,5 @@
-"""The race (``python -m launch.compare``) is fair on its prompts: TRL's GRPOTrainer, as the race builds it
-(:class:`launch.trl_peer.Peer`), and our learner (:class:`learner.trainer.Trainer` with the real DeepSpeed
+"""The race (``python -m launch.compare``) is fair on its prompts and at its start: TRL's GRPOTrainer, as the race
+builds it (:class:`launch.trl_peer.Peer`), and our learner (:class:`learner.trainer.Trainer` with the real DeepSpeed
 engine), given the race's run config, train on the same prompts in the same order.
 
 Each side's order is read where its trainer is fed: TRL's from the prompts its ``_generate`` receives while it
@@ -8,6 +8,10 @@ it), ours from the rollout requests the learner submits (the in-process
 actor's ``submit``, wrapped to record what it is asked). The config is the race's own (``configs/demo_cpu.yaml`` +
 :func:`launch.compare.race_sets`, so ``data.balance_tasks`` is on as in the demo) on the tiny model and toy pairs
 of four tasks, three steps of three prompts.
+
+And it starts from the same work: at step 1 both systems sample the same policy on the same prompt ids with the same
+sampling parameters, so under the same seeds they draw the same completions, which both score and count alike
+(:func:`test_both_systems_sample_the_same_first_step`).
 """
 
 from __future__ import annotations
@@ -105,7 +109,8 @@ def test_both_systems_sample_the_same_first_step(tiny_model, tmp_path):
     The policy at step 1 is a trained adapter (random, non-zero) on a tiny model whose end-of-turn token is made
     likely (its embedding row scaled), so completions stop at many lengths. Both engines must serve it in float32:
     TRL left to itself builds its ``vllm.LLM`` in vLLM's ``auto`` dtype, bf16 for this float32 checkpoint, and then
-    samples other completions (``launch.trl_peer.serve_in``)."""
+    samples other completions; and under the run's seed, which TRL leaves out (``launch.trl_peer.colocated_engine``).
+    """
     from launch.compare import OURS_SETS
 
     model = eos_likely_model(tiny_model, tmp_path / "model")
@@ -122,7 +127,8 @@ def test_both_systems_sample_the_same_first_step(tiny_model, tmp_path):
     ours, theirs = (json.loads((tmp_path / f"{w}.json").read_text()) for w in ("ours", "trl"))
     g = cfg.num_generations
 
-    assert theirs["dtype"] == "torch.float32", theirs["dtype"]  # ours' actor.dtype on the CPU
+    # TRL's engine as the peer builds it: ours' actor.dtype on the CPU, and the run's seed
+    assert (theirs["dtype"], theirs["engine_seed"]) == ("torch.float32", cfg.seed)
     assert [ids for p in ours["prompts"] for ids in [p["prompt_ids"]] * g] == theirs["prompt_ids"]
     assert ours["sampling"] == theirs["sampling"]
     mine = [c for p in ours["prompts"] for c in p["completions"]]
