@@ -1,7 +1,8 @@
 """Rollout actors: one vLLM engine per process serving G-sample rollouts to the learner.
 
 - ``python -m actor --config FILE [--replica K]``: the server (``actor.__main__``, ``actor.serve``);
-- :class:`actor.engine.RolloutEngine`: the engine, its served policy version, ``merged``/``adapter`` modes;
+- :class:`actor.engine.RolloutEngine`: the engine and its rollouts; :mod:`actor.loading`, its half that serves one
+  policy version and loads the next (``merged``/``adapter`` serving, ``drain``/``inflight`` loads);
 - ``actor.merge.LoraMergeExtension``: the vLLM worker extension that merges LoRA deltas in place;
 - ``python -m actor.bench``: rollout throughput against HF generate and raw vLLM.
 

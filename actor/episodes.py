@@ -21,7 +21,7 @@ What the learner gets: the whole episode as one completion, ``loss_mask`` 0 on t
 observations, the finish reason, where the final answer starts).
 
 Versions. Merged mode: a continuation runs on the weights in force when it is submitted, with the prefix-cache salt
-of that load (``actor.engine``), so a later turn may sample under a newer version than an earlier one and never
+of that load (``actor.loading``), so a later turn may sample under a newer version than an earlier one and never
 reuses a block computed under other weights; vLLM's weight-version spans give each sampled token its version, and an
 observation takes its neighbour's. Adapter mode: every turn runs on the adapter the episode was admitted under (a
 running request keeps its adapter, as for single-turn requests). Drain mode: an episode waiting on a tool keeps its

@@ -15,7 +15,7 @@ Merged mode (:func:`token_runs`). Every EngineCoreOutputs of vLLM 0.32 carries t
 (``EngineCore._weight_version``, set by ``set_weight_version``) and the output processor turns the labels of a
 request's steps into ``CompletionOutput.weight_versions`` spans (``WeightVersionSpan(version, start, end)``:
 output tokens ``[start, end)`` came from steps run under that label). The engine labels its weights with the
-version it merged, inside a scheduler pause (see ``actor.engine``), so the spans are the versions that sampled
+version it merged, inside a scheduler pause (see ``actor.loading``), so the spans are the versions that sampled
 each token; here they become the wire's ``version_runs``.
 """
 

@@ -148,23 +148,23 @@ PINS: list[Pin] = [
         lambda: "HAS_TRITON" in src("config/vllm.py", "VllmConfig.use_v2_model_runner")),
     # --- the scheduler pause (in-flight loads) ------------------------------------------------------------------
     Pin("LLMEngine.sleep(level=0, mode='keep') / wake_up(['scheduling']) / set_weight_version",
-        "actor.engine.RolloutEngine._paused, _load_merged",
+        "actor.loading.VersionLoading._paused, _load_merged",
         "vllm/v1/engine/llm_engine.py LLMEngine.sleep, wake_up, set_weight_version",
         lambda: __import__("vllm.v1.engine.llm_engine", fromlist=["LLMEngine"]).LLMEngine is not None
         and _has(__import__("vllm.v1.engine.llm_engine", fromlist=["LLMEngine"]).LLMEngine,
                  "sleep", "wake_up", "set_weight_version")),
     Pin("EngineCore.sleep(level=0) is pause_scheduler(mode, ...) with 'keep' (PAUSED_ALL)",
-        "actor.engine.RolloutEngine._paused",
+        "actor.loading.VersionLoading._paused",
         "vllm/v1/engine/core.py EngineCore.sleep, EngineCore.pause_scheduler",
         lambda: "pause_scheduler(mode=mode" in inspect.getsource(_core()[0].sleep)
         and "PAUSED_ALL" in inspect.getsource(_core()[0].pause_scheduler)),
     Pin("the separate EngineCore answers a pause once has_work() is False",
-        "actor.engine.RolloutEngine._paused (the pause lands between two steps)",
+        "actor.loading.VersionLoading._paused (the pause lands between two steps)",
         "vllm/v1/engine/core.py EngineCoreProc.pause_scheduler, _pause_complete",
         lambda: "has_work" in inspect.getsource(_core()[1]._pause_complete)
         and "_pause_complete" in inspect.getsource(_core()[1].pause_scheduler)),
     Pin("has_work() counts the batch queue (async scheduling's queued batch)",
-        "actor.engine.RolloutEngine._paused: a pause waits for the queued batch on a separate engine",
+        "actor.loading.VersionLoading._paused: a pause waits for the queued batch on a separate engine",
         "vllm/v1/engine/core.py EngineCoreProc.has_work",
         lambda: "batch_queue" in inspect.getsource(_core()[1].has_work)),
     Pin("the in-process EngineCore's pause does not wait for its batch queue",
@@ -191,7 +191,7 @@ PINS: list[Pin] = [
         "vllm/inputs (TokensPrompt), vllm/v1/core/kv_cache_utils.py (salt in the first block hash)",
         lambda: "cache_salt" in __import__("vllm.inputs", fromlist=["TokensPrompt"]).TokensPrompt.__annotations__),
     Pin("Scheduler.reset_prefix_cache refuses while running requests hold blocks",
-        "actor.engine.RolloutEngine._load_merged (reset only when idle; the salt otherwise)",
+        "actor.loading.VersionLoading._load_merged (reset only when idle; the salt otherwise)",
         "vllm/v1/core/sched/scheduler.py Scheduler.reset_prefix_cache",
         lambda: "reset_running_requests" in _params(
             __import__("vllm.v1.core.sched.scheduler", fromlist=["Scheduler"]).Scheduler.reset_prefix_cache)),
@@ -227,7 +227,7 @@ PINS: list[Pin] = [
         and "self.lora_a_stacked = tuple(" in src("lora/layers/base_linear.py")
         and "self.lora_b_stacked = tuple(" in src("lora/layers/base_linear.py")),
     Pin("activating an adapter into full slots evicts the least recently used one",
-        "actor.engine.RolloutEngine.load_adapter (add_lora and the readback inside one pause)",
+        "actor.loading.VersionLoading.load_adapter (add_lora and the readback inside one pause)",
         "vllm/lora/model_manager.py LRUCacheLoRAModelManager.activate_adapter, worker_manager.py _apply_adapters",
         lambda: "remove_oldest" in src("lora/model_manager.py", "LRUCacheLoRAModelManager.activate_adapter")
         and "self.add_adapter(lora)" in src("lora/worker_manager.py", "LRUCacheWorkerLoRAManager._apply_adapters")),

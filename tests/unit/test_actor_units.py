@@ -338,7 +338,7 @@ def test_sampled_logprobs_flat_and_per_position():
 
 
 def test_the_vllm_internals_inflight_loads_rely_on():
-    """``actor.engine``'s in-flight load leans on vLLM 0.32 internals (its module docstring): a scheduler pause that
+    """``actor.loading``'s in-flight load leans on vLLM 0.32 internals (its module docstring): a scheduler pause that
     keeps requests (``sleep(level=0, mode="keep")`` -> ``pause_scheduler("keep")``, resumed by
     ``wake_up(["scheduling"])``), weight labels stamped on every step's outputs and turned into per-completion
     spans, prompts with a prefix-cache salt, ``reset_prefix_cache`` refusing while requests hold blocks. A vLLM
