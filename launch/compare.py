@@ -14,7 +14,9 @@ after the other on this machine, seed by seed (each seed's systems back to back,
 over all of them):
 
 - ``trl_hf_generate``: GRPOTrainer without vLLM (generation with HF ``generate``), one process;
-- ``trl_vllm_colocate``: GRPOTrainer with ``use_vllm=True, vllm_mode="colocate"``, one process;
+- ``trl_vllm_colocate``: GRPOTrainer with ``use_vllm=True, vllm_mode="colocate"``, one process, its engine built in
+  our actor's dtype and under the run's seed (:func:`launch.trl_peer.colocated_engine`: as TRL builds it, a float32
+  checkpoint is served in bf16 and every seed shares one sampling stream);
 - ``ours``: ``launch/cpu.sh``: a vLLM actor process and a DeepSpeed learner process with the ZeroMQ sync, started
   together. On a CPU box the actor and the learner are pinned to separate cores (``taskset``) as stand-ins for
   separate GPUs; TRL gets every core in its one process. Ours runs its vLLM engine inside the actor process
