@@ -142,7 +142,13 @@ class RolloutEngine(VersionLoading):
         log.info("engine ready in %.1fs (%s mode, %s, %s%s)", self.start_s, self.mode, self.dtype,
                  "GPU" if self.gpu else "CPU", ", inline" if self.inline else "")
 
-    # ----------------------------------------------------------------------------- versions
+    # ----------------------------------------------------------------------------- versions (the rest: actor.loading)
+    def channel_limits(self):
+        """What this actor's sockets accept (:mod:`sync.limits`), with the adapter's size from the model."""
+        from sync.limits import ChannelLimits
+
+        return ChannelLimits.for_run(self.cfg, self.llm.llm_engine.model_config.hf_config.get_text_config())
+
     def versions_in_flight(self) -> dict[int, int]:
         """Admitted version -> requests in flight admitted under it."""
         out: dict[int, int] = {}

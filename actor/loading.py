@@ -114,12 +114,6 @@ class VersionLoading:
         (``actor.readback``)."""
         return self._delta_cosine
 
-    def channel_limits(self):
-        """What this actor's sockets accept (:mod:`sync.limits`), with the adapter's size from the model."""
-        from sync.limits import ChannelLimits
-
-        return ChannelLimits.for_run(self.cfg, self.llm.llm_engine.model_config.hf_config.get_text_config())
-
     def load_adapter(self, version: int, adapter_dir: Path | str | None, expect_checksum: str | None = None
                      ) -> str:
         """Serve ``version`` from the PEFT adapter dir (None: the base model). Returns its fingerprint:

@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 
+
 def engine_dtype(dtype: str, gpu: bool) -> str:
     """The dtype an actor's engine serves in, from ``actor.dtype``: ``auto`` is bfloat16 on a GPU and float32 on the
     CPU (bf16 is emulated there, ~5x slower). Every component that needs the actor's dtype (the actor, ``--rollouts

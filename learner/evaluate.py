@@ -36,6 +36,7 @@ import time
 
 import torch
 
+from configs.device import engine_dtype
 from learner.data import per_task_means
 from learner.episodes import answer
 from learner.rollouts import Sample, collate, group_versions, rollout_seed
@@ -155,8 +156,6 @@ def max_logprob_gap(cfg, policy) -> float:
     kind of device (actors and learner share the node's hardware)."""
     if cfg.sync.max_logprob_gap is not None:
         return cfg.sync.max_logprob_gap
-    from configs.device import engine_dtype
-
     actor = engine_dtype(cfg.actor.dtype, policy.device.type == "cuda")
     return 0.01 if actor == "float32" and policy.dtype == torch.float32 else 0.1
 

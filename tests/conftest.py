@@ -98,3 +98,27 @@ def _leave_nothing_behind():
     sweep_pid_dirs("tucano2-vllm", Path(tempfile.gettempdir()))
     sweep_pid_dirs("tucano2-sync", Path("/dev/shm"))
     sweep_stale_sockets(SyncConfig())
+
+
+
+SESSION_VLLM_LOGGING_LEVEL = os.environ.get("VLLM_LOGGING_LEVEL")
+"""``VLLM_LOGGING_LEVEL`` as this pytest process started."""
+
+
+def _restore_vllm_logging_level() -> None:
+    if SESSION_VLLM_LOGGING_LEVEL is None:
+        os.environ.pop("VLLM_LOGGING_LEVEL", None)
+    else:
+        os.environ["VLLM_LOGGING_LEVEL"] = SESSION_VLLM_LOGGING_LEVEL
+
+
+@pytest.fixture(autouse=True)
+def _vllm_logging_level_as_the_session_found_it():
+    """Importing ``trl`` sets ``VLLM_LOGGING_LEVEL=ERROR`` in this process's environment (``trl/_compat.py``), and
+    every process a later test starts would inherit it: an actor's log then holds none of vLLM's INFO lines, which
+    ``test_evaluate_cli.py`` checks are kept there (it failed whenever the TRL parity tests ran before it). Every
+    test starts and ends with the variable as the session found it (a module-scoped fixture that imports ``trl`` is
+    set up before this one, so the start matters too)."""
+    _restore_vllm_logging_level()
+    yield
+    _restore_vllm_logging_level()
