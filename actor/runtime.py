@@ -219,10 +219,11 @@ def child_pids() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True)} - {tracker}
 
 
-def reap(pids: list[int], timeout_s: float = 10.0) -> list[int]:
+def reap(pids: list[int], timeout_s: float = 10.0, term_s: float = 5.0) -> list[int]:
     """Wait for ``pids`` (EngineCore processes) to exit, terminating then killing stragglers.
 
-    Returns the pids still alive (should be none). Other children of this process are left alone.
+    Returns the pids still alive after the SIGKILL too (should be none: the caller then keeps the
+    shared memory they may map). Other children of this process are left alone.
     """
     import psutil
 
@@ -239,10 +240,12 @@ def reap(pids: list[int], timeout_s: float = 10.0) -> list[int]:
             p.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(alive, timeout=5)
+    _, alive = psutil.wait_procs(alive, timeout=term_s)
     for p in alive:
+        log.warning("child %d ignored SIGTERM: killing it", p.pid)
         try:
             p.kill()
         except psutil.NoSuchProcess:
             pass
+    _, alive = psutil.wait_procs(alive, timeout=term_s)
     return [p.pid for p in alive]

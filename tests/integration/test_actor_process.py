@@ -9,6 +9,7 @@ sends (the adversary is the test).
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -227,14 +228,29 @@ def test_killing_an_actor_mid_request_loses_no_group(cluster):
     if "B" not in cluster.actors:
         cluster.start_actor("B", "adapter", replica=1)
     a = cluster.actors["A"]
-    rids = [cluster.request(n=16, max_tokens=600, seed=s, ignore_eos=True) for s in range(4)]
+    a.snapshot_children()
 
     def held_by_a():
         return {r for r, aid in cluster.transport.assignments().items() if aid == "A"}
 
-    cluster.kit.wait_for(held_by_a, 60, "A to hold a request", proc=a)
-    a.snapshot_children()
-    held = held_by_a()                # the learner's view right before the kill
+    def generating():   # A holds requests and a heartbeat says it is generating them
+        hb = cluster.transport.actors().get("A")
+        return held_by_a() if hb is not None and hb.in_flight > 0 else set()
+
+    # On a loaded box the test can be descheduled for seconds, long enough for A to finish what it held
+    # (CI saw it). So A is frozen first (SIGSTOP, its EngineCore included): from then on what A holds it
+    # cannot answer, and what it sent before the freeze has a moment to reach the learner.
+    rids, held = [], set()
+    for attempt in range(4):
+        rids += [cluster.request(n=16, max_tokens=600, seed=4 * attempt + s, ignore_eos=True) for s in range(4)]
+        cluster.kit.wait_for(generating, 60, "A to generate a request", proc=a)
+        os.killpg(a.pid, signal.SIGSTOP)
+        time.sleep(0.5)
+        held = held_by_a()            # the learner's view of what A holds unanswered at the kill
+        if held:
+            break
+        os.killpg(a.pid, signal.SIGCONT)   # A finished all it held before the freeze: once more
+    assert held, "A answered everything it held before each of 4 freezes"
     a.kill_all()                      # SIGKILL, EngineCore included
     groups = cluster.groups(rids, timeout=300)
     assert set(groups) == set(rids)
@@ -242,11 +258,9 @@ def test_killing_an_actor_mid_request_loses_no_group(cluster):
     for g in groups.values():
         assert len(g.results[0].completions) == 16
         assert all(len(c.token_ids) == 600 for c in g.results[0].completions)
-    # What A held unfinished was re-sent and B answered it (A can only have finished one in the
-    # microseconds between the snapshot and the SIGKILL).
-    rescued = {r for r in held if groups[r].actor_id == "B"}
-    assert rescued, f"A held {held} at the kill and answered them all"
-    assert cluster.transport.resent >= len(rescued)
+    # What A held unanswered when it was frozen was re-sent and B answered it
+    assert {groups[r].actor_id for r in held} == {"B"}, f"A held {held} at the kill"
+    assert cluster.transport.resent >= len(held)
     cluster.kit.wait_for(lambda: "A" not in cluster.transport.actors(), 30, "A to be declared dead")
 
 

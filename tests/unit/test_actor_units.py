@@ -132,6 +132,24 @@ def test_actor_cli_refuses_bad_config_with_one_line(tmp_path):
     assert len(p.stderr.strip().splitlines()) == 1 and "actor.nope" in p.stderr
 
 
+def test_reap_waits_for_a_child_that_needed_sigkill():
+    """An EngineCore that ignores SIGTERM is killed and waited for: it is not reported as left (the actor then
+    releases the shared-memory queues it mapped; reporting it kept them in /dev/shm)."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    from actor.runtime import reap
+
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, sys, time\n"
+                                 "signal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint(flush=True)\ntime.sleep(60)"],
+                                stdout=subprocess.PIPE)
+    stubborn.stdout.readline()   # its handler is installed
+    assert reap([stubborn.pid], timeout_s=0.1, term_s=0.5) == []
+    assert not psutil.pid_exists(stubborn.pid)
+
+
 def test_sweep_removes_what_killed_engines_left(tmp_path):
     """/dev/shm leftovers of SIGKILLed engines: OpenMP registration files of dead pids and vLLM's
     shared-memory queues no process maps; those of live processes stay."""
