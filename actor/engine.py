@@ -109,6 +109,9 @@ class RolloutEngine(VersionLoading):
         from actor.shm import engine_segments
 
         self.engine_segments = engine_segments(self.engine_pids)  # released at close (actor.shm)
+        from actor.core_watch import CoreWatch
+
+        self._watch = None if self.inline else CoreWatch.attach(self.llm)  # a dead EngineCore fails its waiters
         self.start_s = time.perf_counter() - t0
         self.tokenizer = self.llm.get_tokenizer()
         self._version = -1  # the base weights; the learner's first version is 0
@@ -305,12 +308,17 @@ class RolloutEngine(VersionLoading):
         llm = getattr(self, "llm", None)
         if llm is None:
             return
-        self.abort_all()
+        try:
+            self.abort_all()
+        except Exception as e:  # noqa: BLE001 - a dead EngineCore: nothing left to abort, the rest still runs
+            log.warning("engine shutdown: abort: %s", e)
         if self.episodes is not None:
             self.episodes.close()
         self.loras.close()
         if self._merged_dir is not None:
             self._retire_dir(self._merged_dir)
+        if getattr(self, "_watch", None) is not None:
+            self._watch.stop()
         try:
             engine = llm.llm_engine
             core = getattr(engine, "engine_core", None)

@@ -292,7 +292,14 @@ class ActorServer:
         """Finish what is in flight (up to ``grace_s``); requests not started stay unanswered."""
         deadline = time.monotonic() + self.grace_s
         while self.engine.in_flight and time.monotonic() < deadline:
-            self._step()
+            try:
+                self._step()
+            except Exception as e:  # EngineCore got the stop signal too and is gone: nothing will finish
+                if not engine_gone(e):
+                    raise
+                log.warning("actor %s: the engine stopped with %d requests in flight (%s); the learner re-sends them",
+                            self.actor_id, self.engine.in_flight, type(e).__name__)
+                break
             self._tick()
         if self.engine.in_flight:
             log.warning("actor %s: %d requests unfinished after %.0fs grace; the learner re-sends them",

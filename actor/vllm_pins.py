@@ -276,6 +276,19 @@ PINS: list[Pin] = [
         "actor.runtime.private_rpc_dir",
         "vllm/envs.py",
         lambda: '"VLLM_RPC_BASE_PATH"' in src("envs.py")),
+    # --- a dead EngineCore (the same SyncMPClient on CUDA and CPU) -----------------------------------------------
+    Pin("SyncMPClient: step() waits on outputs_queue, a utility call on its future in utility_results",
+        "actor.core_watch.CoreWatch.fail_waiting",
+        "vllm/v1/engine/core_client.py SyncMPClient.get_output, SyncMPClient.call_utility",
+        lambda: "self.outputs_queue.get()" in src("v1/engine/core_client.py", "SyncMPClient.get_output")
+        and "self.utility_results[call_id] = future" in src("v1/engine/core_client.py", "SyncMPClient.call_utility")
+        and "future.result()" in src("v1/engine/core_client.py", "SyncMPClient.call_utility")),
+    Pin("the monitor of a dead EngineCore sets resources.engine_dead and fails no waiting call",
+        "actor.core_watch.CoreWatch.dead",
+        "vllm/v1/engine/core_client.py MPClient.start_engine_core_monitor",
+        lambda: "_self.resources.engine_dead = True" in src("v1/engine/core_client.py",
+                                                            "MPClient.start_engine_core_monitor")
+        and "utility_results" not in src("v1/engine/core_client.py", "MPClient.start_engine_core_monitor")),
 ]
 
 

@@ -80,6 +80,7 @@ class Proc:
                                       stdin=subprocess.DEVNULL, text=True, bufsize=1, start_new_session=True)
         self.pump = threading.Thread(target=self._pump, daemon=True)
         self.pump.start()
+        self.termed = False  # sent its SIGTERM
 
     def _tagged(self, line: str) -> str:
         tag = self.tag
@@ -106,12 +107,18 @@ class Proc:
         except ProcessLookupError:
             pass
 
+    def terminate(self) -> None:
+        """SIGTERM to the process group, once: a second one makes vLLM's EngineCore abort its graceful shutdown."""
+        if not self.termed:
+            self.termed = True
+            self.signal(signal.SIGTERM)
+
     def poll(self) -> int | None:
         return self.popen.poll()
 
     def stop(self, grace_s: float) -> int:
         if self.popen.poll() is None:
-            self.signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.popen.wait(grace_s)
             except subprocess.TimeoutExpired:
@@ -195,7 +202,7 @@ def run(plan: Plan, ready_timeout_s: float | None = None, grace_s: float = 30.0,
         procs = ([learner] if learner else []) + actors
         for p in procs:  # ask everyone first, then wait: shutdowns overlap
             if p.poll() is None:
-                p.signal(signal.SIGTERM)
+                p.terminate()
         for p in procs:
             p.stop(grace_s)
         for s, h in old.items():

@@ -246,6 +246,35 @@ def test_an_engine_that_stopped_on_its_own_ends_the_actor_without_a_refusal(tmp_
         assert ep.acks == []
 
 
+class DeadEngine(LoadFailingEngine):
+    """Requests in flight, and an EngineCore that died with them (the step raises as ``actor.core_watch`` makes it)."""
+
+    in_flight = 2
+
+    def __init__(self):
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        super().__init__(EngineDeadError())
+        self.aborted = False
+
+    def step(self):
+        raise self.error
+
+    def abort_all(self):
+        self.aborted, self.in_flight = True, 0
+
+
+def test_a_stop_whose_engine_died_with_requests_in_flight_ends_cleanly():
+    """A SIGTERM to the whole process group reaches EngineCore too: the actor's stop does not wait out its grace
+    on an engine that is gone, nor end in a traceback; the requests in flight are dropped (the learner re-sends)."""
+    engine = DeadEngine()
+    server, _ = _server(engine, [])
+    server.grace_s = 3600.0
+    server.request_stop("SIGTERM")
+    assert server.run() == "SIGTERM"
+    assert engine.aborted
+
+
 def test_a_bad_adapter_is_refused_and_the_actor_serves_on(tmp_path):
     from actor.engine import AdapterLoadError
 

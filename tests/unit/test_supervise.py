@@ -17,6 +17,16 @@ import pytest
 CHILD = textwrap.dedent("""
     import os, subprocess, sys, time
     name, pids, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+    if mode == "countterm":  # each SIGTERM noted; it takes 2 s (learner) or 4 s (actors, closing an engine) to stop
+        import signal
+        termed = []
+
+        def on_term(signum, frame):
+            with open(os.path.join(os.path.dirname(pids), "terms"), "a") as f:
+                f.write(name + "\\n")
+            termed.append(time.monotonic())
+
+        signal.signal(signal.SIGTERM, on_term)
     kid = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
     with open(pids, "a") as f:
         f.write(f"{os.getpid()}\\n{kid.pid}\\n")
@@ -43,7 +53,10 @@ CHILD = textwrap.dedent("""
     if mode == "finish" and name == "learner":
         time.sleep(1)
         sys.exit(0)
-    time.sleep(300)
+    for _ in range(3000):
+        if mode == "countterm" and termed and time.monotonic() - termed[0] > (4 if name != "learner" else 2):
+            sys.exit(0)
+        time.sleep(0.1)
 """)
 
 DRIVER = textwrap.dedent("""
@@ -105,6 +118,19 @@ def test_ctrl_c_stops_everything(tmp_path):
     time.sleep(0.5)
     assert not [p for p in all_pids if alive(p)]
     assert (tmp_path / "run" / "logs" / "learner.log").read_text().startswith("learner up")
+
+
+def test_a_stop_sends_each_component_one_sigterm(tmp_path):
+    """The launcher asks every component to stop, then waits for each: a component still stopping when its turn
+    comes gets no second SIGTERM (vLLM's EngineCore, which shares the actor's process group, aborts its graceful
+    shutdown on a second one)."""
+    proc, pids = start(tmp_path, "countterm")
+    wait_for_pids(pids, 6)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    terms = (tmp_path / "terms").read_text().split()
+    assert sorted(terms) == ["actor-0", "actor-1", "learner"], terms
 
 
 def test_component_failure_fails_the_run(tmp_path):
