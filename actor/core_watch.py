@@ -2,19 +2,18 @@
 
 vLLM 0.32's ``SyncMPClient`` is the client ``vllm.LLM`` drives whenever EngineCore is a process of its own: on CUDA
 always (vLLM forks it there), on the CPU unless the engine runs inline. The client hears from EngineCore only on its
-output socket. When EngineCore dies without a last word (SIGKILL from the OOM killer or the launcher, or a crash
-during its own shutdown), vLLM's monitor thread marks the client dead (``resources.engine_dead``) and closes the
+output socket. When EngineCore dies without a last word (a SIGKILL, from the OOM killer say, or a crash during its
+own shutdown), vLLM's monitor thread marks the client dead (``resources.engine_dead``) and closes the
 sockets. Nothing reaches the two things a caller waits on:
 
 - ``LLMEngine.step()`` waits on ``outputs_queue``;
 - a utility call (``collective_rpc``, ``add_lora``, the scheduler pause around a load) waits on its future in
   ``utility_results``.
 
-So the caller waits forever. Measured here, SIGKILL the engine's processes and then:
-- ``llm.reset_prefix_cache()`` and ``llm_engine.step()`` were both still waiting after 20 s;
-- the actor never exited, and so the launcher never restarted it;
-- a Ctrl-C that reached EngineCore in the middle of a load ended in the launcher's SIGKILL, with vLLM's
-  shared-memory queues (160-250 MB each on a GPU) left in /dev/shm. CI saw this.
+So the caller waits forever. With the engine's processes SIGKILLed here, ``llm.reset_prefix_cache()`` and
+``llm_engine.step()`` were both still waiting after 20 s. An actor waiting so never exits, and its launcher never
+restarts it. A Ctrl-C that reached EngineCore in the middle of a load ended in the launcher's SIGKILL, with vLLM's
+shared-memory queues (160-250 MB each on a GPU) left in /dev/shm; CI saw this.
 
 :class:`CoreWatch` is a daemon thread that looks every ``poll_s`` at the flag vLLM's monitor sets. Once it is set,
 the thread puts ``EngineDeadError`` on the output queue (again whenever the queue is drained) and on every
