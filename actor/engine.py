@@ -35,10 +35,9 @@ from pathlib import Path
 from configs.device import engine_dtype
 from sync.prompts import encode_prompt
 
-from actor.engine_args import WORKER_EXTENSION, attention_backend, engine_kwargs, gpu_engine_kwargs  # noqa: F401
-from actor.loading import (STALE_FAULT_ENV, AdapterLoadError, EngineBusy,  # noqa: F401 - their home before
-                           VersionLoading)
-from actor.outputs import prompt_result, sampled_logprobs  # noqa: F401 - sampled_logprobs: its home before
+from actor.engine_args import engine_kwargs
+from actor.loading import VersionLoading
+from actor.outputs import prompt_result
 from actor.runtime import (child_pids, configure_cpu_env, cpu_core_list, device_problem, inline_engine_env, on_gpu,
                            private_rpc_dir, reap, release_inline_engine, serve_mode)
 from actor.versions import LoraVersions
@@ -120,7 +119,7 @@ class RolloutEngine(VersionLoading):
         self._delta_cosine = 1.0
         self.readback: dict = {}               # the last load's readback (actor.readback.combine)
         self._lora = None                       # LoRARequest of the served version (adapter mode)
-        self._stale = None                      # the previous one, under the test fault STALE_FAULT_ENV
+        self._stale = None                      # the previous one, under the test fault actor.loading.STALE_FAULT_ENV
         self.loras = LoraVersions(self.llm.llm_engine, cfg.lora_slots, own_dirs=delete_retired)
         self._next_lora_id = 1
         self._merged_dir: Path | None = None

@@ -103,7 +103,7 @@ def engine_gone(e: BaseException) -> bool:
     (True, True)
     >>> engine_gone(ValueError("adapter file hashes to ab12, expected cd34"))
     False
-    >>> from actor.engine import AdapterLoadError
+    >>> from actor.loading import AdapterLoadError
     >>> try:
     ...     try:
     ...         raise EngineDeadError()

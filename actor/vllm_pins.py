@@ -244,7 +244,7 @@ PINS: list[Pin] = [
         lambda: "PROCESSED_LOGPROBS_MODES" in src("v1/worker/gpu/sample/sampler.py", "Sampler.__call__")
         and '"logprobs_mode": self.model_config.logprobs_mode' in src("v1/worker/gpu/model_runner.py")),
     Pin("SamplingParams.flat_logprobs and FlatLogprobs.token_ids / logprobs",
-        "actor.engine.sampled_logprobs",
+        "actor.outputs.sampled_logprobs",
         "vllm/sampling_params.py, vllm/logprobs.py FlatLogprobs",
         lambda: "flat_logprobs" in _params(__import__("vllm", fromlist=["SamplingParams"]).SamplingParams)
         or hasattr(__import__("vllm", fromlist=["SamplingParams"]).SamplingParams(), "flat_logprobs")),

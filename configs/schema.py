@@ -110,7 +110,7 @@ class ActorConfig(Section):
     worker processes; on CPU the engine starts in ~9 s instead of ~25 s, BENCHMARKS.md "CI time"). Needs
     ``tensor_parallel_size: 1``. Off by default: the separate EngineCore is what a GPU run uses (its scheduler
     overlaps the actor's own work), and what a kill or a crash of the engine looks like there. On a GPU an inline
-    engine runs without vLLM's async scheduling (``actor.engine.engine_kwargs``): an in-process EngineCore's pause
+    engine runs without vLLM's async scheduling (``actor.engine_args.engine_kwargs``): an in-process EngineCore's pause
     does not wait for its queued batch, which would be labelled with the version loaded after it."""
     device: Literal["auto", "cuda"] = "auto"
     """``cuda``: this actor must run on a GPU; without one it refuses to start, with one line giving the driver's and

@@ -111,7 +111,7 @@ def test_weight_updates_are_exact_and_followed(engine, actor_kit):
 
 
 def test_bad_adapter_refused_previous_version_kept(engine, actor_kit, tmp_path):
-    from actor.engine import AdapterLoadError, EngineBusy
+    from actor.loading import AdapterLoadError, EngineBusy
 
     good = adapter(engine, actor_kit, "v3", seed=3)
     load(engine, 3, good)

@@ -96,7 +96,7 @@ def test_the_probe_gate_stops_a_run_whose_actor_samples_from_the_previous_versio
     on the previous version's adapter from its second load (v1) on, while it reports and reads back v1: the weights
     check passes, the probe sees the sampler's logprobs off the learner's and the run stops naming the actor. The same
     run without the fault finishes every step with every gap under the float32 limit (0.01)."""
-    from actor.engine import STALE_FAULT_ENV
+    from actor.loading import STALE_FAULT_ENV
 
     if stale:
         monkeypatch.setenv(STALE_FAULT_ENV, "2")

@@ -112,7 +112,7 @@ def test_finish_reasons_and_single_turn(episode_engine):
 
 
 def test_drain_waits_for_an_episode_on_a_tool(episode_engine):
-    from actor.engine import EngineBusy
+    from actor.loading import EngineBusy
 
     eng = episode_engine
     eng.submit("drain", [QUESTION], SamplingSpec(1, 0.05, 1.0, MAX, 3), tasks=["sql_qa"], max_turns=3)

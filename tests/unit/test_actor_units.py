@@ -276,7 +276,7 @@ def test_a_stop_whose_engine_died_with_requests_in_flight_ends_cleanly():
 
 
 def test_a_bad_adapter_is_refused_and_the_actor_serves_on(tmp_path):
-    from actor.engine import AdapterLoadError
+    from actor.loading import AdapterLoadError
 
     bad = AdapterLoadError(f"{tmp_path}: adapter file hashes to ab12, expected c0ffee")
     server, ep = _server(LoadFailingEngine(bad), [_update(tmp_path)])
@@ -297,7 +297,7 @@ def test_engine_kwargs_on_a_gpu_keep_the_fraction_beside_a_fixed_kv_cache():
     """The GPU branch of the engine's arguments, checked here: on a shared GPU launch.memory sets both the
     fraction (vLLM's start-up check asks for that much to be free) and the KV cache; on CPU the fraction is
     of host memory and is left out beside a fixed cache."""
-    from actor.engine import engine_kwargs
+    from actor.engine_args import engine_kwargs
     from configs import RunConfig
 
     cfg = RunConfig(model_id="m", max_steps=1, learning_rate=1e-5,
@@ -351,7 +351,7 @@ def test_token_runs_from_vllm_spans_are_valid_wire_runs():
 def test_engine_kwargs_size_max_loras_to_the_versions_live():
     """adapter mode: vLLM's max_loras is the versions that can run in one batch: max_staleness + 1 in flight,
     1 drained, or actor.max_lora_versions; its CPU cache one more."""
-    from actor.engine import engine_kwargs
+    from actor.engine_args import engine_kwargs
     from configs import RunConfig
 
     def slots(**actor_sync):
@@ -372,7 +372,7 @@ def test_sampled_logprobs_flat_and_per_position():
     the same numbers either way, NaN where a position has none, and flat lists of other tokens are not taken."""
     from vllm.logprobs import FlatLogprobs, Logprob
 
-    from actor.engine import sampled_logprobs
+    from actor.outputs import sampled_logprobs
 
     ids, lps = [5, 9, 5], [-0.5, -1.25, -2.0]
     flat = FlatLogprobs()
